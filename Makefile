@@ -1,0 +1,53 @@
+# Two commands for a fresh machine: `make demo` and `make test`. Everything else is reachable
+# from them; every pip call goes through constraints.txt so nothing drifts to a CUDA download.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+STAMP := $(VENV)/.installed
+POSE_VENV := .venv-pose
+POSE_STAMP := $(POSE_VENV)/.installed
+
+# Flower's home stays inside the ignored output folder; `flwr run` must not re-install the
+# app's dependencies at run time (it would fetch a CUDA torch and fails offline).
+export FLWR_HOME := $(CURDIR)/outputs/flwr-home
+export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
+export PPA_WORKDIR := $(CURDIR)
+
+.PHONY: setup demo test lint pose-setup synthetic system-deps clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -c constraints.txt -e '.[dev]'
+	@touch $(STAMP)
+
+# Debian packages that the integration tests run for real (Prometheus server, docker-compose
+# for validating compose files). Skipped when present or when apt-get is unavailable.
+system-deps:
+	@bash scripts/install_system_deps.sh
+
+synthetic: setup
+	$(PY) scripts/make_synthetic.py
+
+demo: setup
+	$(PY) scripts/demo.py
+
+test: setup system-deps
+	$(PY) -m pytest
+
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+pose-setup: $(POSE_STAMP)
+
+$(POSE_STAMP): constraints-pose.txt
+	@test -x $(POSE_VENV)/bin/python || $(PYTHON) -m venv $(POSE_VENV)
+	bash scripts/install_pose_env.sh $(POSE_VENV)
+	@touch $(POSE_STAMP)
+
+clean:
+	rm -rf outputs .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Keypoints: the COCO-17 convention, keypoint backends and keypoint -> mask/heatmap maps."""
