@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import shlex
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -37,3 +38,25 @@ def resolve_path(path: str | os.PathLike) -> Path:
         return p
     base = os.environ.get(WORKDIR_ENV)
     return (Path(base) if base else Path.cwd()) / p
+
+
+def overrides_from_run_config(run_config: Mapping[str, object]) -> list[str]:
+    """Hydra overrides carried by a Flower run-config: `experiment` + `overrides` (a string).
+
+    ``experiment="demo"`` and ``overrides="federation.rounds=5 model=resnet18"`` become
+    ``["experiment=demo", "federation.rounds=5", "model=resnet18"]``.
+    """
+    out: list[str] = []
+    experiment = str(run_config.get("experiment", "") or "").strip()
+    if experiment:
+        out.append(f"experiment={experiment}")
+    try:
+        out.extend(shlex.split(str(run_config.get("overrides", "") or "")))
+    except ValueError as err:
+        raise ValueError(f"run-config 'overrides' is not a valid override string: {err}") from err
+    return out
+
+
+def load_run_config(run_config: Mapping[str, object]) -> DictConfig:
+    """Compose the experiment configuration named by a Flower run-config."""
+    return load_config(overrides_from_run_config(run_config))

@@ -1,0 +1,34 @@
+"""Model factory: `create_model(model_cfg, num_classes)` -> PPAEncoder."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from ppa.model.encoder import EncoderOutput, ModalityOffsets, PPAEncoder, create_backbone
+from ppa.model.pooling import GeM, keypoint_pool
+
+__all__ = ["EncoderOutput", "GeM", "ModalityOffsets", "PPAEncoder", "create_model", "keypoint_pool"]
+
+
+def create_model(model_cfg: DictConfig | Mapping[str, Any], num_classes: int) -> PPAEncoder:
+    """Build the PPA encoder described by a `configs/model/*.yaml` node."""
+    cfg = OmegaConf.create(dict(model_cfg)) if not isinstance(model_cfg, DictConfig) else model_cfg
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be positive, got {num_classes}")
+    arch_kwargs = OmegaConf.to_container(cfg.get("arch_kwargs") or {}, resolve=True)
+    backbone = create_backbone(
+        cfg.arch,
+        pretrained=bool(cfg.get("pretrained", False)),
+        pretrained_path=cfg.get("pretrained_path"),
+        arch_kwargs=arch_kwargs,
+        last_stride=int(cfg.get("last_stride", 1)),
+    )
+    return PPAEncoder(
+        backbone,
+        num_classes,
+        gem_p=float(cfg.get("gem_p", 3.0)),
+        learn_gem_p=bool(cfg.get("learn_gem_p", True)),
+    )

@@ -1,0 +1,58 @@
+"""Flower ClientApp: one site's local PPA training (thin wiring; the work is in client/site.py)."""
+
+from __future__ import annotations
+
+import logging
+
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from client.site import SiteTrainer, site_spec
+from ppa.config import load_run_config, overrides_from_run_config
+from ppa.federation import PROTO_COUNT, PROTO_SUM
+
+logger = logging.getLogger(__name__)
+
+app = ClientApp()
+
+# SiteTrainers live as long as the process (a Ray actor in simulation, the SuperNode's
+# ClientApp process in deployment), so data indexes and models are built once per run.
+_TRAINERS: dict[tuple, SiteTrainer] = {}
+
+
+def _trainer(context: Context) -> SiteTrainer:
+    overrides = tuple(overrides_from_run_config(context.run_config))
+    key = (context.run_id, context.node_id, overrides)
+    if key not in _TRAINERS:
+        cfg = load_run_config(context.run_config)
+        _TRAINERS[key] = SiteTrainer(cfg, site_spec(context.node_config, cfg))
+    return _TRAINERS[key]
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Train on the site's data from the global arrays; reply with the site's update."""
+    trainer = _trainer(context)
+    config = msg.content.config_records["config"]
+    arrays = {k: v.numpy() for k, v in msg.content.array_records["arrays"].items()}
+    protos = msg.content.array_records.get("prototypes")
+    result = trainer.train_round(
+        arrays,
+        {k: v.numpy() for k, v in protos.items()} if protos is not None else None,
+        server_round=int(config["server-round"]),
+        local_epochs=int(config.get("local-epochs", trainer.cfg.federation.local_epochs)),
+        half_precision=bool(config.get("half-precision", False)),
+    )
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord({k: Array(v) for k, v in result.arrays.items()}),
+            "prototypes": ArrayRecord(
+                {PROTO_SUM: Array(result.proto_sum), PROTO_COUNT: Array(result.proto_count)}
+            ),
+            "metrics": MetricRecord(result.metrics),
+            "site": ConfigRecord(
+                {"site": trainer.site.name, "modality": trainer.site.modality.value}
+            ),
+        }
+    )
+    return Message(content=content, reply_to=msg)

@@ -1,0 +1,286 @@
+"""A site: which data it holds (from node config), and one round of local PPA training."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from ppa.anonymize import KprAnonymizer
+from ppa.config import resolve_path
+from ppa.data.keypoints import load_dataset_keypoints
+from ppa.data.loader import create_train_loader
+from ppa.data.partition import Site, partition_sites
+from ppa.data.protocols import load_train_set, protocol_of
+from ppa.data.records import Modality
+from ppa.engine import (
+    DeviceSettings,
+    PPAObjective,
+    StepContext,
+    create_optimizer,
+    set_epoch_lr,
+    train_one_epoch,
+)
+from ppa.federation import PROTO_COUNT, PROTO_SUM, pack, site_keys, unpack_into
+from ppa.model import create_model
+from ppa.prototypes import IdentityPrototypes, PrototypeAccumulator
+from ppa.runtime import derive_seed, seed_everything
+
+logger = logging.getLogger(__name__)
+
+DEPLOYMENT_KEYS = ("site", "modality", "data-root")
+SIMULATION_KEYS = ("partition-id", "num-partitions")
+
+
+class NodeConfigError(ValueError):
+    """A SuperNode's --node-config that does not describe a site."""
+
+
+@dataclass(frozen=True)
+class SiteSpec:
+    """Who this node is: a site name, its modality and its data root (None: config's root)."""
+
+    name: str | None
+    modality: Modality | None
+    data_root: Path | None
+    partition_id: int | None = None
+    num_partitions: int | None = None
+
+
+def site_spec(node_config: Mapping[str, object], cfg: DictConfig) -> SiteSpec:
+    """Validate the node config: deployment keys (site, modality, data-root[, dataset]) or
+    simulation keys (partition-id, num-partitions)."""
+    if any(k in node_config for k in DEPLOYMENT_KEYS):
+        missing = [k for k in DEPLOYMENT_KEYS if not str(node_config.get(k, "")).strip()]
+        if missing:
+            raise NodeConfigError(
+                f"node config {dict(node_config)} lacks {missing}; a site needs "
+                '--node-config \'site="cam3" modality="infrared" data-root="/data/sysu"\''
+            )
+        dataset = str(node_config.get("dataset", "")).strip()
+        if dataset and dataset != protocol_of(cfg.dataset):
+            raise NodeConfigError(
+                f"node config dataset={dataset!r} but the run uses dataset.protocol="
+                f"{protocol_of(cfg.dataset)!r}"
+            )
+        try:
+            modality = Modality.parse(str(node_config["modality"]))
+        except ValueError as err:
+            raise NodeConfigError(f"node config: {err}") from err
+        root = resolve_path(str(node_config["data-root"]))
+        if not root.is_dir():
+            raise NodeConfigError(f"node config data-root={root} is not a directory")
+        return SiteSpec(str(node_config["site"]), modality, root)
+    if all(k in node_config for k in SIMULATION_KEYS):
+        return SiteSpec(
+            None, None, None, int(node_config["partition-id"]), int(node_config["num-partitions"])
+        )
+    raise NodeConfigError(
+        f"node config {dict(node_config)} names no site: expected {list(DEPLOYMENT_KEYS)} "
+        f"(deployment) or {list(SIMULATION_KEYS)} (simulation)"
+    )
+
+
+def _sysu_camera(site_name: str) -> int | None:
+    if site_name.startswith("cam") and site_name[3:].isdigit():
+        return int(site_name[3:])
+    return None
+
+
+@dataclass
+class RoundResult:
+    arrays: dict[str, np.ndarray]
+    proto_sum: np.ndarray
+    proto_count: np.ndarray
+    metrics: dict[str, float]
+
+
+class SiteTrainer:
+    """Everything a site keeps in its process between rounds: data index, model, anonymiser.
+
+    Raw images are read from the site's own data root and never leave this object; what it
+    returns per round is model arrays, prototype sums/counts and metrics.
+    """
+
+    def __init__(self, cfg: DictConfig, spec: SiteSpec):
+        self.cfg = cfg
+        self.objective = PPAObjective.from_config(cfg.ppa)
+        self.device = DeviceSettings.from_config(cfg)
+        fed = cfg.federation
+        protocol = protocol_of(cfg.dataset)
+        if spec.name is not None:
+            # Deployment: the site's root may hold only its own camera(s).
+            cam = _sysu_camera(spec.name) if protocol == "sysu" else None
+            train_set = load_train_set(
+                cfg.dataset,
+                root=spec.data_root,
+                modalities=[spec.modality],
+                cameras=[cam] if cam else None,
+                require_complete=False,
+            )
+        else:
+            train_set = load_train_set(cfg.dataset)
+        # A deployed node's root holds only its own data: partition for its site alone.
+        sites = partition_sites(
+            train_set,
+            str(fed.partition),
+            protocol=protocol,
+            sites_per_modality=int(fed.sites_per_modality),
+            dirichlet_alpha=fed.dirichlet_alpha,
+            seed=int(fed.partition_seed),
+            names=[spec.name] if spec.name is not None else None,
+        )
+        self.site = self._pick(sites, spec)
+        self.num_classes = train_set.num_classes
+        self.root = train_set.root
+        needs_pose = self.objective.anonymized_view
+        self.keypoints = (
+            load_dataset_keypoints(
+                self.root,
+                cfg.dataset.keypoints,
+                required=needs_pose and cfg.pose.missing == "error",
+            )
+            if needs_pose
+            else None
+        )
+        self.model = create_model(cfg.model, self.num_classes).to(self.device.device)
+        self.anonymizer = (
+            KprAnonymizer.from_config(cfg).to(self.device.device) if needs_pose else None
+        )
+        logger.info(
+            "site %s (%s): %d images of %d identities",
+            self.site.name,
+            self.site.modality.value,
+            len(self.site.records),
+            len(set(self.site.labels)),
+        )
+
+    @staticmethod
+    def _pick(sites: list[Site], spec: SiteSpec) -> Site:
+        if spec.partition_id is not None:
+            if spec.num_partitions != len(sites):
+                raise NodeConfigError(
+                    f"the partition has {len(sites)} sites ({[s.name for s in sites]}) but the "
+                    f"simulation runs {spec.num_partitions} SuperNodes: set num-supernodes="
+                    f"{len(sites)}"
+                )
+            return sites[spec.partition_id]
+        by_name = {s.name: s for s in sites}
+        if spec.name not in by_name:
+            raise NodeConfigError(
+                f"site {spec.name!r} is not one of {sorted(by_name)} "
+                "produced by the configured partition"
+            )
+        site = by_name[spec.name]
+        if site.modality != spec.modality:
+            raise NodeConfigError(
+                f"site {spec.name!r} holds {site.modality.value} images but "
+                f"its node config says modality={spec.modality.value}"
+            )
+        return site
+
+    def train_round(
+        self,
+        global_arrays: Mapping[str, np.ndarray],
+        prototypes: Mapping[str, np.ndarray] | None,
+        *,
+        server_round: int,
+        local_epochs: int,
+        half_precision: bool,
+    ) -> RoundResult:
+        """Load the global model, train `local_epochs` epochs of PPA, return the update."""
+        cfg, site = self.cfg, self.site
+        seed = derive_seed(int(cfg.seed), server_round, site.name)
+        seed_everything(seed, bool(cfg.deterministic))
+        state = self.model.state_dict()
+        self.model.load_state_dict(unpack_into(state, global_arrays))
+        optimizer = create_optimizer(self.model, cfg.train.optimizer)
+        loader = create_train_loader(
+            site.records,
+            self.root,
+            input_cfg=cfg.input,
+            train_cfg=cfg.train,
+            pose_cfg=cfg.pose,
+            keypoints=self.keypoints,
+            seed=seed,
+            on_bad_image=str(cfg.dataset.on_bad_image),
+        )
+        dim = self.model.num_features
+        accumulator = PrototypeAccumulator(2, self.num_classes, dim, device=self.device.device)
+        ctx = StepContext(
+            model=self.model,
+            objective=self.objective,
+            anonymizer=self.anonymizer,
+            mean=tuple(cfg.input.mean),
+            std=tuple(cfg.input.std),
+            heatmap_sigma=float(cfg.pose.heatmap_sigma),
+            min_confidence=float(cfg.pose.min_confidence),
+            device=self.device,
+            prototypes=self._global_prototypes(prototypes, dim),
+            accumulator=accumulator,
+        )
+        start = time.perf_counter()
+        epochs: list[dict[str, float]] = []
+        for e in range(local_epochs):
+            global_epoch = (server_round - 1) * local_epochs + e
+            set_epoch_lr(optimizer, global_epoch, cfg.train)
+            loader.batch_sampler.set_epoch(global_epoch)
+            epochs.append(
+                train_one_epoch(
+                    ctx,
+                    loader,
+                    optimizer,
+                    max_batches=cfg.train.max_batches_per_epoch,
+                    progress=False,
+                    desc=f"{site.name} r{server_round}",
+                )
+            )
+        seconds = time.perf_counter() - start
+        new_state = self.model.state_dict()
+        arrays = pack(new_state, site_keys(new_state, site.modality), half_precision)
+        m = site.modality.index
+        last = epochs[-1]
+        metrics = {k: float(v) for k, v in last.items() if k.startswith("loss")}
+        metrics.update(
+            {
+                "num-examples": float(len(site.records)),
+                "examples-seen": float(sum(e["num_examples"] for e in epochs)),
+                "train-seconds": seconds,
+                "images-per-second": float(sum(e["num_examples"] for e in epochs) / seconds)
+                if seconds > 0
+                else 0.0,
+            }
+        )
+        return RoundResult(
+            arrays, accumulator.sums[m].cpu().numpy(), accumulator.counts[m].cpu().numpy(), metrics
+        )
+
+    def _global_prototypes(
+        self, arrays: Mapping[str, np.ndarray] | None, dim: int
+    ) -> IdentityPrototypes | None:
+        if not arrays or not self.objective.uses("align"):
+            return None
+        sums = torch.stack(
+            [
+                torch.as_tensor(np.asarray(arrays[f"{PROTO_SUM}.{m.value}"]))
+                for m in (Modality.VISIBLE, Modality.INFRARED)
+            ]
+        ).float()
+        counts = torch.stack(
+            [
+                torch.as_tensor(np.asarray(arrays[f"{PROTO_COUNT}.{m.value}"]))
+                for m in (Modality.VISIBLE, Modality.INFRARED)
+            ]
+        ).float()
+        if sums.shape[1:] != (self.num_classes, dim):
+            raise ValueError(
+                f"server prototypes have shape {tuple(sums.shape)}, expected "
+                f"(2, {self.num_classes}, {dim})"
+            )
+        return IdentityPrototypes.from_sums(sums, counts).to(self.device.device)

@@ -1,0 +1,88 @@
+"""The anonymiser interface: images in [0, 1] -> anonymised images in [0, 1]."""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import ClassVar
+
+from torch import Tensor, nn
+
+
+def check_images(images: Tensor) -> None:
+    """Raise unless ``images`` is a floating (B, C, H, W) tensor."""
+    if not isinstance(images, Tensor):
+        raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
+    if images.ndim != 4:
+        raise ValueError(f"images must have shape (B, C, H, W), got {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise TypeError(f"images must be floating point in [0, 1], got {images.dtype}")
+
+
+def check_seeds(seeds: Tensor, batch_size: int) -> None:
+    """Raise unless ``seeds`` is an integer tensor of shape (batch_size,)."""
+    if not isinstance(seeds, Tensor):
+        raise TypeError(f"seeds must be a torch.Tensor, got {type(seeds).__name__}")
+    if tuple(seeds.shape) != (batch_size,):
+        raise ValueError(f"seeds must have shape ({batch_size},), got {tuple(seeds.shape)}")
+    if seeds.is_floating_point() or seeds.is_complex():
+        raise TypeError(f"seeds must be an integer tensor, got {seeds.dtype}")
+
+
+class Anonymizer(nn.Module, ABC):
+    """Base of every anonymiser: ``forward(images, level, seeds) -> images``.
+
+    ``strength`` is the configured amount (block size / blur sigma in pixels at
+    ``reference_height``, or noise sigma); ``level`` multiplies it per call (KPR's strong,
+    medium and weak levels). ``seeds`` (B,) make stochastic anonymisers deterministic per image;
+    deterministic ones ignore them. Images are not range-checked (that would synchronise with
+    the device); inputs are expected in [0, 1] and outputs are clipped to it.
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self, strength: float, reference_height: int):
+        super().__init__()
+        if not math.isfinite(strength) or strength < 0:
+            raise ValueError(f"anonymizer.strength must be a finite number >= 0, got {strength}")
+        if int(reference_height) <= 0:
+            raise ValueError(f"anonymizer.reference_height must be positive, got "
+                             f"{reference_height}")
+        self.strength = float(strength)
+        self.reference_height = int(reference_height)
+
+    def pixels_at(self, level: float, height: int) -> float:
+        """``strength x level`` in pixels of an image ``height`` pixels high."""
+        return self.strength * level * height / self.reference_height
+
+    def forward(self, images: Tensor, level: float = 1.0, seeds: Tensor | None = None) -> Tensor:
+        self._check_call(images, (level,), seeds)
+        return self.anonymize(images, float(level), seeds)
+
+    def forward_levels(self, images: Tensor, levels: Sequence[float],
+                       seeds: Tensor | None = None) -> list[Tensor]:
+        """The images anonymised at each of ``levels``, sharing work between levels where the
+        anonymiser can (one noise draw, one generator pass)."""
+        self._check_call(images, levels, seeds)
+        return self.anonymize_levels(images, [float(level) for level in levels], seeds)
+
+    def _check_call(self, images: Tensor, levels: Sequence[float], seeds: Tensor | None) -> None:
+        check_images(images)
+        for level in levels:
+            if not math.isfinite(level) or level < 0:
+                raise ValueError(f"anonymisation level must be a finite number >= 0, got {level}")
+        if seeds is not None:
+            check_seeds(seeds, images.shape[0])
+
+    @abstractmethod
+    def anonymize(self, images: Tensor, level: float, seeds: Tensor | None) -> Tensor:
+        """Anonymise validated images at ``level`` x the configured strength."""
+
+    def anonymize_levels(self, images: Tensor, levels: Sequence[float],
+                         seeds: Tensor | None) -> list[Tensor]:
+        """`anonymize` at several levels; override to share work between them."""
+        return [self.anonymize(images, level, seeds) for level in levels]
+
+    def extra_repr(self) -> str:
+        return f"strength={self.strength}, reference_height={self.reference_height}"

@@ -1,0 +1,320 @@
+"""Records on disk -> `Batch` tensors: the dataset, its collate function and loader factories.
+
+Images come out in [0, 1], not normalised, with their keypoints mapped into network-input
+pixels; `ppa.data.transforms.normalize` runs on the device after anonymisation.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from ppa.data.errors import CorruptImageError
+from ppa.data.images import read_image
+from ppa.data.keypoints import KeypointCache, MissingKeypointsError
+from ppa.data.records import ImageRecord, TrainRecord
+from ppa.data.sampler import IdentitySampler
+from ppa.data.transforms import ReidTransform, build_eval_transform, build_train_transform
+from ppa.pose.coco import NUM_KEYPOINTS
+from ppa.pose.prior import canonical_keypoints
+
+logger = logging.getLogger(__name__)
+
+POSE_MISSING: tuple[str, ...] = ("error", "skip", "center_prior")
+LABEL_KINDS: tuple[str, ...] = ("train", "pid")
+ON_BAD_IMAGE: tuple[str, ...] = ("error", "skip")
+# How many skipped paths a summary warning lists before eliding the rest.
+_MAX_LISTED = 5
+
+
+@dataclass
+class Batch:
+    """A collated batch (see docs/architecture.md)."""
+
+    images: Tensor  # (B, 3, H, W) float32 in [0, 1], NOT normalised
+    keypoints: Tensor  # (B, 17, 3) x, y in network-input pixels, score (0 = missing)
+    labels: Tensor  # (B,) long: training label (train loaders) or original pid (eval loaders)
+    modality: Tensor  # (B,) long: Modality.index
+    cams: Tensor  # (B,) long
+    seeds: Tensor  # (B,) long: stable per-image seed (crc32 of the relative path)
+    indices: Tensor  # (B,) long: position in the record list the loader was built from
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        """A copy with every tensor on `device`."""
+        return Batch(
+            **{
+                f.name: getattr(self, f.name).to(device, non_blocking=non_blocking)
+                for f in fields(self)
+            }
+        )
+
+    def pin_memory(self) -> Batch:
+        """Page-locked copy; DataLoader(pin_memory=True) calls this on custom batch types."""
+        return Batch(**{f.name: getattr(self, f.name).pin_memory() for f in fields(self)})
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+
+class Sample(NamedTuple):
+    """One transformed image, as `ReidImageDataset` returns it."""
+
+    image: Tensor  # (3, H, W) float32 in [0, 1]
+    keypoints: Tensor  # (17, 3) float32
+    label: int
+    modality: int
+    cam: int
+    seed: int
+    index: int
+
+
+def image_seed(relative_path: str) -> int:
+    """Stable per-image seed: CRC32 of the relative path (same on every machine and run)."""
+    return zlib.crc32(relative_path.encode("utf-8"))
+
+
+def collate(samples: Sequence[Sample]) -> Batch:
+    """Stack samples into a Batch."""
+    if not samples:
+        raise ValueError("cannot collate an empty batch")
+
+    def longs(values: Sequence[int]) -> Tensor:
+        return torch.tensor(values, dtype=torch.long)
+
+    return Batch(
+        images=torch.stack([s.image for s in samples]),
+        keypoints=torch.stack([s.keypoints for s in samples]),
+        labels=longs([s.label for s in samples]),
+        modality=longs([s.modality for s in samples]),
+        cams=longs([s.cam for s in samples]),
+        seeds=longs([s.seed for s in samples]),
+        indices=longs([s.index for s in samples]),
+    )
+
+
+class ReidImageDataset(Dataset[Sample]):
+    """Images of a record list with their keypoints, transformed.
+
+    Items are addressed by position (in `self.records`) or by a ``(position, aug_seed)`` pair,
+    as `IdentitySampler` yields them; the random transform draws from ``aug_seed`` (else from
+    the image's own seed). `Sample.index` is the record's position in the list passed in, which
+    differs from its position here when records were dropped.
+
+    Missing keypoints (`pose_missing`): ``error`` raises MissingKeypointsError at construction
+    naming the cache file and image; ``skip`` drops the record with a warning; ``center_prior``
+    uses `canonical_keypoints` scaled to the image. ``keypoints=None`` gives every joint score 0.
+    Unreadable images (`on_bad_image`): ``error`` raises CorruptImageError naming the file when
+    the image is read; ``skip`` decodes every image once, now, and drops (and warns about)
+    each unreadable one.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        records: Sequence[ImageRecord | TrainRecord],
+        transform: ReidTransform,
+        keypoints: KeypointCache | None = None,
+        pose_missing: str = "error",
+        label_kind: str = "train",
+        on_bad_image: str = "error",
+    ):
+        _check_choice("pose_missing", pose_missing, POSE_MISSING)
+        _check_choice("label_kind", label_kind, LABEL_KINDS)
+        _check_choice("on_bad_image", on_bad_image, ON_BAD_IMAGE)
+        self.root = Path(root)
+        self.transform = transform
+        self.keypoints = keypoints
+        self.pose_missing = pose_missing
+        self.label_kind = label_kind
+        if label_kind == "train":
+            unlabelled = next((r for r in records if not isinstance(r, TrainRecord)), None)
+            if unlabelled is not None:
+                raise TypeError(
+                    f"label_kind='train' needs TrainRecords, {unlabelled.path!r} "
+                    f"is a {type(unlabelled).__name__} (use label_kind='pid')"
+                )
+        positions = list(range(len(records)))
+        if keypoints is not None and pose_missing != "center_prior":
+            positions = self._with_keypoints(records, positions)
+        if on_bad_image == "skip":
+            positions = self._readable(records, positions)
+        self.records: list[ImageRecord | TrainRecord] = [records[i] for i in positions]
+        self.source_indices: list[int] = positions
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, item: int | tuple[int, int]) -> Sample:
+        position, aug_seed = item if isinstance(item, tuple) else (item, None)
+        record = self.records[position]
+        seed = image_seed(record.path)
+        image = read_image(self.root / record.path)
+        points = self._keypoints_of(record, image.shape[0], image.shape[1])
+        rng = (
+            np.random.default_rng(seed if aug_seed is None else aug_seed)
+            if self.transform.is_random
+            else None
+        )
+        tensor, points_t = self.transform(image, points, rng)
+        label = record.label if self.label_kind == "train" else record.pid  # type: ignore[union-attr]
+        return Sample(
+            tensor,
+            points_t,
+            int(label),
+            record.modality.index,
+            int(record.cam),
+            seed,
+            self.source_indices[position],
+        )
+
+    def _keypoints_of(
+        self, record: ImageRecord | TrainRecord, height: int, width: int
+    ) -> np.ndarray:
+        if self.keypoints is None:
+            return np.zeros((NUM_KEYPOINTS, 3), dtype=np.float32)
+        if record.path in self.keypoints:
+            return self.keypoints[record.path]
+        if self.pose_missing == "center_prior":
+            return canonical_keypoints(height, width)
+        # Construction removed or rejected these; reaching here means the cache changed since.
+        raise MissingKeypointsError(self.keypoints.path, record.path)
+
+    def _with_keypoints(
+        self, records: Sequence[ImageRecord | TrainRecord], positions: list[int]
+    ) -> list[int]:
+        assert self.keypoints is not None
+        missing = [i for i in positions if records[i].path not in self.keypoints]
+        if not missing:
+            return positions
+        if self.pose_missing == "error":
+            raise MissingKeypointsError(self.keypoints.path, records[missing[0]].path)
+        shown = ", ".join(records[i].path for i in missing[:_MAX_LISTED])
+        logger.warning(
+            "pose.missing=skip: dropping %d of %d images without keypoints in %s (%s%s)",
+            len(missing),
+            len(positions),
+            self.keypoints.path or "<in-memory cache>",
+            shown,
+            ", ..." if len(missing) > _MAX_LISTED else "",
+        )
+        dropped = set(missing)
+        return [i for i in positions if i not in dropped]
+
+    def _readable(
+        self, records: Sequence[ImageRecord | TrainRecord], positions: list[int]
+    ) -> list[int]:
+        kept = []
+        for i in positions:
+            try:
+                read_image(self.root / records[i].path)
+            except CorruptImageError as err:
+                logger.warning("on_bad_image=skip: dropping %s", err)
+                continue
+            kept.append(i)
+        return kept
+
+
+def resolve_pin_memory(setting: bool | str) -> bool:
+    """``train.pin_memory``: true/false, or ``auto`` = on only when CUDA is available."""
+    if isinstance(setting, bool):
+        return setting
+    if setting == "auto":
+        return torch.cuda.is_available()
+    raise ValueError(f"pin_memory must be true, false or 'auto', got {setting!r}")
+
+
+def create_train_loader(
+    records: Sequence[TrainRecord],
+    root: str | os.PathLike,
+    *,
+    input_cfg: Any,
+    train_cfg: Any,
+    pose_cfg: Any,
+    keypoints: KeypointCache | None,
+    seed: int,
+    on_bad_image: str = "error",
+) -> DataLoader:
+    """Training loader: IdentitySampler batches (P=train.num_ids, K=train.num_instances per
+    modality) with the augmenting transform of ``train.augment``.
+
+    Call ``loader.batch_sampler.set_epoch(epoch)`` before each epoch.
+    """
+    dataset = ReidImageDataset(
+        root,
+        records,
+        build_train_transform(input_cfg, train_cfg.augment),
+        keypoints=keypoints,
+        pose_missing=str(pose_cfg.missing),
+        label_kind="train",
+        on_bad_image=on_bad_image,
+    )
+    if not dataset.records:
+        raise ValueError(
+            f"no usable training images under {root} (all {len(records)} records dropped)"
+        )
+    max_batches = train_cfg.get("max_batches_per_epoch")
+    sampler = IdentitySampler(
+        [r.label for r in dataset.records],  # type: ignore[union-attr]
+        [r.modality for r in dataset.records],
+        num_ids=int(train_cfg.num_ids),
+        num_instances=int(train_cfg.num_instances),
+        seed=seed,
+        max_batches=None if max_batches is None else int(max_batches),
+    )
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=int(train_cfg.num_workers),
+        collate_fn=collate,
+        pin_memory=resolve_pin_memory(train_cfg.pin_memory),
+        # Workers survive across epochs (the sampler runs in the main process, so set_epoch
+        # still applies); re-forking them every epoch costs more than a small epoch's work.
+        persistent_workers=int(train_cfg.num_workers) > 0,
+    )
+
+
+def create_eval_loader(
+    records: Sequence[ImageRecord | TrainRecord],
+    root: str | os.PathLike,
+    *,
+    input_cfg: Any,
+    batch_size: int,
+    num_workers: int,
+    pose_cfg: Any,
+    keypoints: KeypointCache | None,
+    on_bad_image: str = "error",
+    pin_memory: bool | str = "auto",
+) -> DataLoader:
+    """Evaluation loader in record order (labels = original pids), resize-only transform."""
+    dataset = ReidImageDataset(
+        root,
+        records,
+        build_eval_transform(input_cfg),
+        keypoints=keypoints,
+        pose_missing=str(pose_cfg.missing),
+        label_kind="pid",
+        on_bad_image=on_bad_image,
+    )
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=collate,
+        pin_memory=resolve_pin_memory(pin_memory),
+    )
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")

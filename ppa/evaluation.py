@@ -1,0 +1,184 @@
+"""The one evaluation code path (scripts/evaluate.py and the ServerApp both call `evaluate`).
+
+Features of every test image are extracted once per view (raw / anonymised) and reused by
+all trials, modes and privacy protocols.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ppa.anonymize import KprAnonymizer
+from ppa.data.keypoints import KeypointCache
+from ppa.data.loader import create_eval_loader
+from ppa.data.protocols import TestSetting, test_settings
+from ppa.data.records import ImageRecord
+from ppa.engine import DeviceSettings, FeatureSet, extract_features
+from ppa.metrics import pairwise_distance, regdb_metrics, sysu_metrics
+from ppa.model import PPAEncoder
+
+logger = logging.getLogger(__name__)
+
+# Privacy protocols: (query view, gallery view).
+PRIVACY_PROTOCOLS: dict[str, tuple[str, str]] = {
+    "raw-raw": ("raw", "raw"),
+    "anon-anon": ("anon", "anon"),
+    "raw-anon": ("raw", "anon"),
+}
+REPORTED_RANKS = (1, 5, 10, 20)
+
+
+@dataclass(frozen=True)
+class TestImages:
+    """The distinct images of all test settings, and where each setting's images sit in it."""
+
+    records: list[ImageRecord]
+    index: dict[str, int]
+
+    @classmethod
+    def from_settings(cls, settings: Sequence[TestSetting]) -> TestImages:
+        records: list[ImageRecord] = []
+        index: dict[str, int] = {}
+        for setting in settings:
+            for rec in (*setting.split.query, *setting.split.gallery):
+                if rec.path not in index:
+                    index[rec.path] = len(records)
+                    records.append(rec)
+        return cls(records, index)
+
+    def positions(self, records: Sequence[ImageRecord]) -> torch.Tensor:
+        return torch.tensor([self.index[r.path] for r in records], dtype=torch.long)
+
+
+def summarize(metrics: dict) -> dict[str, float]:
+    """Flat numbers of one metrics dict: rank-k (where the CMC reaches), mAP, mINP."""
+    cmc = np.asarray(metrics["cmc"], dtype=np.float64)
+    out = {f"rank{k}": float(cmc[min(k, len(cmc)) - 1]) for k in REPORTED_RANKS}
+    out["mAP"] = float(metrics["mAP"])
+    out["mINP"] = float(metrics["mINP"])
+    return out
+
+
+def _setting_metrics(
+    protocol: str,
+    family: str,
+    setting: TestSetting,
+    features: dict[str, FeatureSet],
+    images: TestImages,
+    max_rank: int,
+) -> dict:
+    q_view, g_view = PRIVACY_PROTOCOLS[protocol]
+    q_pos = images.positions(setting.split.query)
+    g_pos = images.positions(setting.split.gallery)
+    q, g = features[q_view], features[g_view]
+    dist = pairwise_distance(q.features[q_pos], g.features[g_pos])
+    q_pids = np.array([r.pid for r in setting.split.query])
+    g_pids = np.array([r.pid for r in setting.split.gallery])
+    if family == "sysu":
+        q_cams = np.array([r.cam for r in setting.split.query])
+        g_cams = np.array([r.cam for r in setting.split.gallery])
+        return sysu_metrics(dist, q_pids, g_pids, q_cams, g_cams, max_rank=max_rank)
+    return regdb_metrics(dist, q_pids, g_pids, max_rank=max_rank)
+
+
+def evaluate(
+    model: PPAEncoder,
+    cfg: DictConfig,
+    *,
+    device: DeviceSettings,
+    protocols: Sequence[str] | None = None,
+    anonymizer: KprAnonymizer | None = None,
+    keypoints: KeypointCache | None = None,
+    settings: Sequence[TestSetting] | None = None,
+    progress: bool = True,
+) -> dict:
+    """Evaluate `model` on the test protocol of `cfg.dataset` under privacy protocols.
+
+    Returns a JSON-ready dict: ``results[protocol][group] = {"mean": {...}, "trials": [...]}``
+    where group is the SYSU mode (all/indoor) or the RegDB direction, and each entry holds
+    rank1/5/10/20, mAP, mINP (and the mean CMC curve).
+    """
+    protocols = list(protocols or cfg.eval.protocols)
+    unknown = [p for p in protocols if p not in PRIVACY_PROTOCOLS]
+    if unknown:
+        raise ValueError(
+            f"unknown privacy protocol(s) {unknown}; expected {sorted(PRIVACY_PROTOCOLS)}"
+        )
+    views = tuple(
+        sorted({v for p in protocols for v in PRIVACY_PROTOCOLS[p]}, key=("raw", "anon").index)
+    )
+    if "anon" in views and anonymizer is None:
+        raise ValueError(f"protocols {protocols} need an anonymizer")
+    settings = list(settings) if settings is not None else test_settings(cfg.dataset)
+    if not settings:
+        raise ValueError(f"dataset {cfg.dataset.name}: no test settings configured")
+    images = TestImages.from_settings(settings)
+    root = settings[0].split.root
+    pose_cfg = cfg.pose
+    if pose_cfg.missing == "skip":
+        # Dropping test images would silently change the protocol; fall back to the prior.
+        logger.warning("pose.missing=skip does not apply to test images; using center_prior")
+        pose_cfg = OmegaConf.merge(pose_cfg, {"missing": "center_prior"})
+    loader = create_eval_loader(
+        images.records,
+        root,
+        input_cfg=cfg.input,
+        batch_size=int(cfg.eval.batch_size),
+        num_workers=int(cfg.eval.num_workers),
+        pose_cfg=pose_cfg,
+        keypoints=keypoints if "anon" in views else None,
+        on_bad_image="error",
+    )
+    features = extract_features(
+        model,
+        loader,
+        device=device,
+        mean=tuple(cfg.input.mean),
+        std=tuple(cfg.input.std),
+        views=views,
+        anonymizer=anonymizer,
+        correct_offsets=bool(cfg.ppa.offsets),
+        flip=bool(cfg.eval.flip_test),
+        progress=progress,
+        desc="test features",
+    )
+    max_rank = int(cfg.eval.max_rank)
+    family = str(cfg.dataset.protocol)
+    results: dict[str, dict] = {}
+    for protocol in protocols:
+        groups: dict[str, dict] = {}
+        for setting in settings:
+            m = _setting_metrics(protocol, family, setting, features, images, max_rank)
+            entry = groups.setdefault(setting.group, {"trials": [], "cmcs": []})
+            entry["trials"].append({"trial": setting.trial, **summarize(m)})
+            entry["cmcs"].append(np.asarray(m["cmc"], dtype=np.float64))
+        for entry in groups.values():
+            length = min(len(c) for c in entry["cmcs"])
+            mean_cmc = np.mean([c[:length] for c in entry.pop("cmcs")], axis=0)
+            mean = {
+                k: float(np.mean([t[k] for t in entry["trials"]]))
+                for k in entry["trials"][0]
+                if k != "trial"
+            }
+            entry["mean"] = {**mean, "cmc": mean_cmc.tolist()}
+        results[protocol] = groups
+    return {
+        "dataset": cfg.dataset.name,
+        "protocol": family,
+        "num_test_images": len(images.records),
+        "results": results,
+    }
+
+
+def headline(report: dict, protocol: str | None = None) -> dict[str, float]:
+    """The first group's mean numbers for a protocol (default: the first evaluated)."""
+    results = report["results"]
+    protocol = protocol or next(iter(results))
+    group = next(iter(results[protocol].values()))
+    return {k: v for k, v in group["mean"].items() if k != "cmc"}

@@ -1,0 +1,141 @@
+"""The federation wire format: which arrays travel, their names, packing and validation.
+
+Shared between `server/` and `client/` (and nothing else of theirs): a site's update holds
+the shared parts (trunk, GeM, BNNeck, classifier), its own modality's stem and its own
+modality's DCMA offset; identity prototypes travel as per-modality sums and counts.
+
+Names are the encoder's state-dict keys:
+- ``stems.<modality>.*``   -> group ("stem", modality)
+- ``offsets.<modality>``   -> group ("offset", modality)
+- everything else          -> group ("shared", None)
+BatchNorm's ``num_batches_tracked`` counters stay local (they only matter with momentum=None).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ppa.data.records import Modality
+
+SHARED = "shared"
+STEM = "stem"
+OFFSET = "offset"
+PROTO_SUM = "proto-sum"
+PROTO_COUNT = "proto-count"
+TRANSPORT_DTYPES = {"float32": np.float32, "float16": np.float16}
+
+
+class MalformedUpdateError(ValueError):
+    """A site's reply that must not reach the global model."""
+
+
+@dataclass(frozen=True)
+class ParameterGroup:
+    kind: str  # shared | stem | offset
+    modality: Modality | None = None
+
+
+def parameter_group(name: str) -> ParameterGroup:
+    """Which aggregation group a state-dict key belongs to."""
+    head, _, rest = name.partition(".")
+    if head in ("stems", "offsets") and rest:
+        modality = Modality.parse(rest.split(".", 1)[0])
+        return ParameterGroup(STEM if head == "stems" else OFFSET, modality)
+    return ParameterGroup(SHARED)
+
+
+def travels(name: str) -> bool:
+    """Whether a state-dict entry is part of the federation at all."""
+    return not name.endswith("num_batches_tracked")
+
+
+def global_keys(state: Mapping[str, object]) -> list[str]:
+    """Keys the server sends: every travelling entry (both modalities' stems and offsets)."""
+    return [k for k in state if travels(k)]
+
+
+def site_keys(state: Mapping[str, object], modality: Modality) -> list[str]:
+    """Keys a site of `modality` sends back: shared parts + its own stem and offset."""
+    keys = []
+    for k in global_keys(state):
+        group = parameter_group(k)
+        if group.kind == SHARED or group.modality == modality:
+            keys.append(k)
+    return keys
+
+
+def pack(
+    state: Mapping[str, torch.Tensor], keys: Iterable[str], half_precision: bool = False
+) -> dict[str, np.ndarray]:
+    """State-dict entries -> numpy arrays for an ArrayRecord (fp16 floats when asked)."""
+    out: dict[str, np.ndarray] = {}
+    for k in keys:
+        arr = state[k].detach().cpu().numpy()
+        if half_precision and np.issubdtype(arr.dtype, np.floating):
+            arr = arr.astype(np.float16)
+        out[k] = np.ascontiguousarray(arr)
+    return out
+
+
+def unpack_into(
+    state: Mapping[str, torch.Tensor], arrays: Mapping[str, np.ndarray]
+) -> dict[str, torch.Tensor]:
+    """A full state dict: `state` with `arrays` (any float width) written over it, dtypes kept."""
+    merged = dict(state)
+    for k, arr in arrays.items():
+        merged[k] = torch.from_numpy(np.asarray(arr).copy()).to(state[k].dtype)
+    return merged
+
+
+def validate_update(
+    arrays: Mapping[str, np.ndarray],
+    reference: Mapping[str, np.ndarray],
+    modality: Modality,
+    site: str,
+) -> None:
+    """Reject a reply whose arrays are not exactly what a `modality` site must send.
+
+    Checks names (no more, no less), shapes, float dtypes and finiteness; the error names the
+    site and the first offending key.
+    """
+    expected = set(site_keys(reference, modality))
+    got = set(arrays)
+    if got != expected:
+        missing = sorted(expected - got)[:3]
+        extra = sorted(got - expected)[:3]
+        raise MalformedUpdateError(
+            f"site {site!r} ({modality.value}): wrong array names "
+            f"(missing {missing}, unexpected {extra})"
+        )
+    for k in sorted(expected):
+        arr = np.asarray(arrays[k])
+        ref = np.asarray(reference[k])
+        if tuple(arr.shape) != tuple(ref.shape):
+            raise MalformedUpdateError(
+                f"site {site!r}: array {k!r} has shape {tuple(arr.shape)}, "
+                f"expected {tuple(ref.shape)}"
+            )
+        if np.issubdtype(ref.dtype, np.floating):
+            if not np.issubdtype(arr.dtype, np.floating):
+                raise MalformedUpdateError(
+                    f"site {site!r}: array {k!r} has dtype {arr.dtype}, expected a float"
+                )
+            if not np.isfinite(arr).all():
+                raise MalformedUpdateError(f"site {site!r}: array {k!r} has NaN/Inf values")
+
+
+def validate_prototypes(
+    sums: np.ndarray, counts: np.ndarray, num_classes: int, dim: int, site: str
+) -> None:
+    """Prototype sums (C, D) and counts (C,) of one site."""
+    if sums.shape != (num_classes, dim) or counts.shape != (num_classes,):
+        raise MalformedUpdateError(
+            f"site {site!r}: prototypes {sums.shape}/{counts.shape}, expected "
+            f"({num_classes}, {dim})/({num_classes},)"
+        )
+    if not (np.isfinite(sums).all() and np.isfinite(counts).all()) or (counts < 0).any():
+        raise MalformedUpdateError(f"site {site!r}: prototypes have NaN/Inf or negative counts")

@@ -1,0 +1,236 @@
+"""Retrieval metrics of the SYSU-MM01 and RegDB protocols: CMC (Rank-k), mAP and mINP.
+
+Vectorised over the whole distance matrix with torch (processed in blocks of query rows to
+bound memory), on the device the distances live on. `ppa.metrics_reference` is the readable
+per-query implementation of the same definitions; the two agree to floating-point precision.
+
+Conventions shared by both protocols:
+
+- The gallery is ranked by ascending distance with a STABLE sort: tied distances keep the
+  gallery's own order (the earlier gallery entry ranks first).
+- A query "has a match" when a gallery entry (kept after any removal) shares its identity.
+  Queries without a match are left out of every average, CMC included.
+- AP = mean over the correct matches of precision at their positions; INP = number of correct
+  matches / position of the hardest (last) correct match; positions are 1-based.
+- The CMC has min(max_rank, gallery size) entries, each in [0, 1].
+
+SYSU-MM01 (as the literature's reference evaluation code): a query from camera 3 ignores every
+gallery image from camera 2, and the CMC counts each gallery identity once, at its first
+position in the ranked (kept) list, so Rank-k is "the true identity is among the first k
+distinct identities". RegDB: plain CMC (first correct match within the first k images), no
+removal.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+# SYSU-MM01: queries from this camera ignore gallery images from that camera (cameras 2 and 3
+# are at the same indoor location).
+SYSU_REMOVED_PAIR: tuple[int, int] = (3, 2)
+METRICS: tuple[str, ...] = ("cosine", "euclidean")
+# Query rows per block: bounds the (rows x gallery) temporaries to tens of MB at 3000 gallery
+# images while keeping each torch op large enough to run at full speed.
+ROWS_PER_BLOCK = 1024
+_SIGN_BIT = 0x80000000
+# A sort key holds 32 bits of float32 distance and the column index below them.
+_KEY_INDEX_BITS_MAX = 32
+
+
+def pairwise_distance(
+    query_feats: Tensor | np.ndarray,
+    gallery_feats: Tensor | np.ndarray,
+    metric: str = "cosine",
+    batch_size: int = ROWS_PER_BLOCK,
+) -> Tensor:
+    """(Q, D) x (G, D) features -> (Q, G) distances, on the query features' device.
+
+    ``cosine``: 1 - cosine similarity of the L2-normalised features (in [0, 2]);
+    ``euclidean``: L2 distance. Computed `batch_size` query rows at a time.
+    """
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    query = torch.as_tensor(query_feats)
+    gallery = torch.as_tensor(gallery_feats, device=query.device)
+    if query.ndim != 2 or gallery.ndim != 2 or query.shape[1] != gallery.shape[1]:
+        raise ValueError(
+            f"features must be (Q, D) and (G, D), got {tuple(query.shape)} and "
+            f"{tuple(gallery.shape)}"
+        )
+    dtype = torch.promote_types(query.dtype, gallery.dtype)
+    if not dtype.is_floating_point:
+        dtype = torch.float32
+    query, gallery = query.to(dtype), gallery.to(dtype)
+    if metric == "cosine":
+        query = torch.nn.functional.normalize(query, dim=1)
+        gallery = torch.nn.functional.normalize(gallery, dim=1)
+    else:
+        gallery_sq = gallery.pow(2).sum(1)
+    out = torch.empty((query.shape[0], gallery.shape[0]), dtype=dtype, device=query.device)
+    for start in range(0, query.shape[0], batch_size):
+        block = query[start : start + batch_size]
+        product = block @ gallery.T
+        if metric == "cosine":
+            out[start : start + batch_size] = 1.0 - product
+        else:
+            sq = block.pow(2).sum(1, keepdim=True) + gallery_sq[None, :] - 2.0 * product
+            out[start : start + batch_size] = sq.clamp_min_(0.0).sqrt_()
+    return out
+
+
+def sysu_metrics(
+    dist: Tensor | np.ndarray,
+    q_pids: Any,
+    g_pids: Any,
+    q_cams: Any,
+    g_cams: Any,
+    max_rank: int = 20,
+) -> dict[str, Any]:
+    """SYSU-MM01 protocol: {"cmc": (min(max_rank, G),) array, "mAP": float, "mINP": float}."""
+    dist_t, q_pid_t, g_pid_t = _prepare(dist, q_pids, g_pids, max_rank)
+    q_cam_t = _ids(q_cams, dist_t.device, dist_t.shape[0], "q_cams")
+    g_cam_t = _ids(g_cams, dist_t.device, dist_t.shape[1], "g_cams")
+    query_cam, gallery_cam = SYSU_REMOVED_PAIR
+    removed = (q_cam_t == query_cam)[:, None] & (g_cam_t == gallery_cam)[None, :]
+    return _evaluate(dist_t, q_pid_t, g_pid_t, ~removed, dedup=True, max_rank=max_rank)
+
+
+def regdb_metrics(
+    dist: Tensor | np.ndarray, q_pids: Any, g_pids: Any, max_rank: int = 20
+) -> dict[str, Any]:
+    """RegDB protocol: {"cmc": (min(max_rank, G),) array, "mAP": float, "mINP": float}."""
+    dist_t, q_pid_t, g_pid_t = _prepare(dist, q_pids, g_pids, max_rank)
+    return _evaluate(dist_t, q_pid_t, g_pid_t, None, dedup=False, max_rank=max_rank)
+
+
+def _evaluate(
+    dist: Tensor,
+    q_pids: Tensor,
+    g_pids: Tensor,
+    keep: Tensor | None,
+    *,
+    dedup: bool,
+    max_rank: int,
+) -> dict[str, Any]:
+    num_q, num_g = dist.shape
+    device = dist.device
+    never = num_g + 1  # a position past the end of every ranked list
+    if dedup:
+        identities, g_identity = torch.unique(g_pids, return_inverse=True)
+        q_identity = torch.searchsorted(identities, q_pids).clamp_(max=len(identities) - 1)
+    ap = torch.zeros(num_q, dtype=torch.float64, device=device)
+    hardest = torch.zeros(num_q, dtype=torch.int64, device=device)
+    first_hit = torch.full((num_q,), never, dtype=torch.int64, device=device)
+    num_rel = torch.zeros(num_q, dtype=torch.int64, device=device)
+    # Positions fit int32 (a gallery of 2**31 images would not fit in memory anyway); int32
+    # cumulative sums run several times faster than int64 ones on the CPU.
+    ranks = torch.arange(1, num_g + 1, dtype=torch.int32, device=device)[None, :]
+
+    for start in range(0, num_q, ROWS_PER_BLOCK):
+        rows = slice(start, start + ROWS_PER_BLOCK)
+        order = stable_argsort(dist[rows])
+        match = (g_pids[None, :] == q_pids[rows, None]).gather(1, order)
+        if keep is None:
+            kept, position = None, ranks.expand_as(match)
+        else:
+            kept = keep[rows].gather(1, order)
+            match &= kept
+            # Position of each entry in the list with the removed entries taken out.
+            position = kept.cumsum(1, dtype=torch.int32)
+        hits = match.sum(1)
+        num_rel[rows] = hits
+        # AP and INP only need the correct matches: their position and how many precede them.
+        row, col = match.nonzero(as_tuple=True)
+        hit_position = position[row, col]
+        hit_count = match.cumsum(1, dtype=torch.int32)[row, col]
+        row_ap = torch.zeros(match.shape[0], dtype=torch.float64, device=device)
+        row_ap.index_add_(0, row, hit_count.double() / hit_position.double())
+        ap[rows] = row_ap / hits.clamp(min=1)
+        row_hardest = torch.zeros(match.shape[0], dtype=torch.int32, device=device)
+        hardest[rows] = row_hardest.scatter_reduce_(0, row, hit_position, reduce="amax")
+        if dedup:
+            # Rank among distinct identities = how many identities first appear (in the kept
+            # list) no later than the query's own identity first does.
+            kept_position = position if kept is None else torch.where(kept, position, never)
+            first = torch.full(
+                (match.shape[0], len(identities)), never, dtype=torch.int32, device=device
+            )
+            ranked_identity = g_identity.expand(match.shape[0], -1).gather(1, order)
+            first.scatter_reduce_(1, ranked_identity, kept_position, reduce="amin")
+            own_first = first.gather(1, q_identity[rows, None])
+            first_hit[rows] = (first <= own_first).sum(1)
+        else:
+            first_hit[rows] = match.to(torch.uint8).argmax(1) + 1
+
+    valid = num_rel > 0
+    num_valid = int(valid.sum())
+    if num_valid == 0:
+        raise ValueError(
+            f"no query has a correct match in the gallery ({num_q} queries, "
+            f"{num_g} gallery images): check the query/gallery identities"
+        )
+    cmc_len = min(max_rank, num_g)
+    # Histogram of first-hit ranks (clipped past the curve's end), cumulated = CMC.
+    counts = torch.bincount(first_hit[valid].clamp(max=cmc_len + 1) - 1, minlength=cmc_len + 1)
+    cmc = counts[:cmc_len].cumsum(0).double() / num_valid
+    inp = num_rel[valid].double() / hardest[valid].double()
+    return {
+        "cmc": cmc.cpu().numpy(),
+        "mAP": float(ap[valid].mean()),
+        "mINP": float(inp.mean()),
+    }
+
+
+def stable_argsort(dist: Tensor) -> Tensor:
+    """Row-wise argsort of a (Q, G) matrix, ties kept in column order (a stable sort).
+
+    On the CPU with float32 (or narrower) distances, each entry becomes one unique 64-bit key,
+    order-preserving bits of the distance above the column index, so numpy's vectorised
+    (unstable) value sort gives the stable order several times faster than a stable argsort.
+    """
+    num_g = dist.shape[1]
+    index_bits = max(1, (num_g - 1).bit_length())
+    narrow = dist.dtype in (torch.float32, torch.float16, torch.bfloat16)
+    if dist.device.type != "cpu" or not narrow or index_bits > _KEY_INDEX_BITS_MAX:
+        return torch.argsort(dist, dim=1, stable=True)
+    # + 0.0 turns -0.0 into +0.0, which compares equal to it and must tie with it.
+    values = dist.to(torch.float32).numpy() + np.float32(0.0)
+    bits = values.view(np.uint32)
+    # IEEE-754 order as unsigned integers: flip all bits of negatives, the sign bit of others.
+    ordered = np.where(bits >> np.uint32(31), ~bits, bits | np.uint32(_SIGN_BIT))
+    keys = (ordered.astype(np.uint64) << np.uint64(index_bits)) | np.arange(num_g, dtype=np.uint64)
+    keys.sort(axis=1)
+    return torch.from_numpy((keys & np.uint64((1 << index_bits) - 1)).astype(np.int64))
+
+
+def _prepare(
+    dist: Tensor | np.ndarray, q_pids: Any, g_pids: Any, max_rank: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    dist_t = torch.as_tensor(dist).detach()
+    if dist_t.ndim != 2 or dist_t.shape[0] == 0 or dist_t.shape[1] == 0:
+        raise ValueError(f"distance matrix must be non-empty (Q, G), got {tuple(dist_t.shape)}")
+    if max_rank < 1:
+        raise ValueError(f"max_rank must be >= 1, got {max_rank}")
+    if not dist_t.is_floating_point():
+        dist_t = dist_t.double()
+    if torch.isnan(dist_t).any():
+        raise ValueError("distance matrix contains NaN")
+    q_pid_t = _ids(q_pids, dist_t.device, dist_t.shape[0], "q_pids")
+    g_pid_t = _ids(g_pids, dist_t.device, dist_t.shape[1], "g_pids")
+    return dist_t, q_pid_t, g_pid_t
+
+
+def _ids(values: Any, device: torch.device, expected: int, name: str) -> Tensor:
+    tensor = torch.as_tensor(np.asarray(values) if not isinstance(values, Tensor) else values)
+    tensor = tensor.to(device=device, dtype=torch.int64).reshape(-1)
+    if tensor.numel() != expected:
+        raise ValueError(
+            f"{name} has {tensor.numel()} entries, the distance matrix needs {expected}"
+        )
+    return tensor

@@ -1,0 +1,66 @@
+"""Per-round drift / anomaly detection over site updates of the shared parts."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# MAD -> standard deviation for normally distributed norms.
+MAD_TO_STD = 1.4826
+
+
+@dataclass
+class AnomalyReport:
+    """Per-site scores and the sites flagged this round."""
+
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)
+    flagged: list[str] = field(default_factory=list)
+
+
+def detect_anomalies(
+    sites: Sequence[str],
+    updates: Sequence[Mapping[str, np.ndarray]],
+    current: Mapping[str, np.ndarray],
+    keys: Sequence[str],
+    *,
+    threshold: float | None = 3.0,
+) -> AnomalyReport:
+    """Flag sites whose update (update - current global) is far from the others'.
+
+    Two robust scores per site: the norm's z-score against the median/MAD of all norms (a
+    scaled update stands out), and the cosine between the site's delta and the mean delta
+    of the other sites (a sign-flipped update points away). A site is flagged when its norm
+    z-score exceeds `threshold` or its cosine is negative. Needs three sites; fewer give
+    scores but no flags.
+    """
+    report = AnomalyReport()
+    n = len(sites)
+    if n == 0:
+        return report
+    deltas = []
+    for u in updates:
+        deltas.append(
+            np.concatenate(
+                [
+                    (np.asarray(u[k], np.float64) - np.asarray(current[k], np.float64)).ravel()
+                    for k in keys
+                ]
+            )
+        )
+    stack = np.stack(deltas)
+    norms = np.linalg.norm(stack, axis=1)
+    median = float(np.median(norms))
+    mad = float(np.median(np.abs(norms - median)))
+    scale = MAD_TO_STD * mad + 1e-12 + 1e-6 * median
+    total = stack.sum(axis=0)
+    for i, site in enumerate(sites):
+        others = (total - stack[i]) / max(n - 1, 1)
+        denom = float(np.linalg.norm(others) * norms[i])
+        cosine = float(stack[i] @ others / denom) if denom > 0 else 1.0
+        z = float((norms[i] - median) / scale)
+        report.scores[site] = {"norm": float(norms[i]), "norm_z": z, "cosine": cosine}
+        if threshold is not None and n >= 3 and (z > threshold or cosine < 0.0):
+            report.flagged.append(site)
+    return report

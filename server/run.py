@@ -1,0 +1,226 @@
+"""The federated round loop: sample, train, aggregate, evaluate, checkpoint, export.
+
+Flower's `Strategy.start` runs a fixed loop; ours adds what a long run needs between rounds
+(central evaluation every N rounds, atomic checkpoints, resume, telemetry), so the loop
+lives here and the strategy only configures and aggregates.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord
+from flwr.serverapp import Grid
+from omegaconf import DictConfig, OmegaConf
+
+from ppa.checkpoint import save_checkpoint
+from ppa.config import resolve_path
+from ppa.data.protocols import load_label_space
+from ppa.engine import DeviceSettings
+from ppa.federation import global_keys, pack, unpack_into
+from ppa.model import PPAEncoder, create_model
+from ppa.runtime import seed_everything
+from server.checkpoints import CheckpointStore, ServerCheckpoint, capture_rng, restore_rng
+from server.evaluation import CentralEvaluator, MetricsHistory, headline_numbers
+from server.strategy import ModalityAwareFedAvg, RoundReport
+from server.telemetry import Telemetry
+
+logger = logging.getLogger(__name__)
+
+
+def build_strategy(cfg: DictConfig, model: PPAEncoder) -> ModalityAwareFedAvg:
+    fed = cfg.federation
+    agg = fed.aggregation
+    state = model.state_dict()
+    return ModalityAwareFedAvg(
+        {k: state[k] for k in global_keys(state)},
+        model.num_classes,
+        fraction_train=float(fed.fraction_train),
+        min_train_nodes=int(fed.min_train_sites),
+        min_available_nodes=int(fed.min_available_sites),
+        node_wait_timeout=float(fed.node_wait_timeout),
+        rule=str(agg.rule),
+        trim_fraction=float(agg.trim_fraction),
+        byzantine=int(agg.krum_byzantine),
+        clip_norm=float(agg.clip_norm) if agg.clip_norm else None,
+        anomaly_threshold=float(agg.anomaly_threshold) if agg.anomaly_threshold else None,
+        exclude_anomalies=bool(agg.exclude_anomalies),
+        seed=int(cfg.seed),
+    )
+
+
+class FederatedRun:
+    """One federated training run of the PPA model (see DESIGN.md section 5)."""
+
+    def __init__(self, cfg: DictConfig, *, resume: bool = False):
+        self.cfg = cfg
+        self.out = resolve_path(cfg.output_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        seed_everything(int(cfg.seed), bool(cfg.deterministic))
+        self.device = DeviceSettings.from_config(cfg)
+        # The label space comes from the split files; the server needs no training images.
+        num_classes = len(load_label_space(cfg.dataset))
+        self.model = create_model(cfg.model, num_classes)
+        self.model.to(self.device.device)
+        state = self.model.state_dict()
+        self.arrays = pack(state, global_keys(state))
+        self.strategy = build_strategy(cfg, self.model)
+        self.store = CheckpointStore(
+            self.out / "checkpoints", keep=int(cfg.federation.keep_checkpoints)
+        )
+        self.history = MetricsHistory()
+        self.evaluator = CentralEvaluator(cfg, self.device, list(cfg.federation.eval_protocols))
+        self.telemetry: Telemetry | None = None
+        self.start_round = 1
+        if resume:
+            self._resume()
+
+    # State --------------------------------------------------------------------------------
+    def _resume(self) -> None:
+        ckpt = self.store.load_latest()
+        if ckpt is None:
+            logger.warning(
+                "resume=true but no checkpoint in %s: starting from round 1", self.store.directory
+            )
+            return
+        if set(ckpt.arrays) != set(self.arrays):
+            raise ValueError(
+                f"checkpoint in {self.store.directory} belongs to another model "
+                "(array names differ)"
+            )
+        self.arrays = {k: np.asarray(v) for k, v in ckpt.arrays.items()}
+        self.strategy.load_state_dict(ckpt.strategy)
+        self.history = MetricsHistory(ckpt.history)
+        restore_rng(ckpt.rng)
+        self.start_round = ckpt.server_round + 1
+
+    def global_model(self) -> PPAEncoder:
+        """The model holding the current global arrays."""
+        self.model.load_state_dict(unpack_into(self.model.state_dict(), self.arrays))
+        return self.model
+
+    # The loop -----------------------------------------------------------------------------
+    def run(self, grid: Grid) -> MetricsHistory:
+        fed = self.cfg.federation
+        rounds = int(fed.rounds)
+        if self.cfg.telemetry.enabled:
+            self.telemetry = Telemetry()
+            self.telemetry.serve(str(self.cfg.telemetry.host), int(self.cfg.telemetry.port))
+        try:
+            if self.start_round == 1 and fed.evaluate_initial and not self.history.records:
+                self._evaluate_and_record(0, {"round": 0})
+            for server_round in range(self.start_round, rounds + 1):
+                self._round(grid, server_round, rounds)
+        finally:
+            if self.telemetry is not None:
+                self.telemetry.close()
+        self._log_table()
+        return self.history
+
+    def _round(self, grid: Grid, server_round: int, rounds: int) -> None:
+        fed = self.cfg.federation
+        start = time.perf_counter()
+        config = ConfigRecord(
+            {"local-epochs": int(fed.local_epochs), "half-precision": bool(fed.half_precision)}
+        )
+        global_record = ArrayRecord({k: Array(v) for k, v in self.arrays.items()})
+        messages = self.strategy.configure_train(server_round, global_record, config, grid)
+        replies = grid.send_and_receive(messages, timeout=float(fed.round_timeout))
+        aggregated, metrics = self.strategy.aggregate_train(server_round, replies)
+        if aggregated is not None:
+            self.arrays = {k: v.numpy() for k, v in aggregated.items()}
+        report = self.strategy.last_report or RoundReport(server_round, sampled=0)
+        record = {
+            "round": server_round,
+            "train": dict(metrics) if metrics is not None else {},
+            "sites": report.site_metrics,
+            "replied": report.replied,
+            "failed": report.failed,
+            "bytes_received": report.bytes_received,
+            "anomalies": report.anomalies.scores if report.anomalies else {},
+            "flagged": report.anomalies.flagged if report.anomalies else [],
+        }
+        if server_round % int(fed.evaluate_every) == 0 or server_round == rounds:
+            self._evaluate_and_record(server_round, record)
+        else:
+            self.history.append(record)
+        record["seconds"] = time.perf_counter() - start
+        self._export(server_round, record, report)
+
+    def _evaluate_and_record(self, server_round: int, record: dict) -> None:
+        evaluation = self.evaluator(self.global_model())
+        record["central"] = headline_numbers(evaluation)
+        eval_dir = self.out / "evaluation"
+        eval_dir.mkdir(exist_ok=True)
+        (eval_dir / f"round_{server_round:04d}.json").write_text(json.dumps(evaluation, indent=2))
+        self.history.append(record)
+        numbers = " | ".join(
+            f"{p}: mAP {100 * v['mAP']:.2f} R1 {100 * v['rank1']:.2f}"
+            for p, v in record["central"].items()
+        )
+        logger.info("round %d central evaluation: %s", server_round, numbers)
+        if self.telemetry is not None:
+            self.telemetry.record_evaluation(record["central"])
+        if server_round == 0:
+            self.history.save(self.out / "history.json")
+
+    def _export(self, server_round: int, record: dict, report: RoundReport) -> None:
+        self.history.save(self.out / "history.json")
+        self.history.plot(self.out / "history.png", title=f"{self.cfg.run_name}")
+        self.store.save(
+            ServerCheckpoint(
+                server_round=server_round,
+                arrays=self.arrays,
+                strategy=self.strategy.state_dict(),
+                history=self.history.records,
+                rng=capture_rng(),
+                config=OmegaConf.to_container(self.cfg, resolve=True),
+            )
+        )
+        save_checkpoint(
+            self.out / "model_latest.pt", self.global_model(), self.cfg, server_round=server_round
+        )
+        if self.telemetry is not None:
+            flagged = report.anomalies.flagged if report.anomalies else []
+            self.telemetry.record_round(
+                server_round,
+                seconds=record["seconds"],
+                sampled=report.sampled,
+                replied=len(report.replied),
+                failed=len(report.failed),
+                bytes_received=report.bytes_received,
+                site_metrics=report.site_metrics,
+                flagged={s: s in flagged for s in report.replied},
+            )
+        logger.info(
+            "round %d done in %.1fs: %d site(s) aggregated, %d failed, %.2f MB received",
+            server_round,
+            record["seconds"],
+            len(report.replied),
+            len(report.failed),
+            report.bytes_received / 1e6,
+        )
+
+    def _log_table(self) -> None:
+        rows = [r for r in self.history.records if r.get("central")]
+        if not rows:
+            return
+        protocols = list(rows[-1]["central"])
+        header = "round | " + " | ".join(f"{p} mAP / R1 / mINP" for p in protocols)
+        lines = [header, "-" * len(header)]
+        for r in rows:
+            cells = []
+            for p in protocols:
+                v = r["central"].get(p)
+                cells.append(
+                    f"{100 * v['mAP']:6.2f} / {100 * v['rank1']:6.2f} / {100 * v['mINP']:6.2f}"
+                    if v
+                    else "-"
+                )
+            lines.append(f"{r['round']:5d} | " + " | ".join(cells))
+        logger.info("central evaluation per round (%%):\n%s", "\n".join(lines))
+        logger.info("history: %s", Path(self.out / "history.json"))

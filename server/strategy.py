@@ -1,0 +1,337 @@
+"""ModalityAwareFedAvg: shared parts over all sites, stems/offsets/prototypes per modality."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from ppa.data.records import MODALITIES, Modality
+from ppa.federation import (
+    OFFSET,
+    PROTO_COUNT,
+    PROTO_SUM,
+    SHARED,
+    STEM,
+    MalformedUpdateError,
+    parameter_group,
+    validate_prototypes,
+    validate_update,
+)
+from server.aggregation import aggregate_updates, clip_update
+from server.anomaly import AnomalyReport, detect_anomalies
+
+logger = logging.getLogger(__name__)
+
+ARRAYS = "arrays"
+CONFIG = "config"
+METRICS = "metrics"
+PROTOTYPES = "prototypes"
+SITE = "site"
+
+
+@dataclass
+class SiteReply:
+    """One validated training reply."""
+
+    node_id: int
+    site: str
+    modality: Modality
+    arrays: dict[str, np.ndarray]
+    num_examples: float
+    metrics: dict[str, float]
+    proto_sum: np.ndarray | None
+    proto_count: np.ndarray | None
+    nbytes: int
+
+
+@dataclass
+class RoundReport:
+    """What happened in one round, for the history, logs and telemetry."""
+
+    server_round: int
+    sampled: int
+    replied: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)  # "node <id>: reason" or "site: reason"
+    bytes_received: int = 0
+    site_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    anomalies: AnomalyReport | None = None
+    seconds: float = 0.0
+
+
+class ModalityAwareFedAvg(Strategy):
+    """Modality-aware aggregation for the PPA encoder.
+
+    - shared parts (trunk, GeM, BNNeck, classifier): over all sites, with the configured rule
+      (weighted FedAvg or a robust rule) after optional per-update norm clipping;
+    - stems and DCMA offsets: weighted mean within each modality;
+    - identity prototypes: per-modality sums / counts, so each identity's prototype is the
+      mean over every image of that modality that any site saw.
+    Replies are validated (names, shapes, dtypes, finite values) and a malformed one is
+    dropped with its site named; aggregation is over replies sorted by site name so the
+    result does not depend on arrival order.
+    """
+
+    def __init__(
+        self,
+        reference: Mapping[str, torch.Tensor],
+        num_classes: int,
+        *,
+        fraction_train: float = 1.0,
+        min_train_nodes: int = 2,
+        min_available_nodes: int = 2,
+        node_wait_timeout: float = 300.0,
+        rule: str = "fedavg",
+        trim_fraction: float = 0.2,
+        byzantine: int = 1,
+        clip_norm: float | None = None,
+        anomaly_threshold: float | None = 3.0,
+        exclude_anomalies: bool = False,
+        seed: int = 0,
+    ):
+        # The current global arrays: the validation reference and the clipping anchor.
+        self.current = {k: v.detach().cpu().numpy() for k, v in reference.items()}
+        self.num_classes = num_classes
+        self.dim = int(
+            next(v for k, v in self.current.items() if parameter_group(k).kind == OFFSET).size
+        )
+        self.fraction_train = fraction_train
+        self.min_train_nodes = min_train_nodes
+        self.min_available_nodes = min_available_nodes
+        self.node_wait_timeout = node_wait_timeout
+        self.rule = rule
+        self.trim_fraction = trim_fraction
+        self.byzantine = byzantine
+        self.clip_norm = clip_norm
+        self.anomaly_threshold = anomaly_threshold
+        self.exclude_anomalies = exclude_anomalies
+        self.rng = random.Random(seed)
+        self.proto_sums = np.zeros((len(MODALITIES), num_classes, self.dim), np.float64)
+        self.proto_counts = np.zeros((len(MODALITIES), num_classes), np.float64)
+        self.last_report: RoundReport | None = None
+        self._sampled: dict[int, int] = {}
+
+    # Checkpointable state ------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "rng": self.rng.getstate(),
+            "proto_sums": self.proto_sums.copy(),
+            "proto_counts": self.proto_counts.copy(),
+        }
+
+    def load_state_dict(self, state: Mapping) -> None:
+        self.rng.setstate(state["rng"])
+        self.proto_sums = np.asarray(state["proto_sums"], np.float64).copy()
+        self.proto_counts = np.asarray(state["proto_counts"], np.float64).copy()
+
+    def prototype_record(self) -> ArrayRecord:
+        """The global prototypes as sent to sites: per-modality sums and counts."""
+        arrays = {}
+        for m in MODALITIES:
+            arrays[f"{PROTO_SUM}.{m.value}"] = self.proto_sums[m.index].astype(np.float32)
+            arrays[f"{PROTO_COUNT}.{m.value}"] = self.proto_counts[m.index].astype(np.float32)
+        return ArrayRecord({k: Array(v) for k, v in arrays.items()})
+
+    # Strategy interface ----------------------------------------------------------------------
+    def summary(self) -> None:
+        logger.info(
+            "ModalityAwareFedAvg: rule=%s clip_norm=%s fraction=%.2f min_nodes=%d",
+            self.rule,
+            self.clip_norm,
+            self.fraction_train,
+            self.min_train_nodes,
+        )
+
+    def sample(self, grid: Grid) -> list[int]:
+        """Wait (bounded) for enough nodes, then sample a fraction with the strategy's RNG."""
+        deadline = time.monotonic() + self.node_wait_timeout
+        need = max(self.min_available_nodes, self.min_train_nodes)
+        while len(nodes := sorted(grid.get_node_ids())) < need:
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"only {len(nodes)} site(s) connected after {self.node_wait_timeout:.0f}s; "
+                    f"federation.min_available_sites={need}"
+                )
+            time.sleep(1.0)
+        size = min(len(nodes), max(int(len(nodes) * self.fraction_train), self.min_train_nodes))
+        return sorted(self.rng.sample(nodes, size))
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        nodes = self.sample(grid)
+        self.current = {k: v.numpy() for k, v in arrays.items()}
+        config["server-round"] = server_round
+        content = RecordDict({ARRAYS: arrays, CONFIG: config, PROTOTYPES: self.prototype_record()})
+        self._sampled[server_round] = len(nodes)
+        logger.info("round %d: sampled %d site(s)", server_round, len(nodes))
+        return [
+            Message(content=content, message_type=MessageType.TRAIN, dst_node_id=n) for n in nodes
+        ]
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        # Evaluation is central (server/evaluation.py): the test protocols need the whole
+        # query/gallery, which no single site holds.
+        return []
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        return None
+
+    def _parse(self, msg: Message) -> SiteReply:
+        node = msg.metadata.src_node_id
+        content = msg.content
+        if SITE not in content.config_records or ARRAYS not in content.array_records:
+            raise MalformedUpdateError(f"node {node}: reply lacks '{SITE}' or '{ARRAYS}'")
+        site_info = content.config_records[SITE]
+        site = str(site_info.get("site", f"node-{node}"))
+        modality = Modality.parse(str(site_info.get("modality", "")))
+        record = content.array_records[ARRAYS]
+        arrays = {k: v.numpy() for k, v in record.items()}
+        validate_update(arrays, self.current, modality, site)
+        metrics = dict(content.metric_records.get(METRICS, MetricRecord()))
+        num_examples = float(metrics.get("num-examples", 0.0))
+        if not np.isfinite(num_examples) or num_examples <= 0:
+            raise MalformedUpdateError(f"site {site!r}: num-examples={num_examples}")
+        proto_sum = proto_count = None
+        nbytes = record.count_bytes()
+        if PROTOTYPES in content.array_records:
+            protos = content.array_records[PROTOTYPES]
+            proto_sum = protos[PROTO_SUM].numpy().astype(np.float64)
+            proto_count = protos[PROTO_COUNT].numpy().astype(np.float64)
+            validate_prototypes(proto_sum, proto_count, self.num_classes, self.dim, site)
+            nbytes += protos.count_bytes()
+        return SiteReply(
+            node,
+            site,
+            modality,
+            arrays,
+            num_examples,
+            {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
+            proto_sum,
+            proto_count,
+            nbytes,
+        )
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        start = time.perf_counter()
+        report = RoundReport(server_round, sampled=self._sampled.get(server_round, 0))
+        parsed: list[SiteReply] = []
+        for msg in replies:
+            if msg.has_error():
+                report.failed.append(f"node {msg.metadata.src_node_id}: {msg.error.reason}")
+                continue
+            try:
+                parsed.append(self._parse(msg))
+            except (MalformedUpdateError, ValueError, KeyError, TypeError) as err:
+                report.failed.append(str(err))
+        missing = report.sampled - len(parsed) - len(report.failed)
+        if missing > 0:
+            report.failed.append(f"{missing} site(s) did not reply before the round timeout")
+        for reason in report.failed:
+            logger.warning("round %d: dropped %s", server_round, reason)
+        parsed.sort(key=lambda r: (r.site, r.node_id))
+        report.replied = [r.site for r in parsed]
+        report.bytes_received = sum(r.nbytes for r in parsed)
+        report.site_metrics = {r.site: r.metrics for r in parsed}
+        self.last_report = report
+        if not parsed:
+            logger.error("round %d: no usable reply; the global model is unchanged", server_round)
+            report.seconds = time.perf_counter() - start
+            return None, None
+
+        current = self.current
+        shared_keys = [k for k in parsed[0].arrays if parameter_group(k).kind == SHARED]
+        report.anomalies = detect_anomalies(
+            [r.site for r in parsed],
+            [r.arrays for r in parsed],
+            current,
+            shared_keys,
+            threshold=self.anomaly_threshold,
+        )
+        voters = parsed
+        if self.exclude_anomalies and report.anomalies.flagged:
+            voters = [r for r in parsed if r.site not in report.anomalies.flagged] or parsed
+        if self.clip_norm:
+            for r in voters:
+                r.arrays = clip_update(r.arrays, current, shared_keys, self.clip_norm)
+
+        new = dict(current)
+        new.update(
+            aggregate_updates(
+                [r.arrays for r in voters],
+                [r.num_examples for r in voters],
+                shared_keys,
+                self.rule,
+                trim_fraction=self.trim_fraction,
+                byzantine=self.byzantine,
+            )
+        )
+        for modality in MODALITIES:
+            group = [r for r in voters if r.modality == modality]
+            if not group:
+                continue  # no site of this modality this round: its stem/offset stay
+            keys = [
+                k
+                for k in group[0].arrays
+                if parameter_group(k).kind in (STEM, OFFSET)
+                and parameter_group(k).modality == modality
+            ]
+            new.update(
+                aggregate_updates(
+                    [r.arrays for r in group], [r.num_examples for r in group], keys, "fedavg"
+                )
+            )
+        self._aggregate_prototypes(voters)
+        new = {k: np.asarray(v, dtype=current[k].dtype) for k, v in new.items()}
+        self.current = new
+        report.seconds = time.perf_counter() - start
+        record = ArrayRecord({k: Array(v) for k, v in new.items()})
+        return record, self._aggregate_metrics(voters)
+
+    def _aggregate_prototypes(self, replies: list[SiteReply]) -> None:
+        with_protos = [r for r in replies if r.proto_sum is not None]
+        if not with_protos:
+            return
+        sums = np.zeros_like(self.proto_sums)
+        counts = np.zeros_like(self.proto_counts)
+        for r in with_protos:
+            sums[r.modality.index] += r.proto_sum
+            counts[r.modality.index] += r.proto_count
+        # A modality no site reported this round keeps last round's prototypes.
+        for m in MODALITIES:
+            if counts[m.index].sum() > 0:
+                self.proto_sums[m.index] = sums[m.index]
+                self.proto_counts[m.index] = counts[m.index]
+
+    @staticmethod
+    def _aggregate_metrics(replies: list[SiteReply]) -> MetricRecord:
+        total = sum(r.num_examples for r in replies)
+        keys = sorted({k for r in replies for k in r.metrics if k != "num-examples"})
+        out: dict[str, float] = {"num-examples": float(total)}
+        for k in keys:
+            vals = [(r.metrics[k], r.num_examples) for r in replies if k in r.metrics]
+            weight = sum(w for _, w in vals)
+            out[k] = float(sum(v * w for v, w in vals) / weight) if weight else 0.0
+        return MetricRecord(out)

@@ -1,0 +1,214 @@
+"""Fixed anonymisers (none, mosaic, blur, noise) and the factory, hand-checked on small tensors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from ppa.anonymize import (
+    ANONYMIZER_NAMES,
+    BlurAnonymizer,
+    IdentityAnonymizer,
+    LearnedAnonymizer,
+    MosaicAnonymizer,
+    NoiseAnonymizer,
+    create_anonymizer,
+    mosaic,
+)
+from ppa.anonymize.prng import hash32, seeded_standard_normal
+from ppa.config import load_config
+
+
+def random_images(*shape: int, seed: int = 0, dtype=torch.float32) -> torch.Tensor:
+    return torch.rand(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+# -- none -------------------------------------------------------------------------------------
+def test_none_is_identity():
+    images = random_images(2, 3, 8, 4)
+    assert torch.equal(IdentityAnonymizer(0.0, 288)(images, 1.5, torch.arange(2)), images)
+
+
+# -- mosaic -----------------------------------------------------------------------------------
+def test_mosaic_hand_computed():
+    image = torch.arange(8.0).view(1, 1, 2, 4)  # [[0 1 2 3], [4 5 6 7]]
+    expected = torch.tensor([[2.5, 2.5, 4.5, 4.5], [2.5, 2.5, 4.5, 4.5]]).view(1, 1, 2, 4)
+    assert torch.equal(mosaic(image, 2), expected)
+
+
+def test_mosaic_blocks_not_dividing_the_image():
+    image = torch.arange(35.0).view(1, 1, 5, 7)
+    out = mosaic(image, 3)
+    # Blocks: rows [0:3], [3:5] x cols [0:3], [3:6], [6:7]; each constant = its own mean.
+    for rows in (slice(0, 3), slice(3, 5)):
+        for cols in (slice(0, 3), slice(3, 6), slice(6, 7)):
+            block = out[0, 0, rows, cols]
+            assert torch.all(block == image[0, 0, rows, cols].mean())
+    assert float(out[0, 0, 4, 6]) == pytest.approx((27 + 34) / 2)  # 1 x 2 corner block
+    # A block larger than the image: one block, the image mean.
+    assert torch.allclose(mosaic(image, 9), torch.full_like(image, 17.0))
+
+
+def test_mosaic_block_scales_with_height_and_level():
+    anonymizer = MosaicAnonymizer(24, reference_height=288)
+    assert anonymizer.block_size(1.0, 288) == 24
+    assert anonymizer.block_size(1.0, 96) == 8
+    assert anonymizer.block_size(1.5, 96) == 12
+    assert anonymizer.block_size(0.35, 128) == 4          # 3.73 -> 4
+    assert anonymizer.block_size(0.01, 64) == 1           # at least one pixel
+    images = random_images(2, 3, 96, 48)
+    out = anonymizer(images, 1.0)
+    blocks = out.view(2, 3, 12, 8, 6, 8)                  # 12 x 6 blocks of 8 x 8
+    assert torch.all(blocks == blocks[:, :, :, :1, :, :1])
+    means = images.view(2, 3, 12, 8, 6, 8).mean(dim=(3, 5))
+    assert torch.allclose(blocks[:, :, :, 0, :, 0], means, atol=1e-6)
+    assert torch.equal(anonymizer(images, 0.01), images)
+
+
+# -- blur -------------------------------------------------------------------------------------
+def test_blur_of_constant_is_constant():
+    images = torch.full((1, 3, 40, 20), 0.3)
+    out = BlurAnonymizer(12, reference_height=40)(images, 1.5)  # sigma 18, longer than W
+    assert torch.allclose(out, images, atol=1e-6)
+
+
+def test_blur_matches_gaussian_with_sigma_scaled_by_height():
+    anonymizer = BlurAnonymizer(2.0, reference_height=32)
+    for height, sigma in ((32, 2.0), (64, 4.0)):
+        images = random_images(1, 3, height, 24, dtype=torch.float64)
+        out = anonymizer(images, 1.0)
+        expected = ndimage.gaussian_filter(images.numpy(), (0, 0, sigma, sigma), mode="mirror",
+                                           truncate=3.0)
+        np.testing.assert_allclose(out.numpy(), expected, atol=1e-10)
+
+
+def test_blur_impulse_variance_is_sigma_squared():
+    anonymizer = BlurAnonymizer(2.0, reference_height=64)
+    for height, level, sigma in ((64, 1.0, 2.0), (128, 1.0, 4.0), (64, 1.5, 3.0)):
+        impulse = torch.zeros(1, 1, height, height, dtype=torch.float64)
+        impulse[..., height // 2, height // 2] = 1.0
+        out = anonymizer(impulse, level)[0, 0]
+        offsets = torch.arange(height, dtype=torch.float64) - height // 2
+        assert float(out.sum()) == pytest.approx(1.0)
+        variance_x = float((out.sum(dim=0) * offsets**2).sum())
+        # A 3-sigma truncated sampled Gaussian keeps ~97% of the variance.
+        assert variance_x == pytest.approx(sigma**2, rel=0.04)
+
+
+def test_blur_and_mosaic_are_differentiable():
+    images = random_images(1, 3, 16, 8).requires_grad_()
+    loss = BlurAnonymizer(3, 16)(images).sum() + MosaicAnonymizer(3, 16)(images).square().sum()
+    loss.backward()
+    assert images.grad is not None and torch.isfinite(images.grad).all()
+    assert float(images.grad.abs().sum()) > 0
+
+
+# -- noise ------------------------------------------------------------------------------------
+def test_noise_std_matches_sigma():
+    images = torch.full((2, 3, 64, 64), 0.5)
+    out = NoiseAnonymizer(0.1, reference_height=288)(images, 1.0, torch.tensor([3, 4]))
+    noise = (out - images).flatten()
+    assert float(noise.mean()) == pytest.approx(0.0, abs=0.003)
+    assert float(noise.std()) == pytest.approx(0.1, rel=0.03)
+    within_one_sigma = float((noise.abs() < 0.1).double().mean())
+    assert within_one_sigma == pytest.approx(0.6827, abs=0.015)
+    # Level scales sigma, clipping keeps [0, 1].
+    strong = NoiseAnonymizer(0.5, 288)(images, 1.5, torch.tensor([3, 4]))
+    assert float(strong.min()) == 0.0 and float(strong.max()) == 1.0
+
+
+def test_noise_is_deterministic_per_seed_and_independent_of_the_batch():
+    anonymizer = NoiseAnonymizer(0.2, reference_height=288)
+    images = random_images(3, 3, 16, 8)
+    seeds = torch.tensor([11, 12, 11])
+    out = anonymizer(images, 1.0, seeds)
+    assert torch.equal(out, anonymizer(images, 1.0, seeds))
+    alone = anonymizer(images[1:2], 1.0, seeds[1:2])
+    assert torch.equal(out[1:2], alone)
+    noise0, noise2 = out[0] - images[0], out[2] - images[2]
+    unclipped = (out[0] > 0) & (out[0] < 1) & (out[2] > 0) & (out[2] < 1)
+    assert torch.allclose(noise0[unclipped], noise2[unclipped], atol=1e-6)  # same seed
+    other = anonymizer(images, 1.0, torch.tensor([13, 12, 11]))
+    assert not torch.equal(other[0], out[0])                                 # other seed
+
+
+def test_noise_levels_share_one_draw():
+    anonymizer = NoiseAnonymizer(0.05, reference_height=288)
+    images = torch.full((1, 3, 8, 8), 0.5)
+    seeds = torch.tensor([7])
+    weak, strong = anonymizer.forward_levels(images, [1.0, 2.0], seeds)
+    assert torch.allclose(strong - images, 2.0 * (weak - images), atol=1e-6)
+    assert torch.equal(weak, anonymizer(images, 1.0, seeds))
+
+
+def test_noise_needs_seeds():
+    with pytest.raises(ValueError, match="seeds"):
+        NoiseAnonymizer(0.5, 288)(random_images(2, 3, 8, 4), 1.0)
+
+
+def test_seeded_normals_are_standard_and_uncorrelated_across_seeds():
+    z = seeded_standard_normal(torch.tensor([0, 1, -5, 2**40]), (50_000,))
+    assert z.shape == (4, 50_000)
+    assert torch.allclose(z.mean(dim=1), torch.zeros(4), atol=0.02)
+    assert torch.allclose(z.std(dim=1), torch.ones(4), atol=0.02)
+    corr = torch.corrcoef(z)
+    assert float((corr - torch.eye(4)).abs().max()) < 0.03
+    # Odd sizes use the cos half and part of the sin half of the Box-Muller pairs.
+    assert seeded_standard_normal(torch.tensor([1]), (3, 3, 1)).shape == (1, 3, 3, 1)
+
+
+def test_hash32_known_values():
+    # lowbias32 reference values computed with plain Python integers.
+    def lowbias32(x: int) -> int:
+        x &= 0xFFFFFFFF
+        x ^= x >> 16
+        x = (x * 0x7FEB352D) & 0xFFFFFFFF
+        x ^= x >> 15
+        x = (x * 0x846CA68B) & 0xFFFFFFFF
+        return x ^ (x >> 16)
+
+    values = [0, 1, 2, 12345, 0xFFFFFFFF, 0x80000000, 2**33 + 7]
+    got = hash32(torch.tensor(values, dtype=torch.int64)).tolist()
+    assert got == [lowbias32(v) for v in values]
+
+
+# -- validation and factory --------------------------------------------------------------------
+def test_bad_inputs_are_rejected():
+    anonymizer = MosaicAnonymizer(4, 16)
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        anonymizer(torch.rand(3, 16, 8))
+    with pytest.raises(TypeError, match="floating"):
+        anonymizer(torch.zeros(1, 3, 16, 8, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="level"):
+        anonymizer(torch.rand(1, 3, 16, 8), -1.0)
+    with pytest.raises(ValueError, match=r"seeds must have shape \(2,\)"):
+        anonymizer(torch.rand(2, 3, 16, 8), 1.0, torch.arange(3))
+    with pytest.raises(ValueError, match=r"anonymizer\.strength"):
+        MosaicAnonymizer(-1, 16)
+
+
+@pytest.mark.parametrize("name", ANONYMIZER_NAMES)
+def test_create_anonymizer_from_the_config_tree(name):
+    cfg = load_config([f"anonymizer={name}"]).anonymizer
+    anonymizer = create_anonymizer(cfg)
+    assert anonymizer.name == name
+    assert anonymizer.strength == float(cfg.strength)
+    assert anonymizer.reference_height == 288
+    if name == "learned":
+        assert isinstance(anonymizer, LearnedAnonymizer)
+        assert anonymizer.settings.width == cfg.generator.width
+    with torch.no_grad():
+        out = anonymizer(random_images(2, 3, 32, 16), 1.0, torch.arange(2))
+    assert out.shape == (2, 3, 32, 16)
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+
+
+def test_create_anonymizer_errors_name_the_key():
+    with pytest.raises(ValueError, match=r"anonymizer\.name 'pixelate'"):
+        create_anonymizer({"name": "pixelate", "strength": 1, "reference_height": 288})
+    with pytest.raises(KeyError, match=r"anonymizer\.reference_height"):
+        create_anonymizer({"name": "blur", "strength": 1})
+    with pytest.raises(KeyError, match=r"anonymizer\.generator"):
+        create_anonymizer({"name": "learned", "strength": 1, "reference_height": 288})

@@ -1,0 +1,199 @@
+"""SYSU-MM01 / RegDB metrics: hand-computed small cases, and the vectorised implementation
+against the per-query reference on random matrices with ties."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ppa import metrics_reference
+from ppa.metrics import pairwise_distance, regdb_metrics, stable_argsort, sysu_metrics
+
+# 3 queries x 5 gallery images; query pid 4 has no match anywhere.
+DIST = np.array(
+    [
+        [0.1, 0.5, 0.3, 0.9, 0.2],
+        [0.4, 0.8, 0.1, 0.2, 0.6],
+        [0.3, 0.3, 0.3, 0.3, 0.3],
+    ]
+)
+Q_PIDS = np.array([1, 2, 4])
+G_PIDS = np.array([1, 2, 1, 3, 2])
+Q_CAMS = np.array([3, 6, 3])
+G_CAMS = np.array([2, 1, 4, 5, 2])
+
+BOTH = [
+    pytest.param((regdb_metrics, sysu_metrics), id="vectorised"),
+    pytest.param((metrics_reference.regdb_metrics, metrics_reference.sysu_metrics), id="reference"),
+]
+
+
+@pytest.mark.parametrize("impl", BOTH)
+def test_regdb_hand_computed(impl):
+    regdb, _ = impl
+    result = regdb(DIST, Q_PIDS, G_PIDS)
+    # q0 ranks pids 1,2,1,2,3: hits at 1, 3.  q1 ranks 1,3,1,2,2: hits at 4, 5.  q2: no match.
+    np.testing.assert_allclose(result["cmc"], [0.5, 0.5, 0.5, 1.0, 1.0])
+    assert result["mAP"] == pytest.approx(((1 / 1 + 2 / 3) / 2 + (1 / 4 + 2 / 5) / 2) / 2)
+    assert result["mINP"] == pytest.approx((2 / 3 + 2 / 5) / 2)
+    assert len(regdb(DIST, Q_PIDS, G_PIDS, max_rank=2)["cmc"]) == 2
+
+
+@pytest.mark.parametrize("impl", BOTH)
+def test_sysu_hand_computed_removal_and_distinct_identities(impl):
+    _, sysu = impl
+    result = sysu(DIST, Q_PIDS, G_PIDS, Q_CAMS, G_CAMS)
+    # q0 (cam 3): g0 and g4 are cam 2 and removed -> ranked pids 1,2,3: hit at 1 (AP 1, INP 1).
+    # q1 (cam 6): pids 1,3,1,2,2: hits at 4, 5; its identity is the 3rd distinct one.
+    # Three distinct identities < 5: the curve is padded with its last value.
+    np.testing.assert_allclose(result["cmc"], [0.5, 0.5, 1.0, 1.0, 1.0])
+    assert result["mAP"] == pytest.approx((1.0 + (1 / 4 + 2 / 5) / 2) / 2)
+    assert result["mINP"] == pytest.approx((1.0 + 2 / 5) / 2)
+
+
+@pytest.mark.parametrize("impl", BOTH)
+def test_sysu_query_whose_matches_are_all_removed_is_left_out(impl):
+    regdb, sysu = impl
+    dist = np.array([[0.2, 0.1, 0.3], [0.2, 0.1, 0.3]])
+    q_pids, g_pids = np.array([7, 7]), np.array([7, 8, 9])
+    # Query 0 is cam 3 and its only match is cam 2: no match left, so only query 1 counts.
+    result = sysu(dist, q_pids, g_pids, [3, 6], [2, 1, 4])
+    np.testing.assert_allclose(result["cmc"], [0.0, 1.0, 1.0])
+    assert result["mAP"] == pytest.approx(0.5) and result["mINP"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="no query"):
+        sysu(dist[:1], q_pids[:1], g_pids, [3], [2, 1, 4])
+    with pytest.raises(ValueError, match="no query"):
+        regdb(dist, [1, 2], g_pids)
+
+
+@pytest.mark.parametrize("impl", BOTH)
+def test_ties_keep_gallery_order(impl):
+    regdb, sysu = impl
+    dist = np.full((1, 3), 0.5)
+    result = regdb(dist, [1], [2, 1, 1])
+    np.testing.assert_allclose(result["cmc"], [0.0, 1.0, 1.0])
+    assert result["mAP"] == pytest.approx((1 / 2 + 2 / 3) / 2)
+    assert result["mINP"] == pytest.approx(2 / 3)
+    assert regdb(dist, [1], [1, 2, 1])["mAP"] == pytest.approx((1 + 2 / 3) / 2)
+    assert sysu(dist, [1], [1, 2, 1], [6], [1, 1, 1])["cmc"].tolist() == [1.0, 1.0, 1.0]
+
+
+def test_cmc_counts_each_identity_once_at_its_first_position():
+    # Ranked pids 5, 5, 5, 6: plain CMC finds 6 at rank 4, SYSU at rank 2 (distinct 5, 6).
+    dist = np.array([[0.1, 0.2, 0.3, 0.4]])
+    plain = regdb_metrics(dist, [6], [5, 5, 5, 6])["cmc"]
+    distinct = sysu_metrics(dist, [6], [5, 5, 5, 6], [6], [1, 1, 1, 1])["cmc"]
+    np.testing.assert_allclose(plain, [0, 0, 0, 1])
+    np.testing.assert_allclose(distinct, [0, 1, 1, 1])
+
+
+def test_curve_length_follows_max_rank_and_gallery_size():
+    rng = np.random.default_rng(0)
+    dist = rng.random((4, 30))
+    g_pids = np.arange(30) % 5
+    q_pids = np.array([0, 1, 2, 3])
+    assert len(regdb_metrics(dist, q_pids, g_pids)["cmc"]) == 20
+    assert len(regdb_metrics(dist[:, :7], q_pids, g_pids[:7])["cmc"]) == 7
+    result = sysu_metrics(dist, q_pids, g_pids, [6] * 4, [1] * 30, max_rank=10)
+    assert len(result["cmc"]) == 10 and result["cmc"][-1] == 1.0
+    for value in (result["mAP"], result["mINP"], *result["cmc"]):
+        assert 0.0 <= value <= 1.0
+    assert np.all(np.diff(result["cmc"]) >= 0)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_vectorised_equals_reference_on_random_matrices_with_ties(seed):
+    rng = np.random.default_rng(seed)
+    num_q, num_g = int(rng.integers(20, 60)), int(rng.integers(20, 80))
+    # Few distinct values -> many ties; a few rows without any match.
+    dist = rng.integers(0, 5, (num_q, num_g)).astype(np.float32) / 4
+    q_pids, g_pids = rng.integers(0, 12, num_q), rng.integers(0, 10, num_g)
+    q_cams, g_cams = rng.choice([3, 6], num_q), rng.choice([1, 2, 4, 5], num_g)
+    for max_rank in (1, 5, 20, 200):
+        for fast, slow in (
+            (
+                sysu_metrics(torch.from_numpy(dist), q_pids, g_pids, q_cams, g_cams, max_rank),
+                metrics_reference.sysu_metrics(dist, q_pids, g_pids, q_cams, g_cams, max_rank),
+            ),
+            (
+                regdb_metrics(dist.astype(np.float64), q_pids, g_pids, max_rank),
+                metrics_reference.regdb_metrics(dist, q_pids, g_pids, max_rank),
+            ),
+        ):
+            np.testing.assert_allclose(fast["cmc"], slow["cmc"], rtol=0, atol=1e-12)
+            assert fast["mAP"] == pytest.approx(slow["mAP"], abs=1e-12)
+            assert fast["mINP"] == pytest.approx(slow["mINP"], abs=1e-12)
+
+
+def test_vectorised_handles_more_queries_than_one_block():
+    rng = np.random.default_rng(7)
+    dist = rng.integers(0, 50, (1100, 40)).astype(np.float32)
+    q_pids, g_pids = rng.integers(0, 8, 1100), rng.integers(0, 8, 40)
+    q_cams, g_cams = rng.choice([3, 6], 1100), rng.choice([1, 2, 4, 5], 40)
+    fast = sysu_metrics(dist, q_pids, g_pids, q_cams, g_cams)
+    slow = metrics_reference.sysu_metrics(dist, q_pids, g_pids, q_cams, g_cams)
+    np.testing.assert_allclose(fast["cmc"], slow["cmc"], atol=1e-12)
+    assert fast["mAP"] == pytest.approx(slow["mAP"], abs=1e-12)
+
+
+def test_stable_argsort_matches_numpy_stable_sort():
+    # +0.0 before -0.0: they compare equal, so they must keep their gallery order.
+    values = np.array(
+        [[0.5, 0.0, -0.0, -1.0, np.inf, 0.5, -np.inf, 0.0, 2.0, -1.0]], dtype=np.float32
+    )
+    expected = np.argsort(values, axis=1, kind="stable")
+    for dtype in (torch.float32, torch.float64, torch.float16):
+        order = stable_argsort(torch.from_numpy(values).to(dtype))
+        assert order.tolist() == expected.tolist(), dtype
+    rng = np.random.default_rng(3)
+    many = (rng.integers(-3, 4, (17, 301)) / 2).astype(np.float32)
+    assert (
+        stable_argsort(torch.from_numpy(many)).tolist()
+        == np.argsort(many, axis=1, kind="stable").tolist()
+    )
+
+
+def test_pairwise_distance_hand_computed():
+    query = torch.tensor([[3.0, 4.0], [1.0, 0.0]])
+    gallery = torch.tensor([[3.0, 4.0], [4.0, -3.0], [-6.0, -8.0]])
+    cosine = pairwise_distance(query, gallery)
+    torch.testing.assert_close(cosine, torch.tensor([[0.0, 1.0, 2.0], [0.4, 0.2, 1.6]]))
+    euclid = pairwise_distance(query, gallery, metric="euclidean", batch_size=1)
+    torch.testing.assert_close(
+        euclid, torch.tensor([[0.0, 50.0**0.5, 15.0], [20.0**0.5, 18.0**0.5, 113.0**0.5]])
+    )
+    rng = np.random.default_rng(0)
+    q, g = rng.normal(size=(37, 8)), rng.normal(size=(11, 8))
+    torch.testing.assert_close(
+        pairwise_distance(q, g, "euclidean", batch_size=5),
+        torch.cdist(torch.from_numpy(q), torch.from_numpy(g)),
+    )
+    with pytest.raises(ValueError, match="metric"):
+        pairwise_distance(query, gallery, metric="manhattan")
+    with pytest.raises(ValueError, match="features"):
+        pairwise_distance(query, gallery[:, :1])
+
+
+def test_input_validation():
+    with pytest.raises(ValueError, match="q_pids"):
+        regdb_metrics(DIST, Q_PIDS[:2], G_PIDS)
+    with pytest.raises(ValueError, match="g_cams"):
+        sysu_metrics(DIST, Q_PIDS, G_PIDS, Q_CAMS, G_CAMS[:3])
+    with pytest.raises(ValueError, match="NaN"):
+        regdb_metrics(np.full((1, 2), np.nan), [1], [1, 2])
+    with pytest.raises(ValueError, match="max_rank"):
+        regdb_metrics(DIST, Q_PIDS, G_PIDS, max_rank=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_metrics_on_cuda_equal_cpu():
+    rng = np.random.default_rng(11)
+    dist = torch.from_numpy(rng.integers(0, 6, (300, 200)).astype(np.float32))
+    q_pids, g_pids = rng.integers(0, 20, 300), rng.integers(0, 20, 200)
+    q_cams, g_cams = rng.choice([3, 6], 300), rng.choice([1, 2, 4, 5], 200)
+    cpu = sysu_metrics(dist, q_pids, g_pids, q_cams, g_cams)
+    gpu = sysu_metrics(dist.cuda(), q_pids, g_pids, q_cams, g_cams)
+    np.testing.assert_allclose(gpu["cmc"], cpu["cmc"], atol=1e-12)
+    assert gpu["mAP"] == pytest.approx(cpu["mAP"], abs=1e-12)
+    assert gpu["mINP"] == pytest.approx(cpu["mINP"], abs=1e-12)
