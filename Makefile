@@ -35,7 +35,7 @@ synthetic: setup
 demo: setup
 	$(PY) scripts/demo.py
 
-test: setup system-deps
+test: setup system-deps pose-setup
 	$(PY) -m pytest
 
 lint: setup
@@ -44,7 +44,7 @@ lint: setup
 
 pose-setup: $(POSE_STAMP)
 
-$(POSE_STAMP): constraints-pose.txt
+$(POSE_STAMP): constraints-pose.txt scripts/install_pose_env.sh
 	@test -x $(POSE_VENV)/bin/python || $(PYTHON) -m venv $(POSE_VENV)
 	bash scripts/install_pose_env.sh $(POSE_VENV)
 	@touch $(POSE_STAMP)

@@ -99,6 +99,7 @@ def run(cfg: DictConfig) -> Path:
     protocols = list(cfg.eval.protocols)
     needs_anon = any("anon" in PRIVACY_PROTOCOLS[p] for p in protocols if p in PRIVACY_PROTOCOLS)
     root = dataset_root(cfg.dataset)
+    settings = test_settings(cfg.dataset)  # validates the dataset layout first
     keypoints = anonymizer = None
     if needs_anon or cfg.eval.privacy_images:
         keypoints = load_dataset_keypoints(
@@ -107,7 +108,6 @@ def run(cfg: DictConfig) -> Path:
         anonymizer = KprAnonymizer.from_config(cfg).to(device.device)
         if "anonymizer" in payload:  # a learned anonymiser trained with the model
             anonymizer.load_state_dict(payload["anonymizer"])
-    settings = test_settings(cfg.dataset)
     report = evaluate(
         model,
         cfg,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import datetime
 import json
 import logging
@@ -49,7 +50,7 @@ CONNECTION = "ppa-deployment"  # name of the SuperLink connection in $FLWR_HOME/
 LOOPBACK = "127.0.0.1"
 # Environment every process of the deployment gets. Flower must not `uv sync` the app's
 # dependencies at run time (it would fetch a CUDA torch, and fails offline), must not phone
-# home (sites run this), and must not check PyPI for updates.
+# home with usage telemetry (sites run this), and must not look for Flower updates online.
 FLOWER_ENV = {
     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
     "FLWR_TELEMETRY_ENABLED": "0",
@@ -60,7 +61,9 @@ FLOWER_ENV = {
 STATUS_COMPLETED = "finished:completed"
 STATUS_FINISHED_PREFIX = "finished"
 # Exit codes of the command line.
-EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 124
+EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE, EXIT_TIMEOUT, EXIT_INTERRUPTED = 0, 1, 2, 124, 130
+# prctl(2) option: signal delivered to the child when its parent dies.
+_PR_SET_PDEATHSIG = 1
 # Characters the node-config parser of flwr cannot carry inside a quoted value.
 _NODE_CONFIG_FORBIDDEN = ('"', "'", "\n")
 
@@ -226,6 +229,15 @@ def _descendants(root: int) -> dict[int, int]:
     return found
 
 
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): SIGTERM it if the launcher dies without cleaning up
+    (SIGKILL, crash), so no SuperLink/SuperNode outlives it. Elsewhere a no-op."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def _alive(pid: int, start_time: int) -> bool:
     """True while `pid` is the same (non-zombie) process that started at `start_time`."""
     stat = _proc_stat(pid)
@@ -258,6 +270,7 @@ class ManagedProcess:
             self._popen = subprocess.Popen(
                 self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env=self.env, cwd=self.cwd, start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         LOGGER.info("started %s (pid %d), log %s", self.name, self._popen.pid, self.log_path)
         return self
@@ -391,9 +404,12 @@ class DeploymentSettings:
         if self.auth and not self.tls:
             raise ValueError("SuperNode authentication needs TLS (Flower refuses "
                              "--enable-supernode-auth with --insecure): set tls as well")
-        if self.certs_dir is None:
-            self.certs_dir = self.output_dir / "certs"
-        self.certs_dir = Path(self.certs_dir).resolve()
+        self.certs_dir = Path(self.certs_dir or self.output_dir / "certs").resolve()
+
+    @property
+    def certs(self) -> Path:
+        """The credentials folder (make_certs.sh layout)."""
+        return Path(self.certs_dir or self.output_dir / "certs")
 
 
 @dataclass
@@ -520,7 +536,7 @@ class Deployment:
         lines = ["[superlink]", f'default = "{CONNECTION}"', "",
                  f"[superlink.{CONNECTION}]", f"address = {_toml_string(self.address)}"]
         if self.settings.tls:
-            ca = self.settings.certs_dir / "ca.crt"  # type: ignore[operator]
+            ca = self.settings.certs / "ca.crt"
             lines.append(f"root-certificates = {_toml_string(str(ca))}")
         else:
             lines.append("insecure = true")
@@ -532,8 +548,7 @@ class Deployment:
 
     def ensure_credentials(self, node_names: Sequence[str] = ()) -> Path:
         """CA, SuperLink certificate and SuperNode key pairs (scripts/make_certs.sh)."""
-        certs = self.settings.certs_dir
-        assert certs is not None  # set by DeploymentSettings
+        certs = self.settings.certs
         argv = ["bash", str(MAKE_CERTS), "-o", str(certs), *node_names]
         done = subprocess.run(argv, capture_output=True, text=True, check=False,
                               stdin=subprocess.DEVNULL, timeout=120)
@@ -545,7 +560,7 @@ class Deployment:
         return certs
 
     def supernode_key(self, site: str) -> Path:
-        return self.settings.certs_dir / "supernodes" / site  # type: ignore[operator]
+        return self.settings.certs / "supernodes" / site
 
     # ---- SuperLink
 
@@ -571,10 +586,10 @@ class Deployment:
     def _superlink_tls_args(self) -> list[str]:
         if not self.settings.tls:
             return ["--insecure"]
-        certs = self.settings.certs_dir
-        args = ["--ssl-ca-certfile", str(certs / "ca.crt"),  # type: ignore[operator]
-                "--ssl-certfile", str(certs / "server.crt"),  # type: ignore[operator]
-                "--ssl-keyfile", str(certs / "server.key")]  # type: ignore[operator]
+        certs = self.settings.certs
+        args = ["--ssl-ca-certfile", str(certs / "ca.crt"),
+                "--ssl-certfile", str(certs / "server.crt"),
+                "--ssl-keyfile", str(certs / "server.key")]
         if self.settings.auth:
             args.append("--enable-supernode-auth")
         return args
@@ -587,7 +602,7 @@ class Deployment:
                     f"{process.name} exited with {process.returncode} while starting; "
                     f"log {process.log_path}:\n{_tail(process.log_text())}"
                 )
-            ca = self.settings.certs_dir / "ca.crt" if self.settings.tls else None  # type: ignore[operator]
+            ca = self.settings.certs / "ca.crt" if self.settings.tls else None
             if health_ok(self.settings.host, self.port, ca):  # type: ignore[arg-type]
                 return
             time.sleep(0.2)
@@ -628,7 +643,7 @@ class Deployment:
                 "--host", LOOPBACK, "--port", str(free_port(LOOPBACK)),
                 "--node-config", format_node_config(site.node_config())]
         if self.settings.tls:
-            argv += ["--root-certificates", str(self.settings.certs_dir / "ca.crt")]  # type: ignore[operator]
+            argv += ["--root-certificates", str(self.settings.certs / "ca.crt")]
         else:
             argv.append("--insecure")
         if self.settings.auth:
@@ -886,7 +901,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         LOGGER.error("interrupted: stopping the deployment")
         summary["status"] = "interrupted"
-        code = 130
+        code = EXIT_INTERRUPTED
     finally:
         deployment.close()
         signal.signal(signal.SIGTERM, previous)

@@ -30,8 +30,9 @@ def detect_anomalies(
     """Flag sites whose update (update - current global) is far from the others'.
 
     Two robust scores per site: the norm's z-score against the median/MAD of all norms (a
-    scaled update stands out), and the cosine between the site's delta and the mean delta
-    of the other sites (a sign-flipped update points away). A site is flagged when its norm
+    scaled update stands out), and the cosine between the site's delta and the
+    coordinate-wise median delta (a sign-flipped update points away; the median keeps one
+    huge update from defining the reference direction). A site is flagged when its norm
     z-score exceeds `threshold` or its cosine is negative. Needs three sites; fewer give
     scores but no flags.
     """
@@ -54,11 +55,11 @@ def detect_anomalies(
     median = float(np.median(norms))
     mad = float(np.median(np.abs(norms - median)))
     scale = MAD_TO_STD * mad + 1e-12 + 1e-6 * median
-    total = stack.sum(axis=0)
+    direction = np.median(stack, axis=0)
+    direction_norm = float(np.linalg.norm(direction))
     for i, site in enumerate(sites):
-        others = (total - stack[i]) / max(n - 1, 1)
-        denom = float(np.linalg.norm(others) * norms[i])
-        cosine = float(stack[i] @ others / denom) if denom > 0 else 1.0
+        denom = direction_norm * float(norms[i])
+        cosine = float(stack[i] @ direction / denom) if denom > 0 else 1.0
         z = float((norms[i] - median) / scale)
         report.scores[site] = {"norm": float(norms[i]), "norm_z": z, "cosine": cosine}
         if threshold is not None and n >= 3 and (z > threshold or cosine < 0.0):

@@ -91,6 +91,12 @@ def test_each_level_once_per_batch():
     assert anonymizer.calls == [1.0]
 
 
+def test_none_config_returns_the_raw_images_exactly():
+    kpr = KprAnonymizer.from_config(load_config(["anonymizer=none", "ppa=full"]))
+    images, kp, seeds = batch(2)
+    assert torch.equal(kpr(images, kp, seeds).images, images)
+
+
 def test_deterministic_per_image_and_seed():
     kpr = KprAnonymizer(NoiseAnonymizer(0.5, 64), LEVELS, POSE)
     images, kp, seeds = batch(3)

@@ -115,6 +115,17 @@ def test_keypoint_modes(data, tmp_path, caplog):
     none = ReidImageDataset(root, records, ReidTransform(16, 8), keypoints=None)
     assert torch.count_nonzero(none[0].keypoints) == 0
 
+    # An entry where the pose backend found no person (all scores 0) counts as missing for
+    # the prior, but stays as it is otherwise.
+    cache[records[4].path] = np.zeros((17, 3), np.float32)
+    prior = ReidImageDataset(
+        root, records, ReidTransform(16, 8), keypoints=cache, pose_missing="center_prior"
+    )
+    np.testing.assert_allclose(prior[4].keypoints.numpy(), canonical_keypoints(16, 8))
+    plain = ReidImageDataset(root, records, ReidTransform(16, 8), keypoints=cache,
+                             pose_missing="skip")
+    assert plain.records[3] == records[4] and torch.count_nonzero(plain[3].keypoints) == 0
+
 
 def test_labels_pids_and_record_types(data):
     root, records = data

@@ -203,12 +203,13 @@ def test_stop_ends_the_whole_tree_including_new_sessions(tmp_path: Path) -> None
 
 
 def test_stop_kills_what_ignores_sigterm(tmp_path: Path) -> None:
+    # The marker is split in the source: the log's first line repeats the command.
     code = ("import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-            "print('ready', flush=True)\ntime.sleep(300)\n")
+            "print('ign' 'oring', flush=True)\ntime.sleep(300)\n")
     process = launcher.ManagedProcess("stubborn", [sys.executable, "-c", code],
                                       tmp_path / "stubborn.log", dict(os.environ)).start()
     deadline = time.monotonic() + 30
-    while "ready" not in process.log_text():
+    while "ignoring" not in process.log_text():
         assert time.monotonic() < deadline
         time.sleep(0.1)
     process.stop(grace=1)

@@ -415,3 +415,19 @@ def test_superlink_that_cannot_start_is_reported_with_its_log(probe: dict) -> No
                 deployment.start_superlink()
     assert str(probe["out"] / "logs" / "superlink.log") in str(info.value)
     assert live_processes_mentioning(str(probe["out"])) == []
+
+
+def test_processes_do_not_outlive_a_killed_launcher(probe: dict) -> None:
+    """SIGKILL leaves the launcher no chance to clean up: its children must go by themselves."""
+    argv = launcher_argv(probe, "--rounds", "1", "--timeout", "300", "+probe.delay=120")
+    launcher_process = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: [r for r in read_client_records(probe["workdir"])
+                            if r["event"] == "start"], 120, "a site to start training")
+        assert live_processes_mentioning(str(probe["out"]))
+    finally:
+        launcher_process.kill()
+        launcher_process.wait()
+    wait_until(lambda: not live_processes_mentioning(str(probe["out"])), 60,
+               "the deployment's processes to exit after the launcher died")

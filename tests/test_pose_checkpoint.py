@@ -35,8 +35,7 @@ def server(tmp_path: Path) -> Iterator[tuple[str, list[str]]]:
     served.mkdir()
     (served / "rtm-0123abcd_20230126.pth").write_bytes(PAYLOAD)
     hits: list[str] = []
-    handler = partial(type("Handler", (_CountingHandler,), {"hits": hits}),
-                      directory=str(served))
+    handler = partial(type("Handler", (_CountingHandler,), {"hits": hits}), directory=str(served))
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -71,8 +70,9 @@ def test_checksum_mismatch_leaves_nothing_behind(server: tuple[str, list[str]], 
     assert list(cache.iterdir()) == []  # neither the target nor a .part file
 
 
-def test_unreachable_checkpoint_explains_the_offline_route(server: tuple[str, list[str]],
-                                                           tmp_path: Path):
+def test_unreachable_checkpoint_explains_the_offline_route(
+    server: tuple[str, list[str]], tmp_path: Path
+):
     base, _ = server
     with pytest.raises(PoseBackendError, match=r"set pose_backend\.checkpoint to its path"):
         fetch_checkpoint(f"{base}/missing.pth", tmp_path / "models")

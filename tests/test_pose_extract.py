@@ -41,13 +41,22 @@ def backend_override(name: str) -> str:
     return f"pose_backend={name}" if listed else f"+pose_backend={name}"
 
 
-def run_script(python: str | Path, root: Path, backend: str, *overrides: str,
-               timeout: float = 120) -> subprocess.CompletedProcess:
-    cmd = [str(python), str(SCRIPT), f"dataset.root={root}", backend_override(backend),
-           f"hydra.run.dir={root.parent / 'hydra'}", "hydra.output_subdir=null", *overrides]
+def run_script(
+    python: str | Path, root: Path, backend: str, *overrides: str, timeout: float = 120
+) -> subprocess.CompletedProcess:
+    cmd = [
+        str(python),
+        str(SCRIPT),
+        f"dataset.root={root}",
+        backend_override(backend),
+        f"hydra.run.dir={root.parent / 'hydra'}",
+        "hydra.output_subdir=null",
+        *overrides,
+    ]
     env = {**os.environ, "HYDRA_FULL_ERROR": "1"}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO,
-                          env=env, check=False)
+    return subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env, check=False
+    )
 
 
 def _keypoints(rng: np.random.Generator, scores: Sequence[float]) -> np.ndarray:
@@ -70,9 +79,9 @@ def dataset(tmp_path: Path) -> tuple[Path, Path, KeypointCache]:
     (root / ".trash").mkdir()
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(root / ".trash" / "old.png")  # hidden
     gt = KeypointCache(source="synthetic-gt")
-    gt[A] = _keypoints(rng, [0.9] * 17)                    # detected
-    gt[B] = _keypoints(rng, [0.9] * 4 + [0.1] * 13)        # 4 confident joints: no person
-    gt[C] = _keypoints(rng, [0.3] * 5 + [0.0] * 12)        # exactly 5 at the threshold
+    gt[A] = _keypoints(rng, [0.9] * 17)  # detected
+    gt[B] = _keypoints(rng, [0.9] * 4 + [0.1] * 13)  # 4 confident joints: no person
+    gt[C] = _keypoints(rng, [0.3] * 5 + [0.0] * 12)  # exactly 5 at the threshold
     gt_file = gt.save(tmp_path / "gt.npz")
     return root, gt_file, gt
 
@@ -96,12 +105,24 @@ def test_script_reproduces_the_source_cache_and_counts(dataset):
     assert report["already_cached"] == 0
     # cam1: A detected, B not; mean score (17*0.9 + 4*0.9 + 13*0.1) / 34 = 20.2 / 34
     assert report["per_camera"]["cam1"] == {
-        "images": 2, "detected": 1, "detection_rate": 0.5, "mean_confidence": 0.5941}
+        "images": 2,
+        "detected": 1,
+        "detection_rate": 0.5,
+        "mean_confidence": 0.5941,
+    }
     # cam3: C has exactly min_joints=5 joints at min_confidence=0.3 -> counts; mean 1.5 / 17
     assert report["per_camera"]["cam3"] == {
-        "images": 1, "detected": 1, "detection_rate": 1.0, "mean_confidence": 0.0882}
+        "images": 1,
+        "detected": 1,
+        "detection_rate": 1.0,
+        "mean_confidence": 0.0882,
+    }
     assert report["overall"] == {
-        "images": 3, "detected": 2, "detection_rate": 0.6667, "mean_confidence": 0.4255}
+        "images": 3,
+        "detected": 2,
+        "detection_rate": 0.6667,
+        "mean_confidence": 0.4255,
+    }
     assert report["no_person"] == [B]
     assert "1 images with no confident person" in proc.stderr + proc.stdout
 
@@ -119,8 +140,9 @@ def test_script_resume_skips_cached_images(dataset):
     report = _report(root)
     assert (report["already_cached"], report["processed"]) == (1, 2)
 
-    proc = run_script(sys.executable, root, "file", f"pose_backend.path={gt_file}",
-                      "pose_backend.resume=false")
+    proc = run_script(
+        sys.executable, root, "file", f"pose_backend.path={gt_file}", "pose_backend.resume=false"
+    )
     assert proc.returncode == 0, proc.stderr
     np.testing.assert_array_equal(KeypointCache.load(root / "keypoints.npz")[A], gt[A])
     assert _report(root)["processed"] == 3
@@ -131,14 +153,16 @@ def test_script_failure_keeps_progress_and_rerun_finishes(dataset):
     (root / CORRUPT).parent.mkdir(parents=True)
     (root / CORRUPT).write_bytes(b"\xff\xd8 not really a jpeg")
 
-    proc = run_script(sys.executable, root, "file", f"pose_backend.path={gt_file}",
-                      "pose_backend.batch_size=1")
+    proc = run_script(
+        sys.executable, root, "file", f"pose_backend.path={gt_file}", "pose_backend.batch_size=1"
+    )
     assert proc.returncode != 0
     assert CORRUPT in proc.stderr
     assert sorted(KeypointCache.load(root / "keypoints.npz")) == [A, B, C]  # saved on failure
 
-    proc = run_script(sys.executable, root, "file", f"pose_backend.path={gt_file}",
-                      "dataset.on_bad_image=skip")
+    proc = run_script(
+        sys.executable, root, "file", f"pose_backend.path={gt_file}", "dataset.on_bad_image=skip"
+    )
     assert proc.returncode == 0, proc.stderr
     report = _report(root)
     assert (report["images_total"], report["already_cached"], report["processed"]) == (4, 3, 0)
@@ -193,8 +217,7 @@ def test_unanswered_images_are_reported_not_cached(dataset):
     root, gt_file, gt = dataset
     partial = KeypointCache({A: gt[A]}, source=gt.source).save(gt_file.parent / "partial.npz")
     backend = FileBackend(partial, on_missing="skip")
-    report = extract_keypoints(backend, root, root / "kp.npz", ExtractionSettings(),
-                               progress=False)
+    report = extract_keypoints(backend, root, root / "kp.npz", ExtractionSettings(), progress=False)
     assert report.unanswered == [B, C]
     assert sorted(KeypointCache.load(root / "kp.npz")) == [A]
     assert report.overall.images == 1
@@ -210,8 +233,15 @@ def test_resume_guard_and_fresh_start(tmp_path: Path):
 
 
 def test_list_images_and_camera_groups(tmp_path: Path):
-    for key in ("Visible/male/1.bmp", "Thermal/female/2.BMP", "cam4/0007/0001.JPEG",
-                "top.png", "notes.txt", ".cache/x.png", "Visible/.x.png"):
+    for key in (
+        "Visible/male/1.bmp",
+        "Thermal/female/2.BMP",
+        "cam4/0007/0001.JPEG",
+        "top.png",
+        "notes.txt",
+        ".cache/x.png",
+        "Visible/.x.png",
+    ):
         (tmp_path / key).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / key).write_bytes(b"")
     (tmp_path / "Visible" / "keypoints.png").write_bytes(b"")  # a cache path to exclude
@@ -226,8 +256,13 @@ def test_list_images_and_camera_groups(tmp_path: Path):
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("batch_size", 0), ("checkpoint_every", 0), ("min_confidence", 1.5), ("min_joints", 18),
-     ("on_bad_image", "ignore")],
+    [
+        ("batch_size", 0),
+        ("checkpoint_every", 0),
+        ("min_confidence", 1.5),
+        ("min_joints", 18),
+        ("on_bad_image", "ignore"),
+    ],
 )
 def test_settings_are_validated(field: str, value):
     with pytest.raises(ValueError, match=field):
@@ -238,12 +273,25 @@ def test_script_on_a_synthetic_sysu_set_reproduces_its_ground_truth(tmp_path: Pa
     from ppa.data.synthetic import write_synthetic_sysu
 
     root = tmp_path / "synthetic_sysu"
-    write_synthetic_sysu(root, num_train_ids=3, num_val_ids=0, num_test_ids=2,
-                         images_per_camera=1, image_height=64, image_width=32,
-                         camera_coverage=0.85, seed=0)
+    write_synthetic_sysu(
+        root,
+        num_train_ids=3,
+        num_val_ids=0,
+        num_test_ids=2,
+        images_per_camera=1,
+        image_height=64,
+        image_width=32,
+        camera_coverage=0.85,
+        seed=0,
+    )
     gt = KeypointCache.load(root / "keypoints.npz")
-    proc = run_script(sys.executable, root, "file", f"pose_backend.path={root / 'keypoints.npz'}",
-                      "dataset.keypoints=keypoints_extracted.npz")
+    proc = run_script(
+        sys.executable,
+        root,
+        "file",
+        f"pose_backend.path={root / 'keypoints.npz'}",
+        "dataset.keypoints=keypoints_extracted.npz",
+    )
     assert proc.returncode == 0, proc.stderr
     out = KeypointCache.load(root / "keypoints_extracted.npz")
     assert sorted(out) == sorted(gt)  # preview.png at the root is not a dataset image

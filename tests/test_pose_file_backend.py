@@ -30,8 +30,9 @@ def _kp(value: float) -> np.ndarray:
 
 @pytest.fixture()
 def npz_source(tmp_path: Path) -> Path:
-    cache = KeypointCache({"cam1/0001/0001.jpg": _kp(0.25), "cam3/0001/0002.jpg": _kp(0.75)},
-                          source="synthetic-gt")
+    cache = KeypointCache(
+        {"cam1/0001/0001.jpg": _kp(0.25), "cam3/0001/0002.jpg": _kp(0.75)}, source="synthetic-gt"
+    )
     return cache.save(tmp_path / "gt.npz")
 
 
@@ -48,7 +49,8 @@ def test_missing_key_errors_or_yields_nan(npz_source: Path):
     with pytest.raises(MissingKeypointsError, match=r"cam2/x\.jpg.*gt\.npz"):
         FileBackend(npz_source).predict([_crop()], ["cam2/x.jpg"])
     out = FileBackend(npz_source, on_missing="skip").predict(
-        [_crop(), _crop()], ["cam2/x.jpg", "cam1/0001/0001.jpg"])
+        [_crop(), _crop()], ["cam2/x.jpg", "cam1/0001/0001.jpg"]
+    )
     assert np.isnan(out[0]).all()
     np.testing.assert_array_equal(out[1], _kp(0.25))
 
@@ -105,8 +107,13 @@ def test_coco_json_import(tmp_path: Path):
 def test_coco_json_scores_mode_clips(tmp_path: Path):
     triplets = _triplets(1.0, 1.0, 0.4)
     triplets[2] = 1.7
-    path = _coco(tmp_path, {"images": [{"id": 1, "file_name": "a.png"}],
-                            "annotations": [{"id": 5, "image_id": 1, "keypoints": triplets}]})
+    path = _coco(
+        tmp_path,
+        {
+            "images": [{"id": 1, "file_name": "a.png"}],
+            "annotations": [{"id": 5, "image_id": 1, "keypoints": triplets}],
+        },
+    )
     scores = load_coco_keypoints(path, third="score").keypoints["a.png"][:, 2]
     assert scores[0] == 1.0
     np.testing.assert_allclose(scores[1:], 0.4)
@@ -117,20 +124,43 @@ def test_coco_json_scores_mode_clips(tmp_path: Path):
 @pytest.mark.parametrize(
     ("payload", "message"),
     [
-        ({"images": [{"id": 1, "file_name": "a.png"}],
-          "annotations": [{"id": 3, "image_id": 1, "keypoints": [1, 2, 2]}]},
-         "annotation 3 has keypoints of length 3"),
-        ({"images": [{"id": 1, "file_name": "a.png"}],
-          "annotations": [{"id": 4, "image_id": 2, "keypoints": _triplets(0, 0, 2)}]},
-         "annotation 4 refers to unknown image_id 2"),
-        ({"images": [{"id": 1, "file_name": "/abs/a.png"}], "annotations": []},
-         "must be a path relative"),
-        ({"images": [{"id": 1, "file_name": "../a.png"}], "annotations": []},
-         "must be a path relative"),
-        ({"images": [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "a.png"}],
-          "annotations": []}, "listed twice"),
-        ({"images": [], "annotations": [],
-          "categories": [{"id": 1, "keypoints": ["head", "neck"]}]}, "COCO-17 order"),
+        (
+            {
+                "images": [{"id": 1, "file_name": "a.png"}],
+                "annotations": [{"id": 3, "image_id": 1, "keypoints": [1, 2, 2]}],
+            },
+            "annotation 3 has keypoints of length 3",
+        ),
+        (
+            {
+                "images": [{"id": 1, "file_name": "a.png"}],
+                "annotations": [{"id": 4, "image_id": 2, "keypoints": _triplets(0, 0, 2)}],
+            },
+            "annotation 4 refers to unknown image_id 2",
+        ),
+        (
+            {"images": [{"id": 1, "file_name": "/abs/a.png"}], "annotations": []},
+            "must be a path relative",
+        ),
+        (
+            {"images": [{"id": 1, "file_name": "../a.png"}], "annotations": []},
+            "must be a path relative",
+        ),
+        (
+            {
+                "images": [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "a.png"}],
+                "annotations": [],
+            },
+            "listed twice",
+        ),
+        (
+            {
+                "images": [],
+                "annotations": [],
+                "categories": [{"id": 1, "keypoints": ["head", "neck"]}],
+            },
+            "COCO-17 order",
+        ),
         ({"annotations": []}, "'images' and 'annotations'"),
     ],
 )
@@ -142,8 +172,9 @@ def test_coco_json_errors_name_file_and_entry(tmp_path: Path, payload: dict, mes
 
 
 def test_create_backend_validates_config(tmp_path: Path, npz_source: Path):
-    backend = create_backend({"name": "file", "path": str(npz_source), "batch_size": 4,
-                              "resume": True})
+    backend = create_backend(
+        {"name": "file", "path": str(npz_source), "batch_size": 4, "resume": True}
+    )
     assert isinstance(backend, FileBackend)
     with pytest.raises(ValueError, match=r"unknown keys \['pth'\]"):
         create_backend({"name": "file", "pth": "x.npz"})

@@ -58,8 +58,11 @@ BOXES: dict[str, dict[tuple[str, ...], tuple[float, float, float, float]]] = {
     },
     SMALL_IR: {  # the astronaut boxes mapped into the 64x128 crop
         ("nose", "left_eye", "right_eye"): (
-            (FACE_ASTRONAUT[0] - SMALL_X0) * SMALL_SCALE, FACE_ASTRONAUT[1] * SMALL_SCALE,
-            (FACE_ASTRONAUT[2] - SMALL_X0) * SMALL_SCALE, FACE_ASTRONAUT[3] * SMALL_SCALE),
+            (FACE_ASTRONAUT[0] - SMALL_X0) * SMALL_SCALE,
+            FACE_ASTRONAUT[1] * SMALL_SCALE,
+            (FACE_ASTRONAUT[2] - SMALL_X0) * SMALL_SCALE,
+            FACE_ASTRONAUT[3] * SMALL_SCALE,
+        ),
     },
 }
 MIN_SCORE_IN_BOX = 0.5
@@ -67,8 +70,11 @@ MIN_SCORE_IN_BOX = 0.5
 
 def pose_python() -> Path:
     if not POSE_PYTHON.is_file():
-        pytest.fail(f"{POSE_PYTHON} is missing: run `make pose-setup` (`make test` does it "
-                    "first) to build the pose environment", pytrace=False)
+        pytest.fail(
+            f"{POSE_PYTHON} is missing: run `make pose-setup` (`make test` does it "
+            "first) to build the pose environment",
+            pytrace=False,
+        )
     return POSE_PYTHON
 
 
@@ -87,10 +93,11 @@ def _write_photos(root: Path) -> None:
     astronaut = data.astronaut()
     save(ASTRONAUT, astronaut)
     (root / HOPPER).parent.mkdir(parents=True)
-    shutil.copyfile(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False),
-                    root / HOPPER)
+    shutil.copyfile(
+        matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False), root / HOPPER
+    )
     save(CAMERAMAN, data.camera())  # mode L on disk
-    small = Image.fromarray(np.ascontiguousarray(astronaut[:, SMALL_X0:SMALL_X0 + 256]))
+    small = Image.fromarray(np.ascontiguousarray(astronaut[:, SMALL_X0 : SMALL_X0 + 256]))
     save(SMALL_IR, np.asarray(small.resize((64, 128), Image.BILINEAR).convert("L")))
     save(CAT, data.chelsea())
     save(COFFEE, data.coffee())
@@ -101,11 +108,16 @@ def extracted(tmp_path_factory: pytest.TempPathFactory) -> tuple[KeypointCache, 
     work = tmp_path_factory.mktemp("mediapipe")
     root = work / "photos"
     _write_photos(root)
-    cmd = [str(pose_python()), str(SCRIPT), f"dataset.root={root}",
-           backend_override("mediapipe"), "pose_backend.batch_size=4",
-           f"hydra.run.dir={work / 'hydra'}", "hydra.output_subdir=null"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO,
-                          check=False)
+    cmd = [
+        str(pose_python()),
+        str(SCRIPT),
+        f"dataset.root={root}",
+        backend_override("mediapipe"),
+        "pose_backend.batch_size=4",
+        f"hydra.run.dir={work / 'hydra'}",
+        "hydra.output_subdir=null",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO, check=False)
     assert proc.returncode == 0, proc.stderr[-4000:]
     cache = KeypointCache.load(root / "keypoints.npz")
     report = json.loads((root / "keypoints.report.json").read_text())
@@ -141,8 +153,14 @@ def test_photos_without_a_person_are_flagged(extracted):
 def test_report_counts_per_camera(extracted):
     _, report = extracted
     rates = {cam: (s["images"], s["detected"]) for cam, s in report["per_camera"].items()}
-    assert rates == {"cam1": (1, 1), "cam2": (1, 1), "cam3": (1, 1), "cam4": (1, 0),
-                     "cam5": (1, 0), "cam6": (1, 1)}
+    assert rates == {
+        "cam1": (1, 1),
+        "cam2": (1, 1),
+        "cam3": (1, 1),
+        "cam4": (1, 0),
+        "cam5": (1, 0),
+        "cam6": (1, 1),
+    }
     assert report["overall"]["detected"] == 4 and report["overall"]["images"] == 6
     assert report["source"] == "mediapipe-0.10.14:pose_landmark_full.tflite"
     assert report["per_camera"]["cam4"]["mean_confidence"] == 0.0
@@ -164,15 +182,28 @@ def test_synthetic_sysu_detection_rate_is_reported(tmp_path: Path):
     from ppa.data.synthetic import write_synthetic_sysu
 
     root = tmp_path / "synthetic_sysu"
-    write_synthetic_sysu(root, num_train_ids=3, num_val_ids=0, num_test_ids=2,
-                         images_per_camera=1, image_height=128, image_width=64,
-                         camera_coverage=0.85, seed=0)
+    write_synthetic_sysu(
+        root,
+        num_train_ids=3,
+        num_val_ids=0,
+        num_test_ids=2,
+        images_per_camera=1,
+        image_height=128,
+        image_width=64,
+        camera_coverage=0.85,
+        seed=0,
+    )
     gt = KeypointCache.load(root / "keypoints.npz")
-    cmd = [str(pose_python()), str(SCRIPT), f"dataset.root={root}",
-           backend_override("mediapipe"), "dataset.keypoints=keypoints_mediapipe.npz",
-           f"hydra.run.dir={tmp_path / 'hydra'}", "hydra.output_subdir=null"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO,
-                          check=False)
+    cmd = [
+        str(pose_python()),
+        str(SCRIPT),
+        f"dataset.root={root}",
+        backend_override("mediapipe"),
+        "dataset.keypoints=keypoints_mediapipe.npz",
+        f"hydra.run.dir={tmp_path / 'hydra'}",
+        "hydra.output_subdir=null",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO, check=False)
     assert proc.returncode == 0, proc.stderr[-4000:]
     cache = KeypointCache.load(root / "keypoints_mediapipe.npz")
     report = json.loads((root / "keypoints_mediapipe.report.json").read_text())

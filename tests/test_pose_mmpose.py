@@ -111,19 +111,28 @@ print("PROBE-JSON " + json.dumps(out))
 
 def pose_python() -> Path:
     if not POSE_PYTHON.is_file():
-        pytest.fail(f"{POSE_PYTHON} is missing: run `make pose-setup` (`make test` does it "
-                    "first) to build the pose environment", pytrace=False)
+        pytest.fail(
+            f"{POSE_PYTHON} is missing: run `make pose-setup` (`make test` does it "
+            "first) to build the pose environment",
+            pytrace=False,
+        )
     return POSE_PYTHON
 
 
 @pytest.fixture(scope="module")
 def probe(tmp_path_factory: pytest.TempPathFactory) -> dict:
     work = tmp_path_factory.mktemp("mmpose")
-    proc = subprocess.run([str(pose_python()), "-c", PROBE, str(work)], capture_output=True,
-                          text=True, timeout=600, cwd=REPO, check=False)
+    proc = subprocess.run(
+        [str(pose_python()), "-c", PROBE, str(work)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("PROBE-JSON "))
-    return json.loads(line[len("PROBE-JSON "):])
+    return json.loads(line[len("PROBE-JSON ") :])
 
 
 # The top-down affine window of each crop, by hand: box = whole crop (w, h), centre (w/2, h/2),
@@ -132,8 +141,11 @@ def probe(tmp_path_factory: pytest.TempPathFactory) -> dict:
 #   128x64:  1.25 * (64, 128) = (80, 160); 80 < 0.75*160 -> w = 120: x in [-28, 92], y in [-16, 144]
 #   96x96:   (120, 120); 120 > 0.75*120 -> h = 160: x in [-12, 108], y in [-32, 128]
 #   200x80:  (100, 250); w = 187.5: x in [-53.75, 133.75], y in [-25, 225]
-WINDOWS = [(-28.0, 92.0, -16.0, 144.0), (-12.0, 108.0, -32.0, 128.0),
-           (-53.75, 133.75, -25.0, 225.0)]
+WINDOWS = [
+    (-28.0, 92.0, -16.0, 144.0),
+    (-12.0, 108.0, -32.0, 128.0),
+    (-53.75, 133.75, -25.0, 225.0),
+]
 
 
 @pytest.mark.slow

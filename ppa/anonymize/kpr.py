@@ -104,6 +104,8 @@ class KprAnonymizer(nn.Module):
         levels = sorted({self.levels.strong, self.levels.medium, self.levels.weak})
         outputs = dict(zip(levels, self.anonymizer.forward_levels(images, levels, seeds),
                            strict=True))
+        if len(outputs) == 1:  # one level everywhere (e.g. `none`): the masks change nothing
+            return AnonymizedBatch(images=outputs[levels[0]], masks=masks)
         strong, medium, weak = (outputs[self.levels.strong], outputs[self.levels.medium],
                                 outputs[self.levels.weak])
         composed = masks.head * strong + masks.skeleton * weak + masks.rest * medium

@@ -183,7 +183,12 @@ class ReidImageDataset(Dataset[Sample]):
         if self.keypoints is None:
             return np.zeros((NUM_KEYPOINTS, 3), dtype=np.float32)
         if record.path in self.keypoints:
-            return self.keypoints[record.path]
+            points = self.keypoints[record.path]
+            # A crop where the pose backend found no person is cached with all scores 0:
+            # with the prior configured, treat it like a missing entry.
+            if self.pose_missing == "center_prior" and not (points[:, 2] > 0).any():
+                return canonical_keypoints(height, width)
+            return points
         if self.pose_missing == "center_prior":
             return canonical_keypoints(height, width)
         # Construction removed or rejected these; reaching here means the cache changed since.

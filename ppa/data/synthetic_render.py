@@ -88,8 +88,11 @@ GARMENT_COLOURS = np.array([
     (0.44, 0.28, 0.16), (0.88, 0.76, 0.20), (0.90, 0.56, 0.66), (0.42, 0.22, 0.52),
     (0.90, 0.50, 0.15), (0.10, 0.50, 0.50),
 ], dtype=np.float32)
-# Trousers and skirts come in fewer colours than tops (denim, black, khaki...).
-BOTTOM_COLOUR_CHOICES = (0, 1, 2, 3, 4, 5, 6, 8, 10, 11, 12)
+# Identities draw from a few common garment colours, so colour alone narrows a person down to a
+# handful of look-alikes and structure (layout, pattern, shape) has to tell them apart; that
+# structure is what shows in both modalities. Trousers come in fewer colours than tops.
+TOP_COLOUR_CHOICES = (0, 3, 4, 5, 7, 9, 11, 14)
+BOTTOM_COLOUR_CHOICES = (0, 2, 4, 11)
 SKIN_TONES = np.array([
     (0.96, 0.80, 0.69), (0.90, 0.72, 0.58), (0.80, 0.60, 0.45), (0.66, 0.46, 0.32),
     (0.50, 0.34, 0.22), (0.36, 0.24, 0.16),
@@ -243,7 +246,7 @@ def sample_identity(pid: int, rng: np.random.Generator) -> Identity:
         "handbag": (_choice(rng, (0.1, 0.14)), _choice(rng, (0.08, 0.11)), 0.05),
     }[carry]
 
-    top_idx = int(rng.integers(len(GARMENT_COLOURS)))
+    top_idx = _choice(rng, TOP_COLOUR_CHOICES)
     top_alt = (top_idx + 1 + int(rng.integers(len(GARMENT_COLOURS) - 1))) % len(GARMENT_COLOURS)
     bottom_idx = _choice(rng, BOTTOM_COLOUR_CHOICES)
     bottom_alt = (bottom_idx + 1 + int(rng.integers(len(GARMENT_COLOURS) - 1))) \
@@ -264,8 +267,10 @@ def sample_identity(pid: int, rng: np.random.Generator) -> Identity:
     colours[Material.HAT] = GARMENT_COLOURS[rng.integers(len(GARMENT_COLOURS))]
 
     # Thermal look: insulation level per garment, independent of its colour.
-    top_heat = GARMENT_HEAT_LEVELS[2 if coat else int(rng.integers(2))]
-    bottom_heat = GARMENT_HEAT_LEVELS[int(rng.integers(1, 3))]
+    # Top and bottom always differ in insulation, so the hem shows in infrared too.
+    top_level = 2 if coat else int(rng.integers(2))
+    bottom_level = 1 if coat else int(rng.integers(top_level + 1, 3))
+    top_heat, bottom_heat = GARMENT_HEAT_LEVELS[top_level], GARMENT_HEAT_LEVELS[bottom_level]
     contrast = PATTERN_HEAT_CONTRAST * (1.0 if rng.random() < 0.5 else -1.0)
     heat = np.zeros(NUM_MATERIALS, np.float32)
     heat[Material.SKIN] = SKIN_HEAT + jitter(0.015)

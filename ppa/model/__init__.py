@@ -18,7 +18,8 @@ def create_model(model_cfg: DictConfig | Mapping[str, Any], num_classes: int) ->
     cfg = OmegaConf.create(dict(model_cfg)) if not isinstance(model_cfg, DictConfig) else model_cfg
     if num_classes < 1:
         raise ValueError(f"num_classes must be positive, got {num_classes}")
-    arch_kwargs = OmegaConf.to_container(cfg.get("arch_kwargs") or {}, resolve=True)
+    raw_kwargs = cfg.get("arch_kwargs")
+    arch_kwargs = OmegaConf.to_container(raw_kwargs, resolve=True) if raw_kwargs else {}
     backbone = create_backbone(
         cfg.arch,
         pretrained=bool(cfg.get("pretrained", False)),

@@ -223,6 +223,9 @@ def create_backbone(
         )
     except RuntimeError as err:
         raise ValueError(f"cannot build timm model {arch!r} with {kwargs}: {err}") from err
+    missing = [n for n in (*STEM_LAYERS, *TRUNK_LAYERS) if not hasattr(backbone, n)]
+    if missing:
+        raise ValueError(f"model.arch={arch!r} is not a ResNet-family model (missing {missing})")
     if last_stride not in (1, 2):
         raise ValueError(f"model.last_stride must be 1 or 2, got {last_stride}")
     if last_stride == 1:

@@ -23,12 +23,30 @@ from ppa.pose.backends.base import (
 BACKEND_NAMES: tuple[str, ...] = ("mmpose", "mediapipe", "file")
 
 # Keys of configs/pose_backend/common.yaml: read by scripts/extract_keypoints.py, not backends.
-EXTRACTION_KEYS = frozenset({
-    "name", "batch_size", "device", "checkpoint_every", "resume", "min_confidence", "min_joints",
-})
+EXTRACTION_KEYS = frozenset(
+    {
+        "name",
+        "batch_size",
+        "device",
+        "checkpoint_every",
+        "resume",
+        "min_confidence",
+        "min_joints",
+    }
+)
 _BACKEND_KEYS: dict[str, frozenset[str]] = {
-    "mmpose": frozenset({"config", "checkpoint", "checkpoint_dir", "checkpoint_sha256",
-                         "flip_test", "bbox", "trust_checkpoint", "allow_random_weights"}),
+    "mmpose": frozenset(
+        {
+            "config",
+            "checkpoint",
+            "checkpoint_dir",
+            "checkpoint_sha256",
+            "flip_test",
+            "bbox",
+            "trust_checkpoint",
+            "allow_random_weights",
+        }
+    ),
     "mediapipe": frozenset({"model_complexity", "min_detection_confidence"}),
     "file": frozenset({"path", "format", "on_missing", "coco_third"}),
 }

@@ -90,8 +90,9 @@ class PoseBackend(abc.ABC):
     def _predict(self, images: Sequence[np.ndarray], keys: Sequence[str] | None) -> np.ndarray:
         """Backend-specific prediction on a validated, non-empty batch."""
 
-    def predict(self, images: Sequence[np.ndarray],
-                keys: Sequence[str] | None = None) -> np.ndarray:
+    def predict(
+        self, images: Sequence[np.ndarray], keys: Sequence[str] | None = None
+    ) -> np.ndarray:
         """Keypoints (N, 17, 3) float32 for a batch of N crops (see the class docstring)."""
         if keys is not None and len(keys) != len(images):
             raise ValueError(f"{len(images)} images but {len(keys)} keys in one batch")
@@ -112,6 +113,10 @@ class PoseBackend(abc.ABC):
     def __enter__(self) -> PoseBackend:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close()

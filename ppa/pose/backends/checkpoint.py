@@ -66,8 +66,13 @@ def _verify(path: Path, expected: str | None, origin: str) -> None:
         )
 
 
-def fetch_checkpoint(location: str, cache_dir: str | os.PathLike, *, sha256: str | None = None,
-                     timeout_s: float = 60.0) -> Path:
+def fetch_checkpoint(
+    location: str,
+    cache_dir: str | os.PathLike,
+    *,
+    sha256: str | None = None,
+    timeout_s: float = 60.0,
+) -> Path:
     """Return a local path to the checkpoint at `location` (a file path or a URL).
 
     A URL is downloaded into `cache_dir` under its file name, at most once: a file already

@@ -123,8 +123,11 @@ def load_coco_keypoints(path: str | os.PathLike, third: str = "visibility") -> C
         data = json.loads(source.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CocoFormatError(f"{source}: not readable as JSON: {err}") from err
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
-            or not isinstance(data.get("annotations"), list):
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("images"), list)
+        or not isinstance(data.get("annotations"), list)
+    ):
         raise CocoFormatError(
             f"{source}: expected a COCO dataset-format object with 'images' and 'annotations' lists"
         )

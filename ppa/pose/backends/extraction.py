@@ -54,9 +54,7 @@ class ExtractionSettings:
         if self.batch_size < 1:
             raise ValueError(f"pose_backend.batch_size={self.batch_size}: must be >= 1")
         if self.checkpoint_every < 1:
-            raise ValueError(
-                f"pose_backend.checkpoint_every={self.checkpoint_every}: must be >= 1"
-            )
+            raise ValueError(f"pose_backend.checkpoint_every={self.checkpoint_every}: must be >= 1")
         if not 0.0 <= self.min_confidence <= 1.0:
             raise ValueError(f"pose_backend.min_confidence={self.min_confidence}: expected [0, 1]")
         if not 1 <= self.min_joints <= 17:
@@ -160,8 +158,12 @@ def _stats(values: list[np.ndarray], settings: ExtractionSettings) -> CameraStat
     )
 
 
-def summarise(cache: KeypointCache, keys: Sequence[str], settings: ExtractionSettings,
-              report: ExtractionReport) -> None:
+def summarise(
+    cache: KeypointCache,
+    keys: Sequence[str],
+    settings: ExtractionSettings,
+    report: ExtractionReport,
+) -> None:
     """Fill the report's per-camera and overall statistics over `keys` present in the cache."""
     by_camera: dict[str, list[np.ndarray]] = {}
     everything: list[np.ndarray] = []
@@ -191,8 +193,9 @@ def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
         raise
 
 
-def _load_batch(root: Path, keys: Sequence[str], on_bad_image: str
-                ) -> tuple[list[str], list[np.ndarray], list[str]]:
+def _load_batch(
+    root: Path, keys: Sequence[str], on_bad_image: str
+) -> tuple[list[str], list[np.ndarray], list[str]]:
     good_keys, images, bad = [], [], []
     for key in keys:
         try:
@@ -208,7 +211,7 @@ def _load_batch(root: Path, keys: Sequence[str], on_bad_image: str
 
 def _batches(keys: Sequence[str], size: int) -> Iterator[Sequence[str]]:
     for start in range(0, len(keys), size):
-        yield keys[start:start + size]
+        yield keys[start : start + size]
 
 
 def open_cache(cache_file: Path, source: str, resume: bool) -> KeypointCache:
@@ -226,9 +229,14 @@ def open_cache(cache_file: Path, source: str, resume: bool) -> KeypointCache:
     return KeypointCache(path=cache_file, source=source)
 
 
-def extract_keypoints(backend: PoseBackend, root: Path, cache_file: Path,
-                      settings: ExtractionSettings, *, progress: bool = True
-                      ) -> ExtractionReport:
+def extract_keypoints(
+    backend: PoseBackend,
+    root: Path,
+    cache_file: Path,
+    settings: ExtractionSettings,
+    *,
+    progress: bool = True,
+) -> ExtractionReport:
     """Bring `cache_file` up to date with every image under `root`; write and return the report.
 
     The cache is saved atomically every `settings.checkpoint_every` new entries, at the end,
@@ -246,17 +254,34 @@ def extract_keypoints(backend: PoseBackend, root: Path, cache_file: Path,
     cache = open_cache(cache_file, backend.source, settings.resume)
     todo = [k for k in keys if k not in cache]
     report = ExtractionReport(
-        backend=backend.name, source=backend.source, root=str(root), cache=str(cache_file),
-        min_confidence=settings.min_confidence, min_joints=settings.min_joints,
-        images_total=len(keys), already_cached=len(keys) - len(todo),
+        backend=backend.name,
+        source=backend.source,
+        root=str(root),
+        cache=str(cache_file),
+        min_confidence=settings.min_confidence,
+        min_joints=settings.min_joints,
+        images_total=len(keys),
+        already_cached=len(keys) - len(todo),
     )
-    logger.info("%s: %d images, %d already in %s, %d to do with %s", root, len(keys),
-                report.already_cached, cache_file.name, len(todo), backend.source)
+    logger.info(
+        "%s: %d images, %d already in %s, %d to do with %s",
+        root,
+        len(keys),
+        report.already_cached,
+        cache_file.name,
+        len(todo),
+        backend.source,
+    )
 
     since_save = 0
     start = time.perf_counter()
-    bar = tqdm(total=len(todo), unit="img", desc=f"keypoints ({backend.name})",
-               disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=len(todo),
+        unit="img",
+        desc=f"keypoints ({backend.name})",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
     try:
         batches = list(_batches(todo, settings.batch_size))
@@ -267,8 +292,11 @@ def extract_keypoints(backend: PoseBackend, root: Path, cache_file: Path,
             assert pending is not None
             batch_keys, images, bad = pending.result()
             # Decode the next batch while the backend works on this one.
-            pending = (pool.submit(_load_batch, root, batches[index + 1], settings.on_bad_image)
-                       if index + 1 < len(batches) else None)
+            pending = (
+                pool.submit(_load_batch, root, batches[index + 1], settings.on_bad_image)
+                if index + 1 < len(batches)
+                else None
+            )
             report.unreadable.extend(bad)
             if images:
                 keypoints = backend.predict(images, batch_keys)
@@ -300,20 +328,39 @@ def extract_keypoints(backend: PoseBackend, root: Path, cache_file: Path,
 
 
 def _log_report(report: ExtractionReport, report_file: Path) -> None:
-    logger.info("processed %d images in %.1f s (%.1f img/s)", report.processed,
-                report.elapsed_s, report.images_per_s)
+    logger.info(
+        "processed %d images in %.1f s (%.1f img/s)",
+        report.processed,
+        report.elapsed_s,
+        report.images_per_s,
+    )
     for cam, stats in report.per_camera.items():
-        logger.info("  %-10s %6d images  detection rate %.3f  mean confidence %.3f", cam,
-                    stats.images, stats.detection_rate, stats.mean_confidence)
+        logger.info(
+            "  %-10s %6d images  detection rate %.3f  mean confidence %.3f",
+            cam,
+            stats.images,
+            stats.detection_rate,
+            stats.mean_confidence,
+        )
     overall = report.overall
-    logger.info("  %-10s %6d images  detection rate %.3f  mean confidence %.3f", "all",
-                overall.images, overall.detection_rate, overall.mean_confidence)
+    logger.info(
+        "  %-10s %6d images  detection rate %.3f  mean confidence %.3f",
+        "all",
+        overall.images,
+        overall.detection_rate,
+        overall.mean_confidence,
+    )
     if report.no_person:
         shown = ", ".join(report.no_person[:_FLAG_LOG_LIMIT])
         more = len(report.no_person) - _FLAG_LOG_LIMIT
-        logger.warning("%d images with no confident person (fewer than %d joints >= %.2f): %s%s",
-                       len(report.no_person), report.min_joints, report.min_confidence, shown,
-                       f" ... and {more} more" if more > 0 else "")
+        logger.warning(
+            "%d images with no confident person (fewer than %d joints >= %.2f): %s%s",
+            len(report.no_person),
+            report.min_joints,
+            report.min_confidence,
+            shown,
+            f" ... and {more} more" if more > 0 else "",
+        )
     for label, items in (("unreadable", report.unreadable), ("unanswered", report.unanswered)):
         if items:
             logger.warning("%d %s images (listed in the report)", len(items), label)

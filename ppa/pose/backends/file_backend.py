@@ -43,8 +43,14 @@ class FileBackend(PoseBackend):
 
     name: ClassVar[str] = "file"
 
-    def __init__(self, path: str | os.PathLike, *, fmt: str = "auto", on_missing: str = "error",
-                 coco_third: str = "visibility"):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        fmt: str = "auto",
+        on_missing: str = "error",
+        coco_third: str = "visibility",
+    ):
         self.path = Path(path)
         if on_missing not in ON_MISSING:
             raise ValueError(
@@ -63,8 +69,9 @@ class FileBackend(PoseBackend):
             self._entries = coco.keypoints
             self._sizes = coco.sizes
             self._source = f"coco-json:{self.path.name}"
-        logger.info("file backend: %d entries from %s (%s)", len(self._entries), self.path,
-                    self.format)
+        logger.info(
+            "file backend: %d entries from %s (%s)", len(self._entries), self.path, self.format
+        )
 
     @property
     def source(self) -> str:

@@ -34,8 +34,13 @@ class MediaPipeBackend(PoseBackend):
 
     name: ClassVar[str] = "mediapipe"
 
-    def __init__(self, *, model_complexity: int = 1, min_detection_confidence: float = 0.5,
-                 device: str = "auto"):
+    def __init__(
+        self,
+        *,
+        model_complexity: int = 1,
+        min_detection_confidence: float = 0.5,
+        device: str = "auto",
+    ):
         if model_complexity not in LANDMARK_MODEL_FILES:
             raise ValueError(
                 f"pose_backend.model_complexity={model_complexity!r}: expected 0, 1 or 2"
@@ -50,20 +55,28 @@ class MediaPipeBackend(PoseBackend):
                 "only; use auto or cpu"
             )
         # protobuf 4 deprecation notice raised from inside mediapipe on every image.
-        warnings.filterwarnings("ignore", message=r"SymbolDatabase\.GetPrototype",
-                                category=UserWarning)
+        warnings.filterwarnings(
+            "ignore", message=r"SymbolDatabase\.GetPrototype", category=UserWarning
+        )
         try:
             import mediapipe as mp
         except ImportError as err:
             raise PoseBackendUnavailableError(self.name, "mediapipe", err) from err
         self.version = getattr(mp, "__version__", "unknown")
         self.model_complexity = model_complexity
-        model_file = (Path(mp.__file__).parent / "modules" / "pose_landmark"
-                      / LANDMARK_MODEL_FILES[model_complexity])
+        model_file = (
+            Path(mp.__file__).parent
+            / "modules"
+            / "pose_landmark"
+            / LANDMARK_MODEL_FILES[model_complexity]
+        )
         if not model_file.is_file():
-            logger.warning("%s is not bundled with mediapipe %s: MediaPipe downloads it now "
-                           "(needs internet; model_complexity=1 is the bundled one)",
-                           model_file.name, self.version)
+            logger.warning(
+                "%s is not bundled with mediapipe %s: MediaPipe downloads it now "
+                "(needs internet; model_complexity=1 is the bundled one)",
+                model_file.name,
+                self.version,
+            )
         try:
             # static_image_mode: every crop is a new image; tracking across crops would carry
             # one person's pose into the next person's crop.

@@ -56,8 +56,9 @@ class _PlaceholderModule(types.ModuleType):
 
 
 class _MmcvOpsFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    def find_spec(self, fullname: str, path: Any, target: Any = None
-                  ) -> importlib.machinery.ModuleSpec | None:
+    def find_spec(
+        self, fullname: str, path: Any, target: Any = None
+    ) -> importlib.machinery.ModuleSpec | None:
         if fullname == _OPS_PACKAGE or fullname.startswith(_OPS_PACKAGE + "."):
             return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
         return None

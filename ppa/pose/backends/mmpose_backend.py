@@ -58,13 +58,20 @@ def _import_mmpose() -> dict[str, Any]:
         from mmpose.datasets.datasets.utils import parse_pose_metainfo
         from mmpose.models import build_pose_estimator
     except ImportError as err:
-        raise PoseBackendUnavailableError("mmpose", getattr(err, "name", None) or "mmpose",
-                                          err) from err
+        raise PoseBackendUnavailableError(
+            "mmpose", getattr(err, "name", None) or "mmpose", err
+        ) from err
     return {
-        "mmpose": mmpose, "torch": torch, "Config": Config, "Compose": Compose,
-        "pseudo_collate": pseudo_collate, "revert_sync_batchnorm": revert_sync_batchnorm,
-        "init_default_scope": init_default_scope, "load_state_dict": load_state_dict,
-        "parse_pose_metainfo": parse_pose_metainfo, "build_pose_estimator": build_pose_estimator,
+        "mmpose": mmpose,
+        "torch": torch,
+        "Config": Config,
+        "Compose": Compose,
+        "pseudo_collate": pseudo_collate,
+        "revert_sync_batchnorm": revert_sync_batchnorm,
+        "init_default_scope": init_default_scope,
+        "load_state_dict": load_state_dict,
+        "parse_pose_metainfo": parse_pose_metainfo,
+        "build_pose_estimator": build_pose_estimator,
     }
 
 
@@ -75,8 +82,11 @@ def _numpy_safe_globals() -> list[Any]:
         from numpy._core.multiarray import _reconstruct, scalar
     except ImportError:  # numpy 1.x
         from numpy.core.multiarray import _reconstruct, scalar
-    dtype_classes = [getattr(np.dtypes, name) for name in dir(np.dtypes)
-                     if name.endswith("DType") and name != "ObjectDType"]
+    dtype_classes = [
+        getattr(np.dtypes, name)
+        for name in dir(np.dtypes)
+        if name.endswith("DType") and name != "ObjectDType"
+    ]
     return [_reconstruct, scalar, np.ndarray, np.dtype, *dtype_classes]
 
 
@@ -100,8 +110,10 @@ def read_checkpoint(torch: Any, path: Path, *, trust: bool) -> dict[str, Any]:
                 "set pose_backend.trust_checkpoint=true"
             ) from err
     if not isinstance(checkpoint, dict):
-        raise PoseBackendError(f"checkpoint {path} holds a {type(checkpoint).__name__}, "
-                               "expected a dict (a state_dict or {'state_dict': ..., 'meta': ...})")
+        raise PoseBackendError(
+            f"checkpoint {path} holds a {type(checkpoint).__name__}, "
+            "expected a dict (a state_dict or {'state_dict': ..., 'meta': ...})"
+        )
     return checkpoint
 
 
@@ -132,16 +144,37 @@ class MMPoseBackend(PoseBackend):
 
     name: ClassVar[str] = "mmpose"
 
-    def __init__(self, *, config: str, checkpoint: str | None,
-                 checkpoint_dir: str | os.PathLike = "data/pose-models",
-                 checkpoint_sha256: str | None = None, device: str = "auto",
-                 flip_test: bool = True, bbox: str = "whole_crop",
-                 trust_checkpoint: bool = False, allow_random_weights: bool = False):
+    def __init__(
+        self,
+        *,
+        config: str,
+        checkpoint: str | None,
+        checkpoint_dir: str | os.PathLike = "data/pose-models",
+        checkpoint_sha256: str | None = None,
+        device: str = "auto",
+        flip_test: bool = True,
+        bbox: str = "whole_crop",
+        trust_checkpoint: bool = False,
+        allow_random_weights: bool = False,
+    ):
         if bbox not in BBOX_POLICIES:
             raise ValueError(
                 f"pose_backend.bbox={bbox!r}: expected one of {BBOX_POLICIES} (crops are "
                 "person detections; the whole crop is the box)"
             )
+        if not checkpoint and not allow_random_weights:
+            raise PoseBackendError(
+                "pose_backend.checkpoint is null: RTMPose needs trained weights (set a path or "
+                "URL; see docs/pose.md), or use pose_backend=mediapipe"
+            )
+        # Fetch first: a failed download should not wait for the model build.
+        local = (
+            fetch_checkpoint(
+                str(checkpoint), resolve_path(checkpoint_dir), sha256=checkpoint_sha256
+            )
+            if checkpoint
+            else None
+        )
         lib = _import_mmpose()
         self._torch = lib["torch"]
         self._pseudo_collate = lib["pseudo_collate"]
@@ -158,9 +191,7 @@ class MMPoseBackend(PoseBackend):
         model = lib["revert_sync_batchnorm"](lib["build_pose_estimator"](cfg.model))
 
         meta = None
-        if checkpoint:
-            local = fetch_checkpoint(str(checkpoint), resolve_path(checkpoint_dir),
-                                     sha256=checkpoint_sha256)
+        if local is not None:
             ckpt = read_checkpoint(self._torch, local, trust=trust_checkpoint)
             state = ckpt.get("state_dict", ckpt)
             # Weights saved from a (Distributed)DataParallel wrapper carry a `module.` prefix.
@@ -174,15 +205,12 @@ class MMPoseBackend(PoseBackend):
                 ) from err
             meta = (ckpt.get("meta") or {}).get("dataset_meta")
             weights = local.name
-        elif allow_random_weights:
-            logger.warning("mmpose backend with RANDOM WEIGHTS: keypoints are meaningless; "
-                           "this only exercises the pipeline")
-            weights = "random-weights"
         else:
-            raise PoseBackendError(
-                "pose_backend.checkpoint is null: RTMPose needs trained weights (set a path or "
-                "URL; see docs/pose.md), or use pose_backend=mediapipe"
+            logger.warning(
+                "mmpose backend with RANDOM WEIGHTS: keypoints are meaningless; "
+                "this only exercises the pipeline"
             )
+            weights = "random-weights"
         if meta is None:
             coco_meta = mmpose_dir / ".mim" / "configs" / COCO_METAINFO
             meta = lib["parse_pose_metainfo"]({"from_file": str(coco_meta)})

@@ -1,0 +1,103 @@
+"""scripts/train_central.py and scripts/evaluate.py as a user runs them, and their errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO, load_script, tiny_overrides
+
+from ppa.checkpoint import CheckpointError
+from ppa.config import load_config
+from ppa.data.errors import DatasetLayoutError
+from ppa.data.keypoints import MissingKeypointsError
+
+
+def run_script(name: str, overrides: list[str], timeout: int = 600) -> list[str]:
+    env = dict(os.environ, PPA_WORKDIR=str(REPO), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / f"{name}.py"), *overrides],
+                          capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout.strip().splitlines()
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_sysu_root: Path, tmp_path_factory) -> tuple[Path, list[str]]:
+    out = tmp_path_factory.mktemp("central")
+    overrides = tiny_overrides(tiny_sysu_root, out, "train.epochs=2",
+                               "train.max_batches_per_epoch=3", "train.checkpoint_every=1")
+    lines = run_script("train_central", overrides)
+    return Path(lines[-1]), overrides
+
+
+@pytest.mark.slow
+def test_train_central_writes_checkpoints(trained) -> None:
+    last, _ = trained
+    assert last.name == "last.pt" and last.is_file()
+    assert (last.parent / "epoch_0001.pt").is_file()
+    history = json.loads((last.parent.parent / "train_history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert all(h["batches"] == 3 for h in history)
+
+
+@pytest.mark.slow
+def test_evaluate_writes_every_promised_file(trained) -> None:
+    last, overrides = trained
+    lines = run_script("evaluate", [*overrides, f"checkpoint={last}"])
+    metrics_path = Path(lines[-1])
+    assert metrics_path.name == "metrics.json"
+    report = json.loads(metrics_path.read_text())
+    assert set(report["results"]) == {"raw-raw", "anon-anon", "raw-anon"}
+    for protocol in report["results"].values():
+        assert set(protocol) == {"all", "indoor"}
+        for group in protocol.values():
+            assert len(group["trials"]) == 2
+            assert 0.0 <= group["mean"]["mAP"] <= 1.0
+            assert len(group["mean"]["cmc"]) >= 1
+    head = report["anonymization"]
+    assert head["head_psnr"] < head["image_psnr"]  # the head is hidden harder than the rest
+    assert 0.0 <= head["face_rate_raw"] <= 1.0
+    assert Path(report["cmc_plot"]).is_file()
+    assert Path(report["anonymization_grid"]).is_file()
+    assert any(line.startswith("raw-raw") for line in lines)  # the printed table
+
+
+def test_evaluate_errors_are_clear(tiny_sysu_root: Path, tmp_path: Path) -> None:
+    evaluate = load_script("evaluate")
+    base = tiny_overrides(tiny_sysu_root, tmp_path)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"\x00garbage")
+    with pytest.raises(CheckpointError, match="junk.pt"):
+        evaluate.run(load_config([*base, f"checkpoint={junk}"]))
+    with pytest.raises(ValueError, match="checkpoint="):
+        evaluate.run(load_config(base))
+
+    from ppa.checkpoint import save_checkpoint
+    from ppa.model import create_model
+
+    cfg = load_config(base)
+    ckpt = save_checkpoint(tmp_path / "m.pt", create_model(cfg.model, 12), cfg)
+    not_sysu = tmp_path / "not_sysu"
+    not_sysu.mkdir()
+    with pytest.raises(DatasetLayoutError, match="not_sysu"):
+        evaluate.run(load_config([*base, f"checkpoint={ckpt}", f"dataset.root={not_sysu}"]))
+
+    no_keypoints = tmp_path / "no_kp"
+    shutil.copytree(tiny_sysu_root, no_keypoints)
+    kp = no_keypoints / "keypoints.npz"
+    kp.unlink()
+    with pytest.raises(FileNotFoundError, match="keypoints.npz"):
+        evaluate.run(load_config([*base, f"checkpoint={ckpt}", f"dataset.root={no_keypoints}"]))
+    # An entry missing from an existing cache names the image and the cache file.
+    from ppa.data.keypoints import KeypointCache
+
+    cache = KeypointCache.load(tiny_sysu_root / "keypoints.npz")
+    kept = {k: v for i, (k, v) in enumerate(cache.items()) if i % 2}
+    KeypointCache(kept, source="test").save(kp)
+    with pytest.raises(MissingKeypointsError, match="keypoints.npz"):
+        evaluate.run(load_config([*base, f"checkpoint={ckpt}", f"dataset.root={no_keypoints}"]))

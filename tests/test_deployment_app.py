@@ -1,0 +1,168 @@
+"""The real PPA app (server/app.py, client/app.py) on the deployment engine, via the launcher.
+
+Two RegDB sites (visible, thermal: the by_camera partition of the config) on a tiny
+synthetic RegDB, tiny model, small inputs. Covers the launcher's main path, a SuperNode killed
+mid-round (the run completes without it, the site rejoins), and the server killed mid-run then
+resumed from its last checkpoint with nothing lost. Minutes each on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "scripts" / "run_deployment.py"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.integration,
+    pytest.mark.skipif(not (ROOT / "server" / "app.py").exists()
+                       or not (ROOT / "client" / "app.py").exists(),
+                       reason="the ServerApp/ClientApp are not there yet"),
+]
+
+# Small and fast: every override is a real key of configs/.
+OVERRIDES = ["dataset=synthetic_regdb", "input.height=64", "input.width=32"]
+
+
+def load_launcher():
+    name = "run_deployment_under_test"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def regdb_root(tmp_path_factory) -> Path:
+    from ppa.data.synthetic import write_synthetic_regdb
+
+    root = tmp_path_factory.mktemp("data") / "regdb"
+    write_synthetic_regdb(root, num_ids=8, images_per_modality=4, image_height=64,
+                          image_width=32, seed=0)
+    return root
+
+
+def history(workdir: Path) -> list[dict]:
+    path = workdir / "outputs" / "demo" / "history.json"
+    return json.loads(path.read_text())["rounds"] if path.exists() else []
+
+
+def wait_until(predicate, timeout: float, what: str, poll: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def sites(launcher, root: Path) -> dict:
+    return {"visible": launcher.SiteSpec("visible", "visible", root, "regdb"),
+            "thermal": launcher.SiteSpec("thermal", "infrared", root, "regdb")}
+
+
+def test_launcher_runs_the_real_app_two_sites_two_rounds(regdb_root: Path,
+                                                         tmp_path: Path) -> None:
+    workdir, out = tmp_path / "work", tmp_path / "out"
+    workdir.mkdir()
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--workdir", str(workdir), "--output-dir", str(out),
+         "--rounds", "2", "--timeout", "900", *OVERRIDES, f"dataset.root={regdb_root}"],
+        capture_output=True, text=True, timeout=1200, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr[-4000:]
+    summary = json.loads((out / "deployment.json").read_text())
+    assert summary["status"] == "finished:completed"
+    # Sites came from the config: RegDB by_camera = a visible and a thermal site.
+    assert sorted((s["site"], s["modality"], s["dataset"]) for s in summary["sites"]) == [
+        ("thermal", "infrared", "regdb"), ("visible", "visible", "regdb")]
+
+    rounds = history(workdir)
+    assert [r["round"] for r in rounds] == [0, 1, 2]
+    for record in rounds[1:]:
+        assert sorted(record["replied"]) == ["thermal", "visible"]
+        assert record["failed"] == []
+        assert 0.0 <= record["central"]["raw-raw"]["mAP"] <= 1.0
+    assert (workdir / "outputs" / "demo" / "checkpoints" / "round_0002.pt").exists()
+    run_log = (out / "logs" / f"run-{summary['run_id']}.log").read_text()
+    assert "round 2 central evaluation" in run_log
+
+
+def test_real_app_supernode_killed_mid_round_completes_and_rejoins(
+        regdb_root: Path, tmp_path: Path) -> None:
+    launcher = load_launcher()
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    settings = launcher.DeploymentSettings(output_dir=tmp_path / "out", workdir=workdir,
+                                           startup_timeout=90, stop_grace=15)
+    site = sites(launcher, regdb_root)
+    overrides = [*OVERRIDES, f"dataset.root={regdb_root}", "federation.rounds=3",
+                 "federation.round_timeout=45"]
+    with launcher.Deployment(settings) as deployment:
+        deployment.start_superlink()
+        for spec in site.values():
+            deployment.start_supernode(spec)
+        deployment.wait_for_nodes(list(site))
+        run_id = deployment.submit(launcher.build_run_config("demo", overrides, False))
+        deployment.follow(run_id)
+        visible = deployment.supernodes["visible"]
+        wait_until(lambda: "Start `flwr-clientapp`" in visible.log_text(), 300,
+                   "the visible site to start training round 1")
+        deployment.stop_supernode("visible", kill=True)  # a crash mid-round
+        assert not history(workdir)[1:]  # round 1 was not finished when the site died
+        deployment.start_supernode(site["visible"])  # the site comes back
+        details = deployment.wait_for_run(run_id, timeout=900)
+    assert details["status"] == "finished:completed", details
+    rounds = {r["round"]: r for r in history(workdir)}
+    assert sorted(rounds) == [0, 1, 2, 3]
+    assert rounds[1]["replied"] == ["thermal"]  # round 1 completed without the dead site
+    assert any("visible" in rounds[r]["replied"] for r in (2, 3))  # it rejoined
+
+
+def test_real_app_server_killed_mid_run_resumes_with_nothing_lost(
+        regdb_root: Path, tmp_path: Path) -> None:
+    launcher = load_launcher()
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    settings = launcher.DeploymentSettings(output_dir=tmp_path / "out", workdir=workdir,
+                                           startup_timeout=90, stop_grace=15)
+    site = sites(launcher, regdb_root)
+    overrides = [*OVERRIDES, f"dataset.root={regdb_root}", "federation.rounds=3"]
+    checkpoints = workdir / "outputs" / "demo" / "checkpoints"
+    with launcher.Deployment(settings) as deployment:
+        deployment.start_superlink()
+        for spec in site.values():
+            deployment.start_supernode(spec)
+        deployment.wait_for_nodes(list(site))
+        first = deployment.submit(launcher.build_run_config("demo", overrides, False))
+        deployment.follow(first)
+        wait_until(lambda: (checkpoints / "round_0001.pt").exists(), 600,
+                   "the round-1 checkpoint")
+        # The whole server side dies: SuperLink, SuperExec and the ServerApp, SIGKILL.
+        deployment.stop_superlink(kill=True)
+        before = {r["round"]: r for r in history(workdir)}
+        assert 1 in before and 3 not in before
+
+        deployment.start_superlink()  # same port and state database; the sites reconnect
+        deployment.wait_for_nodes(list(site))
+        resumed = deployment.submit(launcher.build_run_config("demo", overrides, True))
+        deployment.follow(resumed)
+        details = deployment.wait_for_run(resumed, timeout=900)
+    assert details["status"] == "finished:completed", details
+    rounds = history(workdir)
+    assert [r["round"] for r in rounds] == [0, 1, 2, 3]  # each round exactly once
+    after = {r["round"]: r for r in rounds}
+    for number, record in before.items():  # what was checkpointed is kept as it was
+        assert after[number]["central"] == record["central"], number
+    assert (checkpoints / "round_0003.pt").exists()

@@ -1,0 +1,104 @@
+"""The PPA encoder: modality stems, shared trunk, offsets, factory and weight loading."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+from omegaconf import OmegaConf
+
+from ppa.config import load_config
+from ppa.federation import OFFSET, SHARED, STEM, parameter_group
+from ppa.model import EncoderOutput, create_model
+
+
+def model_cfg(name: str, **over):
+    cfg = load_config([f"model={name}", "model.pretrained=false"]).model
+    return OmegaConf.merge(cfg, over)
+
+
+@pytest.mark.parametrize(("name", "dim"), [("tiny", 128), ("resnet18", 512), ("resnet50", 2048)])
+def test_forward_shapes_and_stride(name: str, dim: int) -> None:
+    torch.manual_seed(0)
+    model = create_model(model_cfg(name), num_classes=7).eval()
+    x = torch.rand(4, 3, 64, 32)
+    mod = torch.tensor([0, 1, 0, 1])
+    heat = torch.rand(4, 17, 4, 2)
+    out = model(x, mod, anonymized=torch.tensor([False, True, False, True]), heatmaps=heat)
+    assert isinstance(out, EncoderOutput)
+    # Last stride 1: 64 x 32 input -> 4 x 2 map (stride 16).
+    assert out.feature_map.shape == (4, dim, 4, 2)
+    assert model.feature_size(64, 32) == (4, 2)
+    assert out.pooled.shape == out.corrected.shape == out.neck.shape == (4, dim)
+    assert out.logits.shape == (4, 7)
+    assert out.parts.shape == (4, 17, dim)
+    assert model.num_features == dim
+
+
+def test_last_stride_two_halves_the_map() -> None:
+    model = create_model(model_cfg("tiny", last_stride=2), num_classes=3)
+    assert model.feature_size(64, 32) == (2, 1)
+
+
+def test_each_modality_uses_its_own_stem() -> None:
+    torch.manual_seed(0)
+    model = create_model(model_cfg("tiny"), num_classes=3).eval()
+    x = torch.rand(2, 3, 64, 32)
+    mod = torch.tensor([0, 1])
+    before = model(x, mod).pooled
+    with torch.no_grad():
+        model.stems["infrared"].conv1.weight.mul_(3.0)
+    after = model(x, mod).pooled
+    assert torch.allclose(before[0], after[0])  # the visible image is untouched
+    assert not torch.allclose(before[1], after[1])
+    # A batch of one modality gives the same features as the mixed batch.
+    single = model(x[:1], mod[:1]).pooled
+    assert torch.allclose(single[0], after[0], atol=1e-6)
+
+
+def test_offsets_correct_only_anonymised_features() -> None:
+    model = create_model(model_cfg("tiny"), num_classes=3).eval()
+    with torch.no_grad():
+        model.offsets.visible.fill_(0.5)
+        model.offsets.infrared.fill_(-1.0)
+    x = torch.rand(3, 3, 64, 32)
+    mod = torch.tensor([0, 1, 1])
+    anon = torch.tensor([True, True, False])
+    out = model(x, mod, anonymized=anon)
+    assert torch.allclose(out.corrected[0], out.pooled[0] - 0.5)
+    assert torch.allclose(out.corrected[1], out.pooled[1] + 1.0)
+    assert torch.equal(out.corrected[2], out.pooled[2])
+
+
+def test_parameter_groups_for_the_federation() -> None:
+    model = create_model(model_cfg("tiny"), num_classes=3)
+    groups = {n: parameter_group(n) for n, _ in model.named_parameters()}
+    assert groups["offsets.visible"].kind == OFFSET
+    assert groups["stems.infrared.conv1.weight"].kind == STEM
+    assert groups["stems.infrared.conv1.weight"].modality.value == "infrared"
+    assert groups["classifier.weight"].kind == SHARED
+    assert groups["trunk.layer4.0.conv1.weight"].kind == SHARED
+    assert model.classifier.bias is None
+    assert not model.neck.bias.requires_grad
+
+
+def test_pretrained_path_loads_local_weights(tmp_path) -> None:
+    torch.manual_seed(1)
+    source = timm.create_model("resnet18", pretrained=False, layers=[1, 1, 1, 1],
+                               channels=[16, 32, 64, 128], stem_width=16)
+    path = tmp_path / "weights.pth"
+    torch.save(source.state_dict(), path)
+    model = create_model(model_cfg("tiny", pretrained_path=str(path)), num_classes=3)
+    assert torch.equal(model.stems["visible"].conv1.weight, source.conv1.weight)
+    assert torch.equal(model.stems["infrared"].conv1.weight, source.conv1.weight)
+    assert torch.equal(model.trunk.layer2[0].conv1.weight, source.layer2[0].conv1.weight)
+
+
+def test_factory_errors_name_the_problem(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        create_model(model_cfg("tiny", pretrained_path=str(tmp_path / "missing.pth")), 3)
+    with pytest.raises(ValueError, match="not a ResNet-family"):
+        create_model(OmegaConf.create({"arch": "vit_tiny_patch16_224", "arch_kwargs": {},
+                                       "pretrained": False, "last_stride": 1}), 3)
+    with pytest.raises(ValueError, match="num_classes"):
+        create_model(model_cfg("tiny"), 0)

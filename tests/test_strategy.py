@@ -1,0 +1,230 @@
+"""ModalityAwareFedAvg on real Flower Messages: grouping, weighting, validation, robustness."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Error,
+    Message,
+    MessageType,
+    Metadata,
+    MetricRecord,
+    RecordDict,
+)
+
+from ppa.config import load_config
+from ppa.data.records import Modality
+from ppa.federation import PROTO_COUNT, PROTO_SUM, global_keys, pack, site_keys
+from ppa.model import create_model
+from server.aggregation import aggregate_updates, clip_update, krum_select, update_norm
+from server.strategy import ModalityAwareFedAvg
+
+NUM_CLASSES = 4
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    model = create_model(load_config(["model=tiny"]).model, NUM_CLASSES)
+    state = model.state_dict()
+    return {k: state[k] for k in global_keys(state)}
+
+
+def make_strategy(reference, **kwargs) -> ModalityAwareFedAvg:
+    return ModalityAwareFedAvg(reference, NUM_CLASSES, **kwargs)
+
+
+def site_arrays(reference, modality: Modality, value: float) -> dict[str, np.ndarray]:
+    """A site update where every float entry equals `value` (easy weighted means)."""
+    out = {}
+    for k in site_keys(reference, modality):
+        arr = reference[k].numpy()
+        out[k] = np.full_like(arr, value) if np.issubdtype(arr.dtype, np.floating) else arr
+    return out
+
+
+def reply(node: int, site: str, modality: Modality, arrays: dict[str, np.ndarray],
+          examples: float, protos: tuple[np.ndarray, np.ndarray] | None = None,
+          error: str | None = None) -> Message:
+    meta = Metadata(run_id=1, message_id=f"m{node}", src_node_id=node, dst_node_id=0,
+                    reply_to_message_id="x", group_id="1", created_at=time.time(), ttl=60.0,
+                    message_type=MessageType.TRAIN)
+    if error is not None:
+        return Message(error=Error(code=1, reason=error), metadata=meta)
+    content = RecordDict({
+        "arrays": ArrayRecord({k: Array(v) for k, v in arrays.items()}),
+        "metrics": MetricRecord({"num-examples": float(examples), "loss": 1.0}),
+        "site": ConfigRecord({"site": site, "modality": modality.value}),
+    })
+    if protos is not None:
+        content["prototypes"] = ArrayRecord({PROTO_SUM: Array(protos[0]),
+                                             PROTO_COUNT: Array(protos[1])})
+    return Message(content=content, metadata=meta)
+
+
+def as_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in record.items()}
+
+
+def test_modality_aware_weighted_aggregation(reference) -> None:
+    strategy = make_strategy(reference)
+    dim = strategy.dim
+    replies = [
+        reply(1, "cam1", Modality.VISIBLE, site_arrays(reference, Modality.VISIBLE, 1.0), 10,
+              (np.ones((NUM_CLASSES, dim)), np.array([1.0, 0, 0, 0]))),
+        reply(2, "cam2", Modality.VISIBLE, site_arrays(reference, Modality.VISIBLE, 4.0), 30,
+              (3 * np.ones((NUM_CLASSES, dim)), np.array([3.0, 0, 0, 0]))),
+        reply(3, "cam3", Modality.INFRARED, site_arrays(reference, Modality.INFRARED, 8.0), 60,
+              (np.ones((NUM_CLASSES, dim)), np.array([0, 2.0, 0, 0]))),
+    ]
+    strategy._sampled[1] = 3
+    record, metrics = strategy.aggregate_train(1, replies)
+    out = as_numpy(record)
+    # shared: (10*1 + 30*4 + 60*8) / 100
+    assert out["classifier.weight"] == pytest.approx(np.full_like(out["classifier.weight"], 6.1))
+    # visible stem/offset: only the visible sites, (10*1 + 30*4) / 40
+    assert out["stems.visible.conv1.weight"].flat[0] == pytest.approx(3.25)
+    assert out["offsets.visible"] == pytest.approx(np.full(dim, 3.25))
+    # infrared stem/offset: the infrared site alone
+    assert out["offsets.infrared"] == pytest.approx(np.full(dim, 8.0))
+    # integer buffers are never averaged into floats
+    assert metrics["num-examples"] == 100
+    assert metrics["loss"] == pytest.approx(1.0)
+    # prototypes: per-modality sums and counts
+    assert strategy.proto_counts[0].tolist() == [4.0, 0, 0, 0]
+    assert strategy.proto_counts[1].tolist() == [0, 2.0, 0, 0]
+    assert strategy.proto_sums[0, 0, 0] == pytest.approx(4.0)
+    assert strategy.last_report.replied == ["cam1", "cam2", "cam3"]
+    assert strategy.last_report.bytes_received > 0
+
+
+def test_malformed_and_failed_replies_are_dropped_and_named(reference) -> None:
+    strategy = make_strategy(reference)
+    good = site_arrays(reference, Modality.VISIBLE, 1.0)
+    nan = dict(good)
+    nan["classifier.weight"] = np.full_like(good["classifier.weight"], np.nan)
+    wrong_shape = dict(good)
+    wrong_shape["classifier.weight"] = np.ones((3, 3), np.float32)
+    extra = site_arrays(reference, Modality.INFRARED, 1.0)
+    extra["stems.visible.conv1.weight"] = good["stems.visible.conv1.weight"]
+    strategy._sampled[1] = 6
+    record, _ = strategy.aggregate_train(1, [
+        reply(1, "cam1", Modality.VISIBLE, good, 10),
+        reply(2, "cam2", Modality.VISIBLE, nan, 10),
+        reply(3, "cam4", Modality.VISIBLE, wrong_shape, 10),
+        reply(4, "cam3", Modality.INFRARED, extra, 10),
+        reply(5, "cam5", Modality.VISIBLE, good, 0),
+        reply(6, "cam6", Modality.INFRARED, {}, 10, error="ClientApp raised"),
+    ])
+    failed = " | ".join(strategy.last_report.failed)
+    for expected in ("'cam2'", "NaN", "'cam4'", "shape", "'cam3'", "unexpected", "'cam5'",
+                     "node 6", "ClientApp raised"):
+        assert expected in failed
+    assert strategy.last_report.replied == ["cam1"]
+    out = as_numpy(record)
+    assert all(np.isfinite(v).all() for v in out.values())
+    assert out["classifier.weight"].flat[0] == 1.0
+    # no infrared reply survived: the infrared stem keeps the global value
+    np.testing.assert_array_equal(out["stems.infrared.conv1.weight"],
+                                  reference["stems.infrared.conv1.weight"].numpy())
+
+
+def test_no_usable_reply_keeps_the_global_model(reference) -> None:
+    strategy = make_strategy(reference)
+    strategy._sampled[2] = 1
+    record, metrics = strategy.aggregate_train(2, [reply(1, "cam1", Modality.VISIBLE, {}, 1,
+                                                         error="boom")])
+    assert record is None and metrics is None
+
+
+def test_result_does_not_depend_on_arrival_order(reference) -> None:
+    rng = np.random.default_rng(0)
+    msgs = []
+    for i, (site, mod) in enumerate([("cam1", Modality.VISIBLE), ("cam2", Modality.VISIBLE),
+                                     ("cam3", Modality.INFRARED), ("cam6", Modality.INFRARED)]):
+        arrays = {k: (v + rng.normal(size=v.shape)).astype(v.dtype)
+                  if np.issubdtype(v.dtype, np.floating) else v
+                  for k, v in site_arrays(reference, mod, 0.0).items()}
+        msgs.append((i + 1, site, mod, arrays, 7 + 3 * i))
+    a = as_numpy(make_strategy(reference).aggregate_train(1, [reply(*m) for m in msgs])[0])
+    b = as_numpy(make_strategy(reference).aggregate_train(1, [reply(*m) for m in msgs[::-1]])[0])
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_robust_rules_and_anomaly_flags(reference) -> None:
+    rng = np.random.default_rng(1)
+    base = {k: v.numpy() for k, v in reference.items()}
+    keys = site_keys(reference, Modality.VISIBLE)
+
+    def perturbed(delta_of) -> dict[str, np.ndarray]:
+        return {k: (base[k] + delta_of(k)).astype(base[k].dtype)
+                if np.issubdtype(base[k].dtype, np.floating) else base[k] for k in keys}
+
+    # Honest sites move the same way (one objective) with their own noise.
+    common = {k: 0.01 * rng.normal(size=base[k].shape) for k in keys}
+    honest = [perturbed(lambda k: common[k] + 0.005 * rng.normal(size=base[k].shape))
+              for _ in range(5)]
+    attacker = perturbed(lambda k: 100.0 * (honest[0][k] - base[k]))  # scaled update
+    flipped = perturbed(lambda k: -5.0 * (honest[1][k] - base[k]))  # sign-flipped update
+    msgs = [reply(i + 1, f"site{i}", Modality.VISIBLE, a, 10) for i, a in enumerate(honest)]
+    msgs += [reply(9, "evil", Modality.VISIBLE, attacker, 10),
+             reply(10, "flip", Modality.VISIBLE, flipped, 10)]
+    shared = [k for k in keys if k.startswith("trunk") and base[k].dtype == np.float32]
+    clean = as_numpy(make_strategy(reference).aggregate_train(1, msgs[:5])[0])
+    honest_norm = update_norm(honest[0], base, shared)  # one honest update's size
+    for rule in ("median", "trimmed_mean", "krum"):
+        strategy = make_strategy(reference, rule=rule, trim_fraction=0.3)
+        out = as_numpy(strategy.aggregate_train(1, msgs)[0])
+        assert update_norm(out, clean, shared) < honest_norm, rule
+        assert set(strategy.last_report.anomalies.flagged) == {"evil", "flip"}, rule
+    # Plain FedAvg is dragged far away by the scaled update.
+    out = as_numpy(make_strategy(reference, rule="fedavg").aggregate_train(1, msgs)[0])
+    assert update_norm(out, clean, shared) > 10 * honest_norm
+    # Excluding flagged sites makes even FedAvg robust: it is the clean mean.
+    strategy = make_strategy(reference, rule="fedavg", exclude_anomalies=True)
+    out = as_numpy(strategy.aggregate_train(1, msgs)[0])
+    assert update_norm(out, clean, shared) < 1e-4
+
+
+def test_aggregation_rules_by_hand() -> None:
+    ups = [{"w": np.array([1.0, 10.0])}, {"w": np.array([2.0, 20.0])},
+           {"w": np.array([3.0, 30.0])}, {"w": np.array([100.0, -100.0])}]
+    mean = aggregate_updates(ups, [1, 1, 1, 1], ["w"], "fedavg")["w"]
+    assert mean.tolist() == pytest.approx([26.5, -10.0])
+    assert aggregate_updates(ups, [1, 1, 1, 1], ["w"], "median")["w"].tolist() == [2.5, 15.0]
+    trimmed = aggregate_updates(ups, [1, 1, 1, 1], ["w"], "trimmed_mean", trim_fraction=0.25)
+    assert trimmed["w"].tolist() == [2.5, 15.0]
+    assert krum_select(ups, ["w"], byzantine=1) in (0, 1, 2)
+    assert aggregate_updates(ups[:2], [3, 1], ["w"], "median")["w"].tolist() == [1.25, 12.5]
+    clipped = clip_update({"w": np.array([3.0, 4.0])}, {"w": np.zeros(2)}, ["w"], 1.0)
+    assert clipped["w"].tolist() == pytest.approx([0.6, 0.8])
+    with pytest.raises(ValueError, match="unknown aggregation rule"):
+        aggregate_updates(ups, [1] * 4, ["w"], "mean")
+
+
+def test_strategy_state_round_trip(reference) -> None:
+    a = make_strategy(reference, seed=3)
+    a.proto_sums[0, 1, 2] = 5.0
+    a.rng.random()
+    b = make_strategy(reference, seed=99)
+    b.load_state_dict(a.state_dict())
+    assert b.rng.random() == a.rng.random()
+    assert b.proto_sums[0, 1, 2] == 5.0
+    record = b.prototype_record()
+    assert record[f"{PROTO_SUM}.visible"].numpy()[1, 2] == 5.0
+
+
+def test_pack_half_precision_halves_float_bytes(reference) -> None:
+    full = pack(reference, global_keys(reference))
+    half = pack(reference, global_keys(reference), half_precision=True)
+    full_bytes = sum(v.nbytes for v in full.values())
+    half_bytes = sum(v.nbytes for v in half.values())
+    assert half_bytes < 0.55 * full_bytes
+    assert half["classifier.weight"].dtype == np.float16
