@@ -41,6 +41,11 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
+from ppa.config import load_config
+from ppa.data import regdb, sysu
+from ppa.data.protocols import PROTOCOLS, protocol_of
+from ppa.data.records import Modality
+
 LOGGER = logging.getLogger("ppa.deployment")
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -60,6 +65,15 @@ FLOWER_ENV = {
 # Run status strings of `flwr ls --format json` (flwr.common.constant.Status/SubStatus).
 STATUS_COMPLETED = "finished:completed"
 STATUS_FINISHED_PREFIX = "finished"
+# Seconds: one `flwr` CLI call; `flwr run` (builds and uploads the app bundle); make_certs.sh;
+# the log follower's last words after the run ended. Polling periods of the wait loops.
+CLI_TIMEOUT_S = 60.0
+SUBMIT_TIMEOUT_S = 300.0
+CERTS_TIMEOUT_S = 120.0
+FOLLOWER_DRAIN_S = 10.0
+HEALTH_POLL_S = 0.2
+NODES_POLL_S = 0.5
+RUN_POLL_S = 2.0
 # Exit codes of the command line.
 EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE, EXIT_TIMEOUT, EXIT_INTERRUPTED = 0, 1, 2, 124, 130
 # prctl(2) option: signal delivered to the child when its parent dies.
@@ -123,8 +137,6 @@ def format_node_config(values: Mapping[str, str | int | float | bool]) -> str:
 
 def parse_site(spec: str, *, dataset: str, default_root: Path, workdir: Path) -> SiteSpec:
     """Parse ``NAME:MODALITY[:DATA_ROOT]``; a relative DATA_ROOT is anchored at `workdir`."""
-    from ppa.data.records import Modality
-
     parts = spec.split(":", 2)
     if len(parts) < 2 or not parts[0] or not parts[1]:
         raise ValueError(f"--site {spec!r}: expected NAME:MODALITY[:DATA_ROOT]")
@@ -135,10 +147,8 @@ def parse_site(spec: str, *, dataset: str, default_root: Path, workdir: Path) ->
         parsed = Modality.parse(modality)
     except ValueError as exc:
         raise ValueError(f"--site {spec!r}: {exc}") from exc
-    root = Path(parts[2]).expanduser() if len(parts) == 3 and parts[2] else default_root
-    if not root.is_absolute():
-        root = workdir / root
-    return SiteSpec(name, parsed.value, root, dataset)
+    root = Path(parts[2]) if len(parts) == 3 and parts[2] else default_root
+    return SiteSpec(name, parsed.value, anchored(root, workdir), dataset)
 
 
 def site_layout(
@@ -149,11 +159,9 @@ def site_layout(
     Derived from the partition rule alone (no data is read), so a deployment can be laid out
     before the sites hold their data.
     """
-    from ppa.data import regdb, sysu
-    from ppa.data.records import Modality
-
-    if protocol not in ("sysu", "regdb"):
-        raise ValueError(f"dataset.protocol must be sysu or regdb, got {protocol!r}")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"dataset.protocol must be one of {', '.join(PROTOCOLS)}, "
+                         f"got {protocol!r}")
     if strategy == "by_camera":
         if protocol == "sysu":
             layout = [(sysu.camera_folder(c), sysu.camera_modality(c).value)
@@ -177,16 +185,19 @@ def site_layout(
     return sorted(layout)
 
 
+def anchored(path: str | os.PathLike, workdir: Path) -> Path:
+    """`path` with ``~`` expanded; a relative path is anchored at `workdir`, as the apps
+    anchor it at PPA_WORKDIR (ppa.config.resolve_path)."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else workdir / p
+
+
 def sites_from_config(cfg: Any, workdir: Path) -> list[SiteSpec]:
     """One SiteSpec per site of the configured partition, all reading `cfg.dataset.root`."""
-    from ppa.config import resolve_path
-
-    root = Path(resolve_path(cfg.dataset.root))
-    if not root.is_absolute():
-        root = workdir / root
-    protocol = str(cfg.dataset.protocol)
+    protocol = protocol_of(cfg.dataset)
     layout = site_layout(protocol, str(cfg.federation.partition),
-                         int(cfg.federation.get("sites_per_modality", 2)))
+                         int(cfg.federation.sites_per_modality))
+    root = anchored(cfg.dataset.root, workdir)
     return [SiteSpec(name, modality, root, protocol) for name, modality in layout]
 
 
@@ -497,7 +508,7 @@ class Deployment:
         (self.out / "flwr-home" / flwr_home).mkdir(parents=True, exist_ok=True)
         return env
 
-    def flwr(self, *args: str, timeout: float = 60.0, check: bool = True,
+    def flwr(self, *args: str, timeout: float = CLI_TIMEOUT_S, check: bool = True,
              cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
         """Run one `flwr` CLI command against this deployment's connection."""
         argv = [self._executable("flwr"), *args]
@@ -519,7 +530,7 @@ class Deployment:
             )
         return done
 
-    def flwr_json(self, *args: str, timeout: float = 60.0) -> dict[str, Any]:
+    def flwr_json(self, *args: str, timeout: float = CLI_TIMEOUT_S) -> dict[str, Any]:
         """Run a `flwr ... --format json` command and return its JSON answer."""
         done = self.flwr(*args, "--format", "json", timeout=timeout)
         try:
@@ -551,7 +562,7 @@ class Deployment:
         certs = self.settings.certs
         argv = ["bash", str(MAKE_CERTS), "-o", str(certs), *node_names]
         done = subprocess.run(argv, capture_output=True, text=True, check=False,
-                              stdin=subprocess.DEVNULL, timeout=120)
+                              stdin=subprocess.DEVNULL, timeout=CERTS_TIMEOUT_S)
         if done.returncode != 0:
             raise DeploymentError(f"{MAKE_CERTS.name} failed (exit {done.returncode}):\n"
                                   f"{_tail(done.stdout + done.stderr)}")
@@ -605,7 +616,7 @@ class Deployment:
             ca = self.settings.certs / "ca.crt" if self.settings.tls else None
             if health_ok(self.settings.host, self.port, ca):  # type: ignore[arg-type]
                 return
-            time.sleep(0.2)
+            time.sleep(HEALTH_POLL_S)
         raise DeploymentError(f"{process.name} did not answer on {self.address}/health within "
                               f"{self.settings.startup_timeout} s; log {process.log_path}")
 
@@ -670,7 +681,11 @@ class Deployment:
         return list(self.flwr_json("supernode", "list", CONNECTION)["nodes"])
 
     def wait_for_nodes(self, sites: Sequence[str], timeout: float | None = None) -> None:
-        """Wait until the SuperNodes of `sites` are online; fail early if one exits."""
+        """Wait until the SuperNodes of `sites` are online; fail early if one exits.
+
+        With authentication the registered node ids must be online; without, as many nodes
+        as sites (the SuperLink may still count a crashed node online for up to ~60 s).
+        """
         timeout = self.settings.startup_timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         online: list[dict[str, Any]] = []
@@ -691,7 +706,7 @@ class Deployment:
             if ready:
                 LOGGER.info("%d SuperNode(s) online", len(online_ids))
                 return
-            time.sleep(0.5)
+            time.sleep(NODES_POLL_S)
         raise DeploymentError(f"{len(online)} of {len(sites)} SuperNodes online after "
                               f"{timeout} s; logs in {self.logs}")
 
@@ -701,7 +716,7 @@ class Deployment:
         """Submit the app with `flwr run` (run-config from a TOML file); returns the run id."""
         config_file = write_flat_toml(self.out / "run-config.toml", run_config)
         answer = self.flwr_json("run", str(self.settings.app_dir), CONNECTION,
-                                "--run-config", str(config_file), timeout=300.0)
+                                "--run-config", str(config_file), timeout=SUBMIT_TIMEOUT_S)
         run_id = int(answer["run-id"])
         LOGGER.info("submitted run %d (%s)", run_id, answer.get("fab-id", "?"))
         return run_id
@@ -721,7 +736,8 @@ class Deployment:
             raise DeploymentError(f"the SuperLink has no run {run_id}")
         return dict(runs[0])
 
-    def wait_for_run(self, run_id: int, timeout: float, poll: float = 2.0) -> dict[str, Any]:
+    def wait_for_run(self, run_id: int, timeout: float,
+                     poll: float = RUN_POLL_S) -> dict[str, Any]:
         """Poll until the run is finished; RunTimeoutError after `timeout` seconds."""
         deadline = time.monotonic() + timeout
         while True:
@@ -748,7 +764,7 @@ class Deployment:
             self.flwr("stop", str(run_id), CONNECTION, check=False)
             raise
         with contextlib.suppress(subprocess.TimeoutExpired):
-            follower.wait(timeout=10.0)  # `flwr log --stream` returns once the run is over
+            follower.wait(timeout=FOLLOWER_DRAIN_S)  # `flwr log --stream` ends with the run
         result = RunResult(run_id, str(details.get("status")), time.monotonic() - started,
                            follower.log_path, details)
         LOGGER.info("run %d %s after %.1f s", run_id, result.status, result.elapsed)
@@ -810,17 +826,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def resolve_sites(args: argparse.Namespace, overrides: Sequence[str]) -> list[SiteSpec]:
     """Sites from --site options, else from the composed Hydra config."""
-    # Relative config paths (dataset.root) resolve against the workdir, as in the apps.
-    os.environ["PPA_WORKDIR"] = str(args.workdir.resolve())
-    from ppa.config import load_config, resolve_path
-
     cfg = load_config([f"experiment={args.experiment}", *overrides])
     workdir = args.workdir.resolve()
     if not args.site:
         sites = sites_from_config(cfg, workdir)
     else:
-        sites = [parse_site(spec, dataset=str(cfg.dataset.protocol),
-                            default_root=Path(resolve_path(cfg.dataset.root)), workdir=workdir)
+        sites = [parse_site(spec, dataset=protocol_of(cfg.dataset),
+                            default_root=anchored(cfg.dataset.root, workdir), workdir=workdir)
                  for spec in args.site]
     names = [s.name for s in sites]
     duplicates = sorted({n for n in names if names.count(n) > 1})

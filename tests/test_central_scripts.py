@@ -72,7 +72,7 @@ def test_evaluate_errors_are_clear(tiny_sysu_root: Path, tmp_path: Path) -> None
     base = tiny_overrides(tiny_sysu_root, tmp_path)
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"\x00garbage")
-    with pytest.raises(CheckpointError, match="junk.pt"):
+    with pytest.raises(CheckpointError, match=r"junk\.pt"):
         evaluate.run(load_config([*base, f"checkpoint={junk}"]))
     with pytest.raises(ValueError, match="checkpoint="):
         evaluate.run(load_config(base))
@@ -91,7 +91,7 @@ def test_evaluate_errors_are_clear(tiny_sysu_root: Path, tmp_path: Path) -> None
     shutil.copytree(tiny_sysu_root, no_keypoints)
     kp = no_keypoints / "keypoints.npz"
     kp.unlink()
-    with pytest.raises(FileNotFoundError, match="keypoints.npz"):
+    with pytest.raises(FileNotFoundError, match=r"keypoints\.npz"):
         evaluate.run(load_config([*base, f"checkpoint={ckpt}", f"dataset.root={no_keypoints}"]))
     # An entry missing from an existing cache names the image and the cache file.
     from ppa.data.keypoints import KeypointCache
@@ -99,5 +99,5 @@ def test_evaluate_errors_are_clear(tiny_sysu_root: Path, tmp_path: Path) -> None
     cache = KeypointCache.load(tiny_sysu_root / "keypoints.npz")
     kept = {k: v for i, (k, v) in enumerate(cache.items()) if i % 2}
     KeypointCache(kept, source="test").save(kp)
-    with pytest.raises(MissingKeypointsError, match="keypoints.npz"):
+    with pytest.raises(MissingKeypointsError, match=r"keypoints\.npz"):
         evaluate.run(load_config([*base, f"checkpoint={ckpt}", f"dataset.root={no_keypoints}"]))

@@ -166,3 +166,20 @@ def test_normalize_on_cuda():
     out = normalize(images, [0.5, 0.25, 0.0], [0.5, 0.25, 1.0])
     assert out.device.type == "cuda"
     torch.testing.assert_close(out[0, :, 1, 1].cpu(), torch.tensor([0.0, 1.0, 0.5]))
+
+
+def test_grayscale_replaces_colour_by_luma_and_keeps_keypoints():
+    image = np.zeros((4, 2, 3), np.uint8)
+    image[..., 0] = 200  # pure red: luma 0.299 * 200 = 59.8 -> 60
+    points = keypoints(nose=(1, 2, 1.0))
+    out, moved = ReidTransform(4, 2, grayscale=1.0)(image, points, np.random.default_rng(0))
+    assert torch.all(out == 60 / 255)
+    np.testing.assert_allclose(moved.numpy(), points)
+    kept, _ = ReidTransform(4, 2, grayscale=0.0)(image, points)
+    assert kept[0].max() == pytest.approx(200 / 255) and kept[1].max() == 0
+    # Half of the draws turn grey, reproducibly per seed.
+    grey = [bool(ReidTransform(4, 2, grayscale=0.5)(image, points, np.random.default_rng(s))[0]
+                 [1].max() > 0) for s in range(40)]
+    assert 10 < sum(grey) < 30
+    with pytest.raises(ValueError, match="grayscale"):
+        ReidTransform(4, 2, grayscale=1.5)

@@ -84,10 +84,9 @@ def test_layout_names_match_the_partitioner(protocol: str, strategy: str,
         launcher.site_layout(protocol, strategy, 2)
 
 
-def test_sites_from_config_use_the_dataset_root(tmp_path: Path, monkeypatch) -> None:
+def test_sites_from_config_use_the_dataset_root(tmp_path: Path) -> None:
     from ppa.config import load_config
 
-    monkeypatch.setenv("PPA_WORKDIR", str(tmp_path))
     cfg = load_config(["experiment=demo", "dataset=synthetic_regdb"])
     sites = launcher.sites_from_config(cfg, tmp_path)
     assert [(s.name, s.modality, s.dataset) for s in sites] == [

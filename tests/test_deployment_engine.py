@@ -304,6 +304,7 @@ def test_launcher_runs_two_sites_two_rounds(probe: dict, secure: bool) -> None:
     assert live_processes_mentioning(str(out)) == []
 
 
+@pytest.mark.slow
 def test_unregistered_supernode_is_refused_and_never_gets_the_model(probe: dict) -> None:
     launcher = load_launcher()
     settings = launcher.DeploymentSettings(
@@ -417,9 +418,10 @@ def test_superlink_that_cannot_start_is_reported_with_its_log(probe: dict) -> No
     assert live_processes_mentioning(str(probe["out"])) == []
 
 
+@pytest.mark.slow
 def test_processes_do_not_outlive_a_killed_launcher(probe: dict) -> None:
     """SIGKILL leaves the launcher no chance to clean up: its children must go by themselves."""
-    argv = launcher_argv(probe, "--rounds", "1", "--timeout", "300", "+probe.delay=120")
+    argv = launcher_argv(probe, "--rounds", "1", "--timeout", "300", "+probe.delay=10")
     launcher_process = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL)
     try:
@@ -429,5 +431,7 @@ def test_processes_do_not_outlive_a_killed_launcher(probe: dict) -> None:
     finally:
         launcher_process.kill()
         launcher_process.wait()
-    wait_until(lambda: not live_processes_mentioning(str(probe["out"])), 60,
+    # SuperLink and SuperNodes get SIGTERM from the kernel (PR_SET_PDEATHSIG) and take their
+    # SuperExecs along; a ClientApp in the middle of its 10 s train step finishes it and exits.
+    wait_until(lambda: not live_processes_mentioning(str(probe["out"])), 90,
                "the deployment's processes to exit after the launcher died")

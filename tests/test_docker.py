@@ -145,6 +145,7 @@ def test_compose_sites_and_mounts(variant: str, tmp_path: Path) -> None:
         assert service["entrypoint"][0] in FLOWER_ENTRYPOINTS
         assert not service.get("privileged", False), name
         assert service.get("cap_drop") == ["ALL"], name
+        assert service.get("init") is True, name  # an init reaps orphaned Flower helpers
         assert "no-new-privileges:true" in service.get("security_opt", []), name
         # Data, certificates and keys are mounted read-only, always.
         for mount in bind_mounts(service):

@@ -95,7 +95,7 @@ def test_pretrained_path_loads_local_weights(tmp_path) -> None:
 
 
 def test_factory_errors_name_the_problem(tmp_path) -> None:
-    with pytest.raises(FileNotFoundError, match="missing.pth"):
+    with pytest.raises(FileNotFoundError, match=r"missing\.pth"):
         create_model(model_cfg("tiny", pretrained_path=str(tmp_path / "missing.pth")), 3)
     with pytest.raises(ValueError, match="not a ResNet-family"):
         create_model(OmegaConf.create({"arch": "vit_tiny_patch16_224", "arch_kwargs": {},

@@ -54,7 +54,7 @@ def test_foreign_or_broken_files_are_refused(tmp_path) -> None:
     store = CheckpointStore(tmp_path / "ck")
     store.save(ckpt(1))
     (tmp_path / "ck" / "latest").write_text("round_0009.pt\n")
-    with pytest.raises(CheckpointError, match="round_0009.pt"):
+    with pytest.raises(CheckpointError, match=r"round_0009\.pt"):
         store.load_latest()
     (tmp_path / "ck" / "round_0009.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="unreadable"):
@@ -77,7 +77,7 @@ def test_model_checkpoint_round_trip_and_wrong_model(tmp_path) -> None:
     for k, v in model.state_dict().items():
         assert torch.equal(v, loaded.state_dict()[k])
     other = load_config(["model=resnet18", "model.pretrained=false"])
-    with pytest.raises(CheckpointError, match="model.arch_kwargs"):
+    with pytest.raises(CheckpointError, match=r"model\.arch_kwargs"):
         model_from_checkpoint(path, expected_model=other.model)
     torch.save({"state_dict": {}}, tmp_path / "foreign.pt")
     with pytest.raises(CheckpointError, match="not a PPA model checkpoint"):

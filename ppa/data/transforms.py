@@ -23,15 +23,22 @@ from ppa.pose.coco import FLIP_PERMUTATION, NUM_KEYPOINTS
 _FLIP_PERMUTATION = np.asarray(FLIP_PERMUTATION, dtype=np.int64)
 # Half a pixel: keypoints within the outer pixels' area still count as inside the image.
 _HALF_PIXEL = 0.5
+# ITU-R BT.601 luma weights (what PIL's convert("L") uses).
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
 @dataclass(frozen=True)
 class ReidTransform:
     """Resize to (height, width); then, if `pad` > 0, zero-pad by `pad` px on every side and
-    crop back at a random offset; then flip horizontally with probability `flip`.
+    crop back at a random offset; then flip horizontally with probability `flip`; then, with
+    probability `grayscale`, replace the colours by their luminance (3 equal channels).
+
+    Grayscale is the usual visible-infrared channel augmentation: a visible image stripped of
+    colour looks like an infrared one, which pushes the encoder toward shape and pattern
+    cues that both modalities share (infrared images are unchanged by it).
 
     Randomness comes only from the `rng` passed in (drawn in this order: crop top, crop left,
-    flip), so a sample is reproducible from its augmentation seed. Joints that end up outside
+    flip, grayscale), so a sample is reproducible from its augmentation seed. Joints that end up outside
     the image get score 0.
     """
 
@@ -39,6 +46,7 @@ class ReidTransform:
     width: int
     pad: int = 0
     flip: float = 0.0
+    grayscale: float = 0.0
 
     def __post_init__(self) -> None:
         if self.height < 1 or self.width < 1:
@@ -47,10 +55,12 @@ class ReidTransform:
             raise ValueError(f"pad must be >= 0, got {self.pad}")
         if not 0.0 <= self.flip <= 1.0:
             raise ValueError(f"flip probability must be in [0, 1], got {self.flip}")
+        if not 0.0 <= self.grayscale <= 1.0:
+            raise ValueError(f"grayscale probability must be in [0, 1], got {self.grayscale}")
 
     @property
     def is_random(self) -> bool:
-        return self.pad > 0 or self.flip > 0.0
+        return self.pad > 0 or self.flip > 0.0 or self.grayscale > 0.0
 
     def __call__(
         self,
@@ -66,7 +76,7 @@ class ReidTransform:
         if points.shape != (NUM_KEYPOINTS, 3):
             raise ValueError(f"expected keypoints of shape (17, 3), got {points.shape}")
         if self.is_random and rng is None:
-            raise ValueError("a random transform (pad or flip) needs an rng")
+            raise ValueError("a random transform (pad, flip or grayscale) needs an rng")
 
         in_h, in_w = image.shape[:2]
         out = _resize(image, self.height, self.width)
@@ -90,6 +100,13 @@ class ReidTransform:
                 points[:, 0] = (self.width - 1) - points[:, 0]
                 points = points[_FLIP_PERMUTATION]
 
+        if self.grayscale > 0.0:
+            assert rng is not None
+            if rng.random() < self.grayscale:
+                luma = out.astype(np.float32) @ _LUMA
+                out = np.repeat(np.clip(np.rint(luma), 0, 255).astype(np.uint8)[..., None], 3,
+                                axis=2)
+
         outside = (
             (points[:, 0] < -_HALF_PIXEL)
             | (points[:, 0] > self.width - _HALF_PIXEL)
@@ -108,6 +125,7 @@ def build_train_transform(input_cfg: Any, augment_cfg: Any) -> ReidTransform:
         width=int(input_cfg.width),
         pad=int(augment_cfg.pad),
         flip=float(augment_cfg.flip),
+        grayscale=float(getattr(augment_cfg, "grayscale", 0.0)),
     )
 
 

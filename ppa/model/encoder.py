@@ -164,7 +164,9 @@ class PPAEncoder(nn.Module):
 
     # Parameter groups ---------------------------------------------------------------------
     def backbone_parameters(self) -> list[nn.Parameter]:
-        return [*self.stems.parameters(), *self.trunk.parameters()]
+        """Stems, trunk and the GeM exponent: the backbone learning rate (the exponent
+        diverges at the head's 10x rate)."""
+        return [*self.stems.parameters(), *self.trunk.parameters(), *self.pool.parameters()]
 
     def head_parameters(self) -> list[nn.Parameter]:
         backbone = {id(p) for p in self.backbone_parameters()}

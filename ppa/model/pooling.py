@@ -19,7 +19,8 @@ class GeM(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p = self.p.to(x.dtype)
+        # p < 1 would turn the pooling into a soft-min that collapses features to zero.
+        p = self.p.to(x.dtype).clamp(min=1.0)
         pooled = x.clamp(min=self.eps).pow(p).mean(dim=(-2, -1))
         return pooled.pow(1.0 / p)
 
