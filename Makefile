@@ -15,7 +15,7 @@ export FLWR_HOME := $(CURDIR)/outputs/flwr-home
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 export PPA_WORKDIR := $(CURDIR)
 
-.PHONY: setup demo test lint pose-setup synthetic system-deps clean
+.PHONY: setup demo test lint pose-setup synthetic system-deps deploy certs clean
 
 setup: $(STAMP)
 
@@ -48,6 +48,14 @@ $(POSE_STAMP): constraints-pose.txt scripts/install_pose_env.sh
 	@test -x $(POSE_VENV)/bin/python || $(PYTHON) -m venv $(POSE_VENV)
 	bash scripts/install_pose_env.sh $(POSE_VENV)
 	@touch $(POSE_STAMP)
+
+# The deployment engine on this machine: a SuperLink + one SuperNode per site on loopback.
+# make deploy ARGS="--rounds 2 --tls --auth"
+deploy: setup
+	$(PY) scripts/run_deployment.py $(ARGS)
+
+certs:
+	bash scripts/make_certs.sh -o outputs/certs cam1 cam2 cam3 cam4 cam5 cam6
 
 clean:
 	rm -rf outputs .pytest_cache .ruff_cache

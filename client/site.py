@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from client.injection import maybe_fail, poison
 from ppa.anonymize import KprAnonymizer
 from ppa.config import resolve_path
 from ppa.data.keypoints import load_dataset_keypoints
@@ -196,6 +197,8 @@ class SiteTrainer:
     ) -> RoundResult:
         """Load the global model, train `local_epochs` epochs of PPA, return the update."""
         cfg, site = self.cfg, self.site
+        inject = cfg.federation.get("inject")
+        maybe_fail(inject, site.name, server_round)
         seed = derive_seed(int(cfg.seed), server_round, site.name)
         seed_everything(seed, bool(cfg.deterministic))
         state = self.model.state_dict()
@@ -244,6 +247,7 @@ class SiteTrainer:
         seconds = time.perf_counter() - start
         new_state = self.model.state_dict()
         arrays = pack(new_state, site_keys(new_state, site.modality), half_precision)
+        arrays = poison(arrays, global_arrays, inject, site.name)
         m = site.modality.index
         last = epochs[-1]
         metrics = {k: float(v) for k, v in last.items() if k.startswith("loss")}

@@ -42,8 +42,8 @@ from pathlib import Path
 from typing import Any
 
 from ppa.config import load_config
-from ppa.data import regdb, sysu
-from ppa.data.protocols import PROTOCOLS, protocol_of
+from ppa.data import partition
+from ppa.data.protocols import protocol_of
 from ppa.data.records import Modality
 
 LOGGER = logging.getLogger("ppa.deployment")
@@ -151,38 +151,12 @@ def parse_site(spec: str, *, dataset: str, default_root: Path, workdir: Path) ->
     return SiteSpec(name, parsed.value, anchored(root, workdir), dataset)
 
 
-def site_layout(
-    protocol: str, strategy: str, sites_per_modality: int = 2
-) -> list[tuple[str, str]]:
-    """(site name, modality) pairs of a partition, named as ppa.data.partition names them.
-
-    Derived from the partition rule alone (no data is read), so a deployment can be laid out
-    before the sites hold their data.
-    """
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"dataset.protocol must be one of {', '.join(PROTOCOLS)}, "
-                         f"got {protocol!r}")
-    if strategy == "by_camera":
-        if protocol == "sysu":
-            layout = [(sysu.camera_folder(c), sysu.camera_modality(c).value)
-                      for c in sysu.CAMERAS]
-        else:
-            layout = [(regdb.FILE_TAG[m], m.value) for m in regdb.CAMERA_OF]
-    elif strategy == "by_modality":
-        layout = [(m.value, m.value) for m in Modality]
-    elif strategy == "by_identity":
-        if sites_per_modality < 1:
-            raise ValueError(
-                f"federation.sites_per_modality must be >= 1, got {sites_per_modality}"
-            )
-        layout = [(f"{m.value}-{g}", m.value) for m in Modality
-                  for g in range(sites_per_modality)]
-    else:
-        raise ValueError(
-            "federation.partition must be by_camera, by_modality or by_identity, got "
-            f"{strategy!r}"
-        )
-    return sorted(layout)
+def site_layout(protocol: str, strategy: str, sites_per_modality: int = 2) -> list[tuple[str, str]]:
+    """(site name, modality) pairs of a partition, as ppa.data.partition names them."""
+    layout = partition.site_layout(
+        strategy, protocol=protocol, sites_per_modality=sites_per_modality
+    )
+    return [(name, modality.value) for name, modality in layout]
 
 
 def anchored(path: str | os.PathLike, workdir: Path) -> Path:
@@ -195,8 +169,9 @@ def anchored(path: str | os.PathLike, workdir: Path) -> Path:
 def sites_from_config(cfg: Any, workdir: Path) -> list[SiteSpec]:
     """One SiteSpec per site of the configured partition, all reading `cfg.dataset.root`."""
     protocol = protocol_of(cfg.dataset)
-    layout = site_layout(protocol, str(cfg.federation.partition),
-                         int(cfg.federation.sites_per_modality))
+    layout = site_layout(
+        protocol, str(cfg.federation.partition), int(cfg.federation.sites_per_modality)
+    )
     root = anchored(cfg.dataset.root, workdir)
     return [SiteSpec(name, modality, root, protocol) for name, modality in layout]
 
@@ -211,7 +186,7 @@ def _proc_stat(pid: int) -> tuple[str, int, int] | None:
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
     # The command name (field 2) may contain spaces and parentheses: split after its ')'.
-    fields = raw[raw.rindex(")") + 2:].split()
+    fields = raw[raw.rindex(")") + 2 :].split()
     return fields[0], int(fields[1]), int(fields[19])
 
 
@@ -263,8 +238,14 @@ class ManagedProcess:
     and never anything else.
     """
 
-    def __init__(self, name: str, argv: Sequence[str], log_path: Path, env: Mapping[str, str],
-                 cwd: Path | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        log_path: Path,
+        env: Mapping[str, str],
+        cwd: Path | None = None,
+    ) -> None:
         self.name = name
         self.argv = [str(a) for a in argv]
         self.log_path = log_path
@@ -279,8 +260,13 @@ class ManagedProcess:
             log.write(f"$ {' '.join(self.argv)}\n".encode())
             log.flush()
             self._popen = subprocess.Popen(
-                self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=self.env, cwd=self.cwd, start_new_session=True,
+                self.argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.env,
+                cwd=self.cwd,
+                start_new_session=True,
                 preexec_fn=_die_with_parent,
             )
         LOGGER.info("started %s (pid %d), log %s", self.name, self._popen.pid, self.log_path)
@@ -326,8 +312,12 @@ class ManagedProcess:
         try:
             self._popen.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            LOGGER.warning("%s (pid %d) ignored SIGTERM for %.0f s: killing it",
-                           self.name, self._popen.pid, grace)
+            LOGGER.warning(
+                "%s (pid %d) ignored SIGTERM for %.0f s: killing it",
+                self.name,
+                self._popen.pid,
+                grace,
+            )
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self._popen.pid, signal.SIGKILL)
             self._popen.wait()
@@ -339,8 +329,9 @@ class ManagedProcess:
                 LOGGER.warning("killing leftover helper pid %d of %s", pid, self.name)
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
-        LOGGER.info("stopped %s (pid %d, exit %s)", self.name, self._popen.pid,
-                    self._popen.returncode)
+        LOGGER.info(
+            "stopped %s (pid %d, exit %s)", self.name, self._popen.pid, self._popen.returncode
+        )
 
 
 def free_port(host: str = LOOPBACK) -> int:
@@ -358,8 +349,9 @@ def health_ok(host: str, port: int, ca_file: Path | None, timeout: float = 1.0) 
     scheme = "https" if ca_file is not None else "http"
     context = ssl.create_default_context(cafile=str(ca_file)) if ca_file is not None else None
     try:
-        with urllib.request.urlopen(f"{scheme}://{host}:{port}/health", timeout=timeout,
-                                    context=context) as answer:
+        with urllib.request.urlopen(
+            f"{scheme}://{host}:{port}/health", timeout=timeout, context=context
+        ) as answer:
             return int(answer.status) == HTTPStatus.OK
     except (OSError, ValueError):  # refused, reset, timed out, TLS failure, bad answer
         return False
@@ -413,8 +405,10 @@ class DeploymentSettings:
         self.app_dir = Path(self.app_dir).resolve()
         self.workdir = Path(self.workdir).resolve()
         if self.auth and not self.tls:
-            raise ValueError("SuperNode authentication needs TLS (Flower refuses "
-                             "--enable-supernode-auth with --insecure): set tls as well")
+            raise ValueError(
+                "SuperNode authentication needs TLS (Flower refuses "
+                "--enable-supernode-auth with --insecure): set tls as well"
+            )
         self.certs_dir = Path(self.certs_dir or self.output_dir / "certs").resolve()
 
     @property
@@ -491,8 +485,10 @@ class Deployment:
             return str(local)
         found = shutil.which(name)
         if found is None:
-            raise DeploymentError(f"{name!r} not found next to {sys.executable} nor on PATH; "
-                                  "is flwr installed in this environment?")
+            raise DeploymentError(
+                f"{name!r} not found next to {sys.executable} nor on PATH; "
+                "is flwr installed in this environment?"
+            )
         return found
 
     def env(self, flwr_home: str) -> dict[str, str]:
@@ -508,21 +504,33 @@ class Deployment:
         (self.out / "flwr-home" / flwr_home).mkdir(parents=True, exist_ok=True)
         return env
 
-    def flwr(self, *args: str, timeout: float = CLI_TIMEOUT_S, check: bool = True,
-             cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    def flwr(
+        self,
+        *args: str,
+        timeout: float = CLI_TIMEOUT_S,
+        check: bool = True,
+        cwd: Path | None = None,
+    ) -> subprocess.CompletedProcess[str]:
         """Run one `flwr` CLI command against this deployment's connection."""
         argv = [self._executable("flwr"), *args]
         self.logs.mkdir(parents=True, exist_ok=True)
         try:
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                                  env=self.env("cli"), cwd=cwd, stdin=subprocess.DEVNULL,
-                                  check=False)
+            done = subprocess.run(
+                argv,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                env=self.env("cli"),
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                check=False,
+            )
         except subprocess.TimeoutExpired as exc:
-            raise DeploymentError(f"`flwr {' '.join(args)}` did not answer in {timeout} s") \
-                from exc
+            raise DeploymentError(f"`flwr {' '.join(args)}` did not answer in {timeout} s") from exc
         with (self.logs / "flwr-cli.log").open("a") as log:
-            log.write(f"$ flwr {' '.join(args)}\n{done.stdout}{done.stderr}"
-                      f"[exit {done.returncode}]\n")
+            log.write(
+                f"$ flwr {' '.join(args)}\n{done.stdout}{done.stderr}[exit {done.returncode}]\n"
+            )
         if check and done.returncode != 0:
             raise DeploymentError(
                 f"`flwr {' '.join(args)}` failed (exit {done.returncode}):\n"
@@ -536,16 +544,22 @@ class Deployment:
         try:
             answer = json.loads(done.stdout)
         except json.JSONDecodeError as exc:
-            raise DeploymentError(f"`flwr {' '.join(args)}` printed no JSON:\n"
-                                  f"{_tail(done.stdout + done.stderr)}") from exc
+            raise DeploymentError(
+                f"`flwr {' '.join(args)}` printed no JSON:\n{_tail(done.stdout + done.stderr)}"
+            ) from exc
         if not answer.get("success", False):
             raise DeploymentError(f"`flwr {' '.join(args)}` reported failure: {answer}")
         return answer
 
     def write_connection(self) -> None:
         """The connection `flwr` uses, in $FLWR_HOME/config.toml of the CLI."""
-        lines = ["[superlink]", f'default = "{CONNECTION}"', "",
-                 f"[superlink.{CONNECTION}]", f"address = {_toml_string(self.address)}"]
+        lines = [
+            "[superlink]",
+            f'default = "{CONNECTION}"',
+            "",
+            f"[superlink.{CONNECTION}]",
+            f"address = {_toml_string(self.address)}",
+        ]
         if self.settings.tls:
             ca = self.settings.certs / "ca.crt"
             lines.append(f"root-certificates = {_toml_string(str(ca))}")
@@ -561,11 +575,19 @@ class Deployment:
         """CA, SuperLink certificate and SuperNode key pairs (scripts/make_certs.sh)."""
         certs = self.settings.certs
         argv = ["bash", str(MAKE_CERTS), "-o", str(certs), *node_names]
-        done = subprocess.run(argv, capture_output=True, text=True, check=False,
-                              stdin=subprocess.DEVNULL, timeout=CERTS_TIMEOUT_S)
+        done = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            check=False,
+            stdin=subprocess.DEVNULL,
+            timeout=CERTS_TIMEOUT_S,
+        )
         if done.returncode != 0:
-            raise DeploymentError(f"{MAKE_CERTS.name} failed (exit {done.returncode}):\n"
-                                  f"{_tail(done.stdout + done.stderr)}")
+            raise DeploymentError(
+                f"{MAKE_CERTS.name} failed (exit {done.returncode}):\n"
+                f"{_tail(done.stdout + done.stderr)}"
+            )
         for line in done.stdout.splitlines():
             LOGGER.info("%s", line)
         return certs
@@ -585,11 +607,20 @@ class Deployment:
             self.port = free_port(self.settings.host)
         state = self.out / "superlink" / "state.db"
         state.parent.mkdir(parents=True, exist_ok=True)
-        argv = [self._executable("flower-superlink"), "--host", self.settings.host,
-                "--port", str(self.port), "--database", str(state),
-                "--disable-runtime-dependency-installation", *self._superlink_tls_args()]
-        self.superlink = ManagedProcess("superlink", argv, self.logs / "superlink.log",
-                                        self.env("superlink")).start()
+        argv = [
+            self._executable("flower-superlink"),
+            "--host",
+            self.settings.host,
+            "--port",
+            str(self.port),
+            "--database",
+            str(state),
+            "--disable-runtime-dependency-installation",
+            *self._superlink_tls_args(),
+        ]
+        self.superlink = ManagedProcess(
+            "superlink", argv, self.logs / "superlink.log", self.env("superlink")
+        ).start()
         self._wait_until_healthy(self.superlink)
         self.write_connection()
         return self.superlink
@@ -598,9 +629,14 @@ class Deployment:
         if not self.settings.tls:
             return ["--insecure"]
         certs = self.settings.certs
-        args = ["--ssl-ca-certfile", str(certs / "ca.crt"),
-                "--ssl-certfile", str(certs / "server.crt"),
-                "--ssl-keyfile", str(certs / "server.key")]
+        args = [
+            "--ssl-ca-certfile",
+            str(certs / "ca.crt"),
+            "--ssl-certfile",
+            str(certs / "server.crt"),
+            "--ssl-keyfile",
+            str(certs / "server.key"),
+        ]
         if self.settings.auth:
             args.append("--enable-supernode-auth")
         return args
@@ -617,8 +653,10 @@ class Deployment:
             if health_ok(self.settings.host, self.port, ca):  # type: ignore[arg-type]
                 return
             time.sleep(HEALTH_POLL_S)
-        raise DeploymentError(f"{process.name} did not answer on {self.address}/health within "
-                              f"{self.settings.startup_timeout} s; log {process.log_path}")
+        raise DeploymentError(
+            f"{process.name} did not answer on {self.address}/health within "
+            f"{self.settings.startup_timeout} s; log {process.log_path}"
+        )
 
     def stop_superlink(self, *, kill: bool = False) -> None:
         """Stop the SuperLink and the ServerApp it runs (SIGKILL with `kill`: a crash)."""
@@ -634,8 +672,9 @@ class Deployment:
         key = self.supernode_key(site)
         if not key.with_suffix(".pub").exists():
             self.ensure_credentials([site])
-        answer = self.flwr_json("supernode", "register", str(key.with_suffix(".pub")),
-                                CONNECTION, "--name", site)
+        answer = self.flwr_json(
+            "supernode", "register", str(key.with_suffix(".pub")), CONNECTION, "--name", site
+        )
         node_id = int(answer["node-id"])
         self.node_ids[site] = node_id
         LOGGER.info("registered SuperNode %s as node %d", site, node_id)
@@ -650,9 +689,17 @@ class Deployment:
         current = self.supernodes.get(site.name)
         if current is not None and current.running():
             raise DeploymentError(f"the SuperNode of site {site.name!r} is already running")
-        argv = [self._executable("flower-supernode"), "--superlink", self.address,
-                "--host", LOOPBACK, "--port", str(free_port(LOOPBACK)),
-                "--node-config", format_node_config(site.node_config())]
+        argv = [
+            self._executable("flower-supernode"),
+            "--superlink",
+            self.address,
+            "--host",
+            LOOPBACK,
+            "--port",
+            str(free_port(LOOPBACK)),
+            "--node-config",
+            format_node_config(site.node_config()),
+        ]
         if self.settings.tls:
             argv += ["--root-certificates", str(self.settings.certs / "ca.crt")]
         else:
@@ -664,9 +711,12 @@ class Deployment:
             if register and site.name not in self.node_ids:
                 self.register_supernode(site.name)
             argv += ["--auth-supernode-private-key", str(key)]
-        process = ManagedProcess(f"supernode-{site.name}", argv,
-                                 self.logs / f"supernode-{site.name}.log",
-                                 self.env(f"supernode-{site.name}")).start()
+        process = ManagedProcess(
+            f"supernode-{site.name}",
+            argv,
+            self.logs / f"supernode-{site.name}.log",
+            self.env(f"supernode-{site.name}"),
+        ).start()
         self.supernodes[site.name] = process
         return process
 
@@ -707,16 +757,24 @@ class Deployment:
                 LOGGER.info("%d SuperNode(s) online", len(online_ids))
                 return
             time.sleep(NODES_POLL_S)
-        raise DeploymentError(f"{len(online)} of {len(sites)} SuperNodes online after "
-                              f"{timeout} s; logs in {self.logs}")
+        raise DeploymentError(
+            f"{len(online)} of {len(sites)} SuperNodes online after "
+            f"{timeout} s; logs in {self.logs}"
+        )
 
     # ---- runs
 
     def submit(self, run_config: Mapping[str, str | bool | int | float]) -> int:
         """Submit the app with `flwr run` (run-config from a TOML file); returns the run id."""
         config_file = write_flat_toml(self.out / "run-config.toml", run_config)
-        answer = self.flwr_json("run", str(self.settings.app_dir), CONNECTION,
-                                "--run-config", str(config_file), timeout=SUBMIT_TIMEOUT_S)
+        answer = self.flwr_json(
+            "run",
+            str(self.settings.app_dir),
+            CONNECTION,
+            "--run-config",
+            str(config_file),
+            timeout=SUBMIT_TIMEOUT_S,
+        )
         run_id = int(answer["run-id"])
         LOGGER.info("submitted run %d (%s)", run_id, answer.get("fab-id", "?"))
         return run_id
@@ -724,8 +782,9 @@ class Deployment:
     def follow(self, run_id: int) -> ManagedProcess:
         """Stream the run's log (`flwr log --stream`) into logs/run-<id>.log."""
         argv = [self._executable("flwr"), "log", str(run_id), CONNECTION, "--stream"]
-        follower = ManagedProcess(f"flwr-log-{run_id}", argv, self.logs / f"run-{run_id}.log",
-                                  self.env("cli")).start()
+        follower = ManagedProcess(
+            f"flwr-log-{run_id}", argv, self.logs / f"run-{run_id}.log", self.env("cli")
+        ).start()
         self._followers.append(follower)
         return follower
 
@@ -736,24 +795,24 @@ class Deployment:
             raise DeploymentError(f"the SuperLink has no run {run_id}")
         return dict(runs[0])
 
-    def wait_for_run(self, run_id: int, timeout: float,
-                     poll: float = RUN_POLL_S) -> dict[str, Any]:
+    def wait_for_run(self, run_id: int, timeout: float, poll: float = RUN_POLL_S) -> dict[str, Any]:
         """Poll until the run is finished; RunTimeoutError after `timeout` seconds."""
         deadline = time.monotonic() + timeout
         while True:
             if self.superlink is None or not self.superlink.running():
-                raise DeploymentError(f"the SuperLink exited during run {run_id}; log "
-                                      f"{self.logs / 'superlink.log'}")
+                raise DeploymentError(
+                    f"the SuperLink exited during run {run_id}; log {self.logs / 'superlink.log'}"
+                )
             details = self.run_details(run_id)
             if str(details.get("status", "")).startswith(STATUS_FINISHED_PREFIX):
                 return details
             if time.monotonic() >= deadline:
-                raise RunTimeoutError(f"run {run_id} still {details.get('status')!r} after "
-                                      f"{timeout} s")
+                raise RunTimeoutError(
+                    f"run {run_id} still {details.get('status')!r} after {timeout} s"
+                )
             time.sleep(poll)
 
-    def run(self, run_config: Mapping[str, str | bool | int | float],
-            timeout: float) -> RunResult:
+    def run(self, run_config: Mapping[str, str | bool | int | float], timeout: float) -> RunResult:
         """Submit, follow and wait for one run; stops it (`flwr stop`) on timeout."""
         started = time.monotonic()
         run_id = self.submit(run_config)
@@ -765,8 +824,13 @@ class Deployment:
             raise
         with contextlib.suppress(subprocess.TimeoutExpired):
             follower.wait(timeout=FOLLOWER_DRAIN_S)  # `flwr log --stream` ends with the run
-        result = RunResult(run_id, str(details.get("status")), time.monotonic() - started,
-                           follower.log_path, details)
+        result = RunResult(
+            run_id,
+            str(details.get("status")),
+            time.monotonic() - started,
+            follower.log_path,
+            details,
+        )
         LOGGER.info("run %d %s after %.1f s", run_id, result.status, result.elapsed)
         return result
 
@@ -774,52 +838,99 @@ class Deployment:
 # --------------------------------------------------------------------------- command line
 
 
-def build_run_config(experiment: str, overrides: Sequence[str],
-                     resume: bool) -> dict[str, str | bool]:
+def build_run_config(
+    experiment: str, overrides: Sequence[str], resume: bool
+) -> dict[str, str | bool]:
     """The app's run-config: `experiment`, space-separated Hydra `overrides`, `resume`."""
     for override in overrides:
         if not override or any(c.isspace() for c in override):
-            raise ValueError(f"Hydra override {override!r} is empty or contains whitespace; "
-                             "the run-config key `overrides` is space-separated")
+            raise ValueError(
+                f"Hydra override {override!r} is empty or contains whitespace; "
+                "the run-config key `overrides` is space-separated"
+            )
     return {"experiment": experiment, "overrides": " ".join(overrides), "resume": resume}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Run the PPA Flower app on a SuperLink + one SuperNode per site on this "
-                    "machine (loopback), then stop everything.",
+        "machine (loopback), then stop everything.",
     )
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="Hydra overrides, passed to the app (run-config `overrides`)")
-    parser.add_argument("--experiment", default=DEFAULT_EXPERIMENT,
-                        help="configs/experiment/<name>.yaml (run-config `experiment`)")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="Hydra overrides, passed to the app (run-config `overrides`)",
+    )
+    parser.add_argument(
+        "--experiment",
+        default=DEFAULT_EXPERIMENT,
+        help="configs/experiment/<name>.yaml (run-config `experiment`)",
+    )
     parser.add_argument("--rounds", type=int, help="federation.rounds (adds an override)")
-    parser.add_argument("--site", action="append", default=[], metavar="NAME:MODALITY[:ROOT]",
-                        help="a site (repeatable); default: the sites of federation.partition; "
-                             "ROOT defaults to dataset.root")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from the latest checkpoint (run-config `resume`)")
-    parser.add_argument("--tls", action="store_true",
-                        help="TLS on every connection (self-signed CA from make_certs.sh)")
-    parser.add_argument("--auth", action="store_true",
-                        help="SuperNode authentication (implies --tls): every site's key is "
-                             "registered with `flwr supernode register` before it starts")
-    parser.add_argument("--certs-dir", type=Path,
-                        help="credentials folder (default <output-dir>/certs, created if "
-                             "missing)")
-    parser.add_argument("--timeout", type=float, default=3600.0,
-                        help="seconds the run may take before it is stopped (default 3600)")
-    parser.add_argument("--startup-timeout", type=float, default=90.0,
-                        help="seconds to wait for the SuperLink and SuperNodes (default 90)")
-    parser.add_argument("--output-dir", type=Path,
-                        help="logs, Flower homes, state (default outputs/deployment/"
-                             "<experiment>-<time>)")
-    parser.add_argument("--app", type=Path, default=PROJECT_ROOT,
-                        help="the Flower app folder (default: this project)")
-    parser.add_argument("--workdir", type=Path, default=PROJECT_ROOT,
-                        help="exported to the apps as PPA_WORKDIR (default: this project)")
-    parser.add_argument("--no-data-check", action="store_true",
-                        help="do not require each site's data root to exist here")
+    parser.add_argument(
+        "--site",
+        action="append",
+        default=[],
+        metavar="NAME:MODALITY[:ROOT]",
+        help="a site (repeatable); default: the sites of federation.partition; "
+        "ROOT defaults to dataset.root",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the latest checkpoint (run-config `resume`)",
+    )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="TLS on every connection (self-signed CA from make_certs.sh)",
+    )
+    parser.add_argument(
+        "--auth",
+        action="store_true",
+        help="SuperNode authentication (implies --tls): every site's key is "
+        "registered with `flwr supernode register` before it starts",
+    )
+    parser.add_argument(
+        "--certs-dir",
+        type=Path,
+        help="credentials folder (default <output-dir>/certs, created if missing)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=3600.0,
+        help="seconds the run may take before it is stopped (default 3600)",
+    )
+    parser.add_argument(
+        "--startup-timeout",
+        type=float,
+        default=90.0,
+        help="seconds to wait for the SuperLink and SuperNodes (default 90)",
+    )
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        help="logs, Flower homes, state (default outputs/deployment/<experiment>-<time>)",
+    )
+    parser.add_argument(
+        "--app",
+        type=Path,
+        default=PROJECT_ROOT,
+        help="the Flower app folder (default: this project)",
+    )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=PROJECT_ROOT,
+        help="exported to the apps as PPA_WORKDIR (default: this project)",
+    )
+    parser.add_argument(
+        "--no-data-check",
+        action="store_true",
+        help="do not require each site's data root to exist here",
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser.parse_args(argv)
 
@@ -831,9 +942,15 @@ def resolve_sites(args: argparse.Namespace, overrides: Sequence[str]) -> list[Si
     if not args.site:
         sites = sites_from_config(cfg, workdir)
     else:
-        sites = [parse_site(spec, dataset=protocol_of(cfg.dataset),
-                            default_root=anchored(cfg.dataset.root, workdir), workdir=workdir)
-                 for spec in args.site]
+        sites = [
+            parse_site(
+                spec,
+                dataset=protocol_of(cfg.dataset),
+                default_root=anchored(cfg.dataset.root, workdir),
+                workdir=workdir,
+            )
+            for spec in args.site
+        ]
     names = [s.name for s in sites]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -851,8 +968,10 @@ def resolve_sites(args: argparse.Namespace, overrides: Sequence[str]) -> list[Si
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     overrides = list(args.overrides)
     if args.rounds is not None:
         if args.rounds < 1:
@@ -870,19 +989,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
 
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    output_dir = args.output_dir or args.workdir / "outputs" / "deployment" / \
-        f"{args.experiment}-{stamp}"
+    output_dir = (
+        args.output_dir or args.workdir / "outputs" / "deployment" / f"{args.experiment}-{stamp}"
+    )
     settings = DeploymentSettings(
-        output_dir=output_dir, app_dir=args.app, workdir=args.workdir,
-        tls=args.tls or args.auth, auth=args.auth, certs_dir=args.certs_dir,
+        output_dir=output_dir,
+        app_dir=args.app,
+        workdir=args.workdir,
+        tls=args.tls or args.auth,
+        auth=args.auth,
+        certs_dir=args.certs_dir,
         startup_timeout=args.startup_timeout,
     )
     if args.auth and not args.tls:
         LOGGER.info("--auth: enabling TLS as well (Flower requires it)")
 
     summary: dict[str, Any] = {
-        "sites": [s.node_config() for s in sites], "run_config": run_config,
-        "tls": settings.tls, "auth": settings.auth, "output_dir": str(settings.output_dir),
+        "sites": [s.node_config() for s in sites],
+        "run_config": run_config,
+        "tls": settings.tls,
+        "auth": settings.auth,
+        "output_dir": str(settings.output_dir),
     }
     code = EXIT_RUN_FAILED
     # SIGTERM (e.g. from a CI timeout) unwinds like Ctrl-C, so the finally below runs.
@@ -896,13 +1023,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         deployment.wait_for_nodes([s.name for s in sites])
         summary["node_ids"] = deployment.node_ids
         result = deployment.run(run_config, timeout=args.timeout)
-        summary.update(run_id=result.run_id, status=result.status,
-                       elapsed_s=round(result.elapsed, 1), run_log=str(result.log_path),
-                       run=result.details)
+        summary.update(
+            run_id=result.run_id,
+            status=result.status,
+            elapsed_s=round(result.elapsed, 1),
+            run_log=str(result.log_path),
+            run=result.details,
+        )
         code = EXIT_OK if result.completed else EXIT_RUN_FAILED
         if not result.completed:
-            LOGGER.error("run %d ended %s; its log: %s", result.run_id, result.status,
-                         result.log_path)
+            LOGGER.error(
+                "run %d ended %s; its log: %s", result.run_id, result.status, result.log_path
+            )
     except RunTimeoutError as exc:
         LOGGER.error("%s", exc)
         summary["status"] = "timeout"

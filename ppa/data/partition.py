@@ -104,6 +104,31 @@ def partition_sites(
     return sites
 
 
+def site_layout(
+    strategy: str, *, protocol: str, sites_per_modality: int = 2
+) -> list[tuple[str, Modality]]:
+    """(name, modality) of every site a partition produces, sorted by name, from the rule
+    alone (no data read): what a deployment or a simulation lays out before data exists."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    if strategy == "by_camera":
+        if protocol == "sysu":
+            layout = [(sysu.camera_folder(c), sysu.camera_modality(c)) for c in sysu.CAMERAS]
+        else:
+            layout = [(regdb.FILE_TAG[m], m) for m in regdb.CAMERA_OF]
+    elif strategy == "by_modality":
+        layout = [(m.value, m) for m in Modality]
+    elif strategy == "by_identity":
+        if sites_per_modality < 1:
+            raise ValueError(f"sites_per_modality must be >= 1, got {sites_per_modality}")
+        layout = [(f"{m.value}-{g}", m) for m in Modality for g in range(sites_per_modality)]
+    else:
+        raise ValueError(
+            f"partition strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}"
+        )
+    return sorted(layout, key=lambda site: site[0])
+
+
 def _by_camera(records: list[TrainRecord], protocol: str) -> list[Site]:
     if protocol == "sysu":
         cameras: tuple[int, ...] = sysu.CAMERAS

@@ -104,8 +104,9 @@ class ReidTransform:
             assert rng is not None
             if rng.random() < self.grayscale:
                 luma = out.astype(np.float32) @ _LUMA
-                out = np.repeat(np.clip(np.rint(luma), 0, 255).astype(np.uint8)[..., None], 3,
-                                axis=2)
+                out = np.repeat(
+                    np.clip(np.rint(luma), 0, 255).astype(np.uint8)[..., None], 3, axis=2
+                )
 
         outside = (
             (points[:, 0] < -_HALF_PIXEL)
