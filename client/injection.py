@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 ATTACKS = ("scale", "signflip", "nan")
 
 
-class InjectedFault(RuntimeError):
+class InjectedFaultError(RuntimeError):
     """The crash a site was configured to simulate."""
 
 
@@ -23,7 +23,7 @@ def maybe_fail(inject: DictConfig | None, site: str, server_round: int) -> None:
         return
     rounds = list(inject.fail_rounds or [])
     if not rounds or server_round in rounds:
-        raise InjectedFault(f"site {site!r}: injected failure in round {server_round}")
+        raise InjectedFaultError(f"site {site!r}: injected failure in round {server_round}")
 
 
 def poison(
