@@ -29,11 +29,18 @@ $(STAMP): pyproject.toml constraints.txt
 system-deps:
 	@bash scripts/install_system_deps.sh
 
+# Writes the synthetic set of `dataset=` (default synthetic_sysu) unless it is there:
+# make synthetic ARGS=dataset=synthetic_regdb
 synthetic: setup
-	$(PY) scripts/make_synthetic.py
+	$(PY) scripts/make_synthetic.py $(ARGS)
 
+# The out-of-the-box federated run (configs/experiment/demo.yaml): six camera sites of the
+# synthetic SYSU-MM01 set on Flower's simulation runtime. run_simulation.py starts its own
+# SuperLink (free port, Flower home under outputs/demo/flower/) and stops every process it
+# started when the run ends, fails, times out or is interrupted.
 demo: setup
-	$(PY) scripts/demo.py
+	$(PY) scripts/make_synthetic.py dataset=synthetic_sysu
+	$(PY) scripts/run_simulation.py --experiment demo
 
 test: setup system-deps pose-setup
 	$(PY) -m pytest

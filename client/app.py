@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import logging
 
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.clientapp import ClientApp
 
-from client.site import SiteTrainer, site_spec
+from client.site import BUDGET_EXHAUSTED_CODE, SiteTrainer, site_spec
 from ppa.config import load_run_config, overrides_from_run_config
+from ppa.dp import PrivacyBudgetExhaustedError
 from ppa.federation import PROTO_COUNT, PROTO_SUM
 
 logger = logging.getLogger(__name__)
@@ -36,13 +46,19 @@ def train(msg: Message, context: Context) -> Message:
     config = msg.content.config_records["config"]
     arrays = {k: v.numpy() for k, v in msg.content.array_records["arrays"].items()}
     protos = msg.content.array_records.get("prototypes")
-    result = trainer.train_round(
-        arrays,
-        {k: v.numpy() for k, v in protos.items()} if protos is not None else None,
-        server_round=int(config["server-round"]),
-        local_epochs=int(config.get("local-epochs", trainer.cfg.federation.local_epochs)),
-        half_precision=bool(config.get("half-precision", False)),
-    )
+    try:
+        result = trainer.train_round(
+            arrays,
+            {k: v.numpy() for k, v in protos.items()} if protos is not None else None,
+            server_round=int(config["server-round"]),
+            local_epochs=int(config.get("local-epochs", trainer.cfg.federation.local_epochs)),
+            half_precision=bool(config.get("half-precision", False)),
+            state=context.state,  # per-site state across rounds: the DP accountant's ledger
+        )
+    except PrivacyBudgetExhaustedError as err:
+        # Out of DP budget: nothing was trained or released. An error reply, which the strategy
+        # drops with this reason while the other sites go on.
+        return Message(Error(code=BUDGET_EXHAUSTED_CODE, reason=str(err)), reply_to=msg)
     content = RecordDict(
         {
             "arrays": ArrayRecord({k: Array(v) for k, v in result.arrays.items()}),

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from flwr.app import ConfigRecord, RecordDict
 from omegaconf import DictConfig
 
 from client.injection import maybe_fail, poison
@@ -20,6 +21,18 @@ from ppa.data.loader import create_train_loader
 from ppa.data.partition import Site, partition_sites
 from ppa.data.protocols import load_train_set, protocol_of
 from ppa.data.records import Modality
+from ppa.dp import (
+    PerSampleGradients,
+    PrivacyBudgetExhaustedError,
+    PrivacyLedger,
+    PrivacySettings,
+    PrivateStep,
+    create_poisson_loader,
+    create_release_loader,
+    freeze_other_modalities,
+    plan_round,
+    release_prototypes,
+)
 from ppa.engine import (
     DeviceSettings,
     PPAObjective,
@@ -37,6 +50,10 @@ logger = logging.getLogger(__name__)
 
 DEPLOYMENT_KEYS = ("site", "modality", "data-root")
 SIMULATION_KEYS = ("partition-id", "num-partitions")
+# context.state key of a site's privacy ledger (a ConfigRecord; see ppa.dp.PrivacyLedger).
+DP_LEDGER = "dp-ledger"
+# Error code of the reply of a site out of DP budget (Flower's own codes are 0..8).
+BUDGET_EXHAUSTED_CODE = 100
 
 
 class NodeConfigError(ValueError):
@@ -154,6 +171,10 @@ class SiteTrainer:
         self.anonymizer = (
             KprAnonymizer.from_config(cfg).to(self.device.device) if needs_pose else None
         )
+        self.privacy: PrivacySettings | None = None
+        self.per_sample: PerSampleGradients | None = None
+        if cfg.privacy.get("enabled", False):
+            self._setup_privacy()
         logger.info(
             "site %s (%s): %d images of %d identities",
             self.site.name,
@@ -194,11 +215,26 @@ class SiteTrainer:
         server_round: int,
         local_epochs: int,
         half_precision: bool,
+        state: RecordDict | None = None,
     ) -> RoundResult:
-        """Load the global model, train `local_epochs` epochs of PPA, return the update."""
+        """Load the global model, train `local_epochs` epochs of PPA, return the update.
+
+        Under DP (`cfg.privacy.enabled`) `state` (the ClientApp's ``context.state``) carries the
+        site's privacy ledger across rounds; a round that would exceed the site's budget raises
+        `PrivacyBudgetExhaustedError` before touching any data.
+        """
         cfg, site = self.cfg, self.site
         inject = cfg.federation.get("inject")
         maybe_fail(inject, site.name, server_round)
+        if self.privacy is not None:
+            return self._train_round_private(
+                global_arrays,
+                prototypes,
+                server_round=server_round,
+                local_epochs=local_epochs,
+                half_precision=half_precision,
+                state=state,
+            )
         seed = derive_seed(int(cfg.seed), server_round, site.name)
         seed_everything(seed, bool(cfg.deterministic))
         state = self.model.state_dict()
@@ -264,6 +300,221 @@ class SiteTrainer:
         return RoundResult(
             arrays, accumulator.sums[m].cpu().numpy(), accumulator.counts[m].cpu().numpy(), metrics
         )
+
+    # Differential privacy ----------------------------------------------------------------------
+    def _setup_privacy(self) -> None:
+        """DP-SGD pieces that live as long as the trainer: frozen other modality, hooks."""
+        self.privacy = PrivacySettings.from_config(self.cfg)
+        frozen = freeze_other_modalities(self.model, self.site.modality)
+        # Raises (naming model.norm) for a BatchNorm model; hooks stay on for the model's life.
+        self.per_sample = PerSampleGradients(self.model)
+        if self.objective.uses("triplet"):
+            logger.warning(
+                "site %s: ppa.weights.triplet=%.2f ignored under DP (the triplet couples the "
+                "records of a batch)",
+                self.site.name,
+                self.objective.weights["triplet"],
+            )
+        logger.info(
+            "site %s: DP-SGD sigma=%.3f C=%.3f delta=%g budget=%s (%s accountant); %d frozen "
+            "parameters of the other modality",
+            self.site.name,
+            self.privacy.noise_multiplier,
+            self.privacy.max_grad_norm,
+            self.privacy.delta,
+            self.privacy.budget_for(self.site.name),
+            self.privacy.accountant,
+            len(frozen),
+        )
+
+    def load_ledger(self, state: RecordDict) -> PrivacyLedger:
+        """The site's ledger from ``context.state`` (empty on its first round)."""
+        assert self.privacy is not None
+        if DP_LEDGER not in state.config_records:
+            return PrivacyLedger(accountant=self.privacy.accountant)
+        record = state.config_records[DP_LEDGER]
+        owner = str(record.get("site", self.site.name))
+        if owner != self.site.name:
+            raise ValueError(
+                f"context.state['{DP_LEDGER}'] belongs to site {owner!r}, this node trains "
+                f"site {self.site.name!r}"
+            )
+        columns = {k: list(v) for k, v in record.items() if k != "site"}
+        return PrivacyLedger.from_columns(
+            columns, self.privacy.accountant, source=f"site {self.site.name} {DP_LEDGER}"
+        )
+
+    def save_ledger(self, state: RecordDict, ledger: PrivacyLedger) -> None:
+        state[DP_LEDGER] = ConfigRecord({"site": self.site.name, **ledger.to_columns()})
+
+    def _train_round_private(
+        self,
+        global_arrays: Mapping[str, np.ndarray],
+        prototypes: Mapping[str, np.ndarray] | None,
+        *,
+        server_round: int,
+        local_epochs: int,
+        half_precision: bool,
+        state: RecordDict | None,
+    ) -> RoundResult:
+        """One round of DP-SGD: budget check, Poisson batches, private prototypes."""
+        cfg, site, privacy = self.cfg, self.site, self.privacy
+        assert privacy is not None and self.per_sample is not None
+        if state is None:
+            raise ValueError(
+                f"site {site.name}: privacy.enabled needs the ClientApp's context.state to "
+                "compose the accountant across rounds (train_round(..., state=context.state))"
+            )
+        ledger = self.load_ledger(state)
+        if server_round in ledger.rounds():
+            raise ValueError(
+                f"site {site.name}: round {server_round} was already accounted "
+                f"(ledger rounds {ledger.rounds()}); a repeated round would spend twice"
+            )
+        seed = derive_seed(int(cfg.seed), server_round, site.name)
+        seed_everything(seed, bool(cfg.deterministic))
+        loader = create_poisson_loader(
+            site.records,
+            self.root,
+            input_cfg=cfg.input,
+            train_cfg=cfg.train,
+            pose_cfg=cfg.pose,
+            keypoints=self.keypoints,
+            expected_batch_size=privacy.batch_size,
+            seed=privacy.seed(server_round, site.name, "sampling"),
+            on_bad_image=str(cfg.dataset.on_bad_image),
+        )
+        sampler = loader.batch_sampler
+        send_prototypes = bool(cfg.federation.get("prototypes", True))
+        planned = plan_round(
+            privacy,
+            server_round,
+            sample_rate=sampler.sample_rate,
+            steps=local_epochs * sampler.steps,
+            prototypes=send_prototypes,
+        )
+        budget = privacy.budget_for(site.name)
+        try:
+            projected = ledger.check_budget(site.name, planned, budget, privacy.delta)
+        except PrivacyBudgetExhaustedError as err:
+            logger.warning("%s", err)
+            raise
+        # Commit the spend before training: a crash mid-round must not under-count.
+        ledger.record(planned)
+        self.save_ledger(state, ledger)
+
+        self.model.load_state_dict(unpack_into(self.model.state_dict(), global_arrays))
+        optimizer = create_optimizer(self.model, cfg.train.optimizer)
+        dim = self.model.num_features
+        step = PrivateStep(
+            self.per_sample,
+            noise_multiplier=privacy.noise_multiplier,
+            max_grad_norm=privacy.max_grad_norm,
+            expected_batch_size=sampler.sample_rate * sampler.num_records,
+            seed=privacy.seed(server_round, site.name, "noise"),
+        )
+        ctx = StepContext(
+            model=self.model,
+            objective=self.objective,
+            anonymizer=self.anonymizer,
+            mean=tuple(cfg.input.mean),
+            std=tuple(cfg.input.std),
+            heatmap_sigma=float(cfg.pose.heatmap_sigma),
+            min_confidence=float(cfg.pose.min_confidence),
+            device=self.device,
+            prototypes=self._global_prototypes(prototypes, dim),
+            private_step=step,
+        )
+        start = time.perf_counter()
+        epochs: list[dict[str, float]] = []
+        for e in range(local_epochs):
+            global_epoch = (server_round - 1) * local_epochs + e
+            set_epoch_lr(optimizer, global_epoch, cfg.train)
+            sampler.set_epoch(global_epoch)
+            epochs.append(
+                train_one_epoch(
+                    ctx, loader, optimizer, progress=False, desc=f"{site.name} r{server_round}"
+                )
+            )
+        if step.steps != planned[0].steps:
+            raise RuntimeError(
+                f"site {site.name}: took {step.steps} DP steps, accounted {planned[0].steps}"
+            )
+        m = site.modality.index
+        proto_sum = np.zeros((self.num_classes, dim), np.float32)
+        proto_count = np.zeros((self.num_classes,), np.float32)
+        if send_prototypes:
+            release = release_prototypes(
+                self.model,
+                create_release_loader(
+                    site.records,
+                    self.root,
+                    input_cfg=cfg.input,
+                    pose_cfg=cfg.pose,
+                    keypoints=self.keypoints,
+                    batch_size=max(privacy.batch_size, 1),
+                    num_workers=int(cfg.train.num_workers),
+                    on_bad_image=str(cfg.dataset.on_bad_image),
+                ),
+                num_modalities=2,
+                num_classes=self.num_classes,
+                clip=privacy.prototype_clip,
+                noise=privacy.prototype_noise,
+                device=self.device,
+                mean=tuple(cfg.input.mean),
+                std=tuple(cfg.input.std),
+                anonymizer=self.anonymizer,
+                correct_offsets=self.objective.offsets,
+                generator=self._noise_generator(privacy.seed(server_round, site.name, "proto")),
+            )
+            proto_sum = release.sums[m].cpu().numpy()
+            proto_count = release.counts[m].cpu().numpy()
+        seconds = time.perf_counter() - start
+        epsilon = ledger.epsilon(privacy.delta)
+        new_state = self.model.state_dict()
+        arrays = pack(new_state, site_keys(new_state, site.modality), half_precision)
+        arrays = poison(arrays, global_arrays, cfg.federation.get("inject"), site.name)
+        # The realised Poisson batch sizes stay local (the analysis assumes they are not
+        # released; the update is normalised by the expected size): report the expectation.
+        seen = float(step.steps * sampler.sample_rate * sampler.num_records)
+        last = epochs[-1]
+        losses = {k: float(v) for k, v in last.items() if k.startswith("loss")}
+        logger.info(
+            "site %s round %d: DP-SGD %d steps at q=%.4f, %d records clipped of %d; loss %s; "
+            "epsilon %.4f (projected %.4f) of budget %s",
+            site.name,
+            server_round,
+            step.steps,
+            sampler.sample_rate,
+            step.clipped,
+            step.records,
+            ", ".join(f"{k.removeprefix('loss_')} {v:.3f}" for k, v in losses.items()),
+            epsilon,
+            projected,
+            budget,
+        )
+        metrics = dict(losses) if privacy.share_losses else {}
+        metrics.update(
+            {
+                "num-examples": float(len(site.records)),
+                "examples-seen": seen,
+                "train-seconds": seconds,
+                "images-per-second": seen / seconds if seconds > 0 else 0.0,
+                "epsilon": float(epsilon),
+                "dp-delta": privacy.delta,
+                "dp-noise-multiplier": privacy.noise_multiplier,
+                "dp-sample-rate": float(sampler.sample_rate),
+                "dp-steps": float(step.steps),
+            }
+        )
+        if np.isfinite(budget):
+            metrics["epsilon-budget"] = float(budget)
+        return RoundResult(arrays, proto_sum, proto_count, metrics)
+
+    def _noise_generator(self, seed: int) -> torch.Generator:
+        generator = torch.Generator(device=self.device.device)
+        generator.manual_seed(seed)
+        return generator
 
     def _global_prototypes(
         self, arrays: Mapping[str, np.ndarray] | None, dim: int

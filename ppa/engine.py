@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -23,6 +23,10 @@ from ppa.prototypes import IdentityPrototypes, PrototypeAccumulator
 logger = logging.getLogger(__name__)
 
 LOSS_TERMS = ("id", "triplet", "kpr", "dc", "align")
+
+# A step that replaces forward/backward/optimizer.step for one batch (DP-SGD: ppa.dp.PrivateStep)
+# and returns (loss, terms) like `ppa_step`.
+StepHook = Callable[["StepContext", Batch, torch.optim.Optimizer], tuple[torch.Tensor, dict]]
 
 
 @dataclass(frozen=True)
@@ -159,6 +163,7 @@ class StepContext:
     prototype_momentum: float | None = None  # set: EMA-update `prototypes` (central training)
     anonymizer_optimizer: torch.optim.Optimizer | None = None
     extra: dict = field(default_factory=dict)
+    private_step: StepHook | None = None  # set: DP-SGD does the step (ppa.dp)
 
 
 def _heatmaps(
@@ -260,12 +265,16 @@ def train_one_epoch(
         if max_batches is not None and batches >= max_batches:
             break
         batch = batch.to(ctx.device.device, non_blocking=ctx.device.non_blocking)
-        loss, terms = ppa_step(ctx, batch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite training loss {float(loss)} ({terms})")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if ctx.private_step is not None:
+            # DP-SGD: per-record losses, clipping, noise and the step happen in the hook.
+            loss, terms = ctx.private_step(ctx, batch, optimizer)
+        else:
+            loss, terms = ppa_step(ctx, batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite training loss {float(loss)} ({terms})")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
         batches += 1
         examples += batch.images.shape[0]
         sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())

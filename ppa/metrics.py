@@ -19,6 +19,13 @@ gallery image from camera 2, and the CMC counts each gallery identity once, at i
 position in the ranked (kept) list, so Rank-k is "the true identity is among the first k
 distinct identities". RegDB: plain CMC (first correct match within the first k images), no
 removal.
+
+Two equivalent evaluation paths: float32 (and narrower) distances, what `pairwise_distance`
+returns for float32 features, are evaluated without sorting the gallery (`_evaluate_by_count`:
+each entry becomes a unique integer key ordered like (distance, gallery index), and a correct
+match's position is the number of kept keys not above its own, counted with a search among the
+query's few sorted match keys); float64 distances are ranked by a stable sort
+(`_evaluate_by_sort`). Both give the reference's numbers.
 """
 
 from __future__ import annotations
@@ -39,6 +46,9 @@ ROWS_PER_BLOCK = 1024
 _SIGN_BIT = 0x80000000
 # A sort key holds 32 bits of float32 distance and the column index below them.
 _KEY_INDEX_BITS_MAX = 32
+_NARROW_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
+_MAGNITUDE_BITS = 0x7FFFFFFF
+_KEY_MAX = torch.iinfo(torch.int64).max
 
 
 def pairwise_distance(
@@ -118,6 +128,142 @@ def _evaluate(
     dedup: bool,
     max_rank: int,
 ) -> dict[str, Any]:
+    """Rank-k / mAP / mINP of the protocol; `keep` (Q, G) marks gallery entries a query sees."""
+    index_bits = max(1, (dist.shape[1] - 1).bit_length())
+    if dist.dtype in _NARROW_FLOATS and index_bits <= _KEY_INDEX_BITS_MAX - 1:
+        return _evaluate_by_count(dist, q_pids, g_pids, keep, dedup=dedup, max_rank=max_rank)
+    return _evaluate_by_sort(dist, q_pids, g_pids, keep, dedup=dedup, max_rank=max_rank)
+
+
+def _summary(
+    ap: Tensor, hardest: Tensor, first_hit: Tensor, num_rel: Tensor, num_g: int, max_rank: int
+) -> dict[str, Any]:
+    """Average the per-query numbers over the queries that have a match."""
+    num_q = num_rel.shape[0]
+    valid = num_rel > 0
+    num_valid = int(valid.sum())
+    if num_valid == 0:
+        raise ValueError(
+            f"no query has a correct match in the gallery ({num_q} queries, "
+            f"{num_g} gallery images): check the query/gallery identities"
+        )
+    cmc_len = min(max_rank, num_g)
+    # Histogram of first-hit ranks (clipped past the curve's end), cumulated = CMC.
+    counts = torch.bincount(first_hit[valid].clamp(max=cmc_len + 1) - 1, minlength=cmc_len + 1)
+    cmc = counts[:cmc_len].cumsum(0).double() / num_valid
+    inp = num_rel[valid].double() / hardest[valid].double()
+    return {
+        "cmc": cmc.cpu().numpy(),
+        "mAP": float(ap[valid].mean()),
+        "mINP": float(inp.mean()),
+    }
+
+
+def ranking_keys(dist: Tensor) -> Tensor:
+    """(Q, G) float32-or-narrower distances -> int64 keys, unique within a row, that order the
+    entries as a stable ascending sort does: (distance, gallery index), lexicographically.
+
+    The float's bits are mapped to a signed integer of the same order (negatives get their
+    magnitude bits flipped; -0.0 is first turned into +0.0, with which it ties), then shifted
+    above the column index.
+    """
+    num_g = dist.shape[1]
+    index_bits = max(1, (num_g - 1).bit_length())
+    bits = (dist.to(torch.float32) + 0.0).view(torch.int32)
+    ordered = torch.where(bits < 0, bits ^ _MAGNITUDE_BITS, bits).to(torch.int64)
+    # ordered * 2**index_bits + column: exact in int64 for index_bits <= 31.
+    columns = torch.arange(num_g, dtype=torch.int64, device=dist.device)
+    return (ordered << index_bits) | columns
+
+
+def _evaluate_by_count(
+    dist: Tensor,
+    q_pids: Tensor,
+    g_pids: Tensor,
+    keep: Tensor | None,
+    *,
+    dedup: bool,
+    max_rank: int,
+) -> dict[str, Any]:
+    """The protocol without sorting the gallery: O(G log M) per query for M correct matches.
+
+    With unique keys, the i-th correct match (0-based, in ranked order) sits at position
+    ``#{kept entries with key <= its key}``; one batched `torch.searchsorted` of every key among
+    the query's sorted match keys gives each entry the number of matches below it, and a
+    per-row histogram of those counts, cumulated, gives every match's position at once. The
+    SYSU identity rank compares each identity's smallest kept key with the query's own.
+    """
+    num_q, num_g = dist.shape
+    device = dist.device
+    never = num_g + 1
+    if dedup:
+        identities, g_identity = torch.unique(g_pids, return_inverse=True)
+        q_identity = torch.searchsorted(identities, q_pids).clamp_(max=len(identities) - 1)
+    ap = torch.zeros(num_q, dtype=torch.float64, device=device)
+    hardest = torch.zeros(num_q, dtype=torch.int64, device=device)
+    first_hit = torch.full((num_q,), never, dtype=torch.int64, device=device)
+    num_rel = torch.zeros(num_q, dtype=torch.int64, device=device)
+
+    for start in range(0, num_q, ROWS_PER_BLOCK):
+        rows = slice(start, start + ROWS_PER_BLOCK)
+        keys = ranking_keys(dist[rows])
+        num_rows = keys.shape[0]
+        match = g_pids[None, :] == q_pids[rows, None]
+        kept = None if keep is None else keep[rows]
+        if kept is not None:
+            match &= kept
+        hits = match.sum(1)
+        num_rel[rows] = hits
+        row, col = match.nonzero(as_tuple=True)
+        if row.numel():
+            # Each row's match keys in ranked order, packed into (rows, M), padded with the
+            # largest key (which sorts after every real one).
+            width = int(hits.max())
+            order = torch.sort(keys[row, col]).indices
+            order = order[torch.sort(row[order], stable=True).indices]  # by row, then by key
+            slot = torch.arange(row.numel(), device=device) - (hits.cumsum(0) - hits)[row]
+            match_keys = torch.full((num_rows, width), _KEY_MAX, dtype=torch.int64, device=device)
+            match_keys[row, slot] = keys[row[order], col[order]]
+            # below[j] = how many of the row's matches rank before entry j.
+            below = torch.searchsorted(match_keys, keys)
+            counted = (
+                torch.ones_like(below, dtype=torch.int32) if kept is None else kept.to(torch.int32)
+            )
+            histogram = torch.zeros((num_rows, width + 1), dtype=torch.int32, device=device)
+            histogram.scatter_add_(1, below, counted)
+            # position[i] = entries (kept) with key <= the i-th match key.
+            position = histogram[:, :width].cumsum(1, dtype=torch.int64)
+            real = torch.arange(width, device=device)[None, :] < hits[:, None]
+            rank_in_hits = torch.arange(1, width + 1, device=device, dtype=torch.float64)
+            precision = torch.where(real, rank_in_hits / position.double(), 0.0)
+            ap[rows] = precision.sum(1) / hits.clamp(min=1)
+            last = (hits - 1).clamp(min=0)[:, None]
+            hardest[rows] = torch.where(hits > 0, position.gather(1, last)[:, 0], 0)
+            if not dedup:
+                first_hit[rows] = torch.where(hits > 0, position[:, 0], never)
+        if dedup:
+            # Rank among distinct identities = how many identities' first kept entry ranks
+            # no later than the query's own identity's first (their smallest kept keys).
+            smallest = torch.full(
+                (num_rows, len(identities)), _KEY_MAX, dtype=torch.int64, device=device
+            )
+            src = keys if kept is None else torch.where(kept, keys, _KEY_MAX)
+            smallest.scatter_reduce_(1, g_identity.expand(num_rows, -1), src, reduce="amin")
+            own = smallest.gather(1, q_identity[rows, None])
+            first_hit[rows] = torch.where(hits > 0, (smallest <= own).sum(1), never)
+
+    return _summary(ap, hardest, first_hit, num_rel, num_g, max_rank)
+
+
+def _evaluate_by_sort(
+    dist: Tensor,
+    q_pids: Tensor,
+    g_pids: Tensor,
+    keep: Tensor | None,
+    *,
+    dedup: bool,
+    max_rank: int,
+) -> dict[str, Any]:
     num_q, num_g = dist.shape
     device = dist.device
     never = num_g + 1  # a position past the end of every ranked list
@@ -168,23 +314,7 @@ def _evaluate(
         else:
             first_hit[rows] = match.to(torch.uint8).argmax(1) + 1
 
-    valid = num_rel > 0
-    num_valid = int(valid.sum())
-    if num_valid == 0:
-        raise ValueError(
-            f"no query has a correct match in the gallery ({num_q} queries, "
-            f"{num_g} gallery images): check the query/gallery identities"
-        )
-    cmc_len = min(max_rank, num_g)
-    # Histogram of first-hit ranks (clipped past the curve's end), cumulated = CMC.
-    counts = torch.bincount(first_hit[valid].clamp(max=cmc_len + 1) - 1, minlength=cmc_len + 1)
-    cmc = counts[:cmc_len].cumsum(0).double() / num_valid
-    inp = num_rel[valid].double() / hardest[valid].double()
-    return {
-        "cmc": cmc.cpu().numpy(),
-        "mAP": float(ap[valid].mean()),
-        "mINP": float(inp.mean()),
-    }
+    return _summary(ap, hardest, first_hit, num_rel, num_g, max_rank)
 
 
 def stable_argsort(dist: Tensor) -> Tensor:

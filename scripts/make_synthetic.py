@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from ppa.config import resolve_path
 from ppa.data.synthetic import read_manifest, write_synthetic_regdb, write_synthetic_sysu
+from ppa.data.synthetic_render import RENDERER_VERSION
 
 log = logging.getLogger("make_synthetic")
 
@@ -40,15 +41,18 @@ def _writer_settings(cfg: DictConfig) -> tuple[Any, dict[str, Any]]:
             f"settings for protocol {dataset.get('protocol')!r}); use {SYNTHETIC_DATASETS}"
         )
     kwargs = OmegaConf.to_container(settings, resolve=True)
-    accepted = {
-        p.name for p in inspect.signature(writer).parameters.values()
+    params = [
+        p
+        for p in inspect.signature(writer).parameters.values()
         if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in ("overwrite", "progress")
-    }
-    unknown, missing = sorted(set(kwargs) - accepted), sorted(accepted - set(kwargs))
+    ]
+    accepted = {p.name for p in params}
+    required = {p.name for p in params if p.default is inspect.Parameter.empty}
+    unknown, missing = sorted(set(kwargs) - accepted), sorted(required - set(kwargs))
     if unknown or missing:
         raise SystemExit(
-            f"make_synthetic: dataset.synthetic of dataset={name} has unknown keys {unknown} "
-            f"and lacks {missing}; expected exactly {sorted(accepted)}"
+            f"make_synthetic: dataset.synthetic of dataset={name}: unknown keys {unknown}, "
+            f"missing keys {missing} (the writer takes {sorted(accepted)})"
         )
     return writer, kwargs
 
@@ -62,15 +66,29 @@ def make_synthetic(cfg: DictConfig) -> dict[str, Any] | None:
         manifest = read_manifest(root)
         if manifest is None:
             log.warning("%s exists but was not written by this script; leaving it alone", root)
+        elif manifest.get("renderer_version") != RENDERER_VERSION:
+            log.warning(
+                "%s was written by renderer version %s, this is version %s; pass +force=true "
+                "to rewrite it",
+                root,
+                manifest.get("renderer_version"),
+                RENDERER_VERSION,
+            )
         elif manifest.get("parameters") != kwargs:
-            log.warning("%s was written with %s, not the configured %s; pass +force=true to "
-                        "rewrite it", root, manifest.get("parameters"), kwargs)
+            log.warning(
+                "%s was written with %s, not the configured %s; pass +force=true to rewrite it",
+                root,
+                manifest.get("parameters"),
+                kwargs,
+            )
         else:
-            log.info("%s is already present (%s); pass +force=true to rewrite it", root,
-                     cfg.dataset.name)
+            log.info(
+                "%s is already present (%s); pass +force=true to rewrite it", root, cfg.dataset.name
+            )
         return None
 
     with tqdm(unit="img", desc=f"writing {cfg.dataset.name}", dynamic_ncols=True) as bar:
+
         def progress(done: int, total: int) -> None:
             bar.total = total
             bar.update(done - bar.n)
@@ -84,18 +102,27 @@ def make_synthetic(cfg: DictConfig) -> dict[str, Any] | None:
 
 
 def _log_summary(summary: dict[str, Any]) -> None:
-    log.info("wrote %s: %d images of %d identities at %s (%dx%d)", summary["dataset"],
-             summary["num_images"], summary["num_ids"], summary["root"], *summary["image_size"])
+    log.info(
+        "wrote %s: %d images of %d identities at %s (%dx%d)",
+        summary["dataset"],
+        summary["num_images"],
+        summary["num_ids"],
+        summary["root"],
+        *summary["image_size"],
+    )
     if "images_per_camera" in summary:  # SYSU
         for cam, count in summary["images_per_camera"].items():
-            log.info("  %s: %d images of %d identities", cam, count,
-                     summary["ids_per_camera"][cam])
+            log.info("  %s: %d images of %d identities", cam, count, summary["ids_per_camera"][cam])
         log.info("  ids: %s", ", ".join(f"{k} {len(v)}" for k, v in summary["ids"].items()))
     else:  # RegDB
         log.info("  images per modality: %s", summary["images_per_modality"])
         first = summary["trials"]["1"]
-        log.info("  %d trials; trial 1 trains on %d ids, tests on %d", len(summary["trials"]),
-                 len(first["train"]), len(first["test"]))
+        log.info(
+            "  %d trials; trial 1 trains on %d ids, tests on %d",
+            len(summary["trials"]),
+            len(first["train"]),
+            len(first["test"]),
+        )
 
 
 @hydra.main(config_path="../configs", config_name="config", version_base="1.3")

@@ -24,6 +24,7 @@ from ppa.data.keypoints import load_dataset_keypoints
 from ppa.data.loader import create_train_loader
 from ppa.data.protocols import load_train_set
 from ppa.data.records import MODALITIES
+from ppa.dp import train_central_private
 from ppa.engine import (
     DeviceSettings,
     PPAObjective,
@@ -41,6 +42,9 @@ logger = logging.getLogger("train_central")
 
 def train(cfg: DictConfig) -> Path:
     """Train for `cfg.train.epochs` epochs; returns the final checkpoint path."""
+    if cfg.privacy.get("enabled", False):
+        # privacy=dp: per-record DP-SGD with Poisson batches and DP prototypes (ppa/dp).
+        return train_central_private(cfg)
     seed_everything(int(cfg.seed), bool(cfg.deterministic))
     out = resolve_path(cfg.output_dir)
     ckpt_dir = out / "checkpoints"

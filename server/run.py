@@ -92,6 +92,16 @@ class FederatedRun:
                 f"checkpoint in {self.store.directory} belongs to another model "
                 "(array names differ)"
             )
+        shapes = [
+            f"{k}: {np.shape(v)} vs {np.shape(self.arrays[k])}"
+            for k, v in ckpt.arrays.items()
+            if np.shape(v) != np.shape(self.arrays[k])
+        ]
+        if shapes:
+            raise ValueError(
+                f"checkpoint in {self.store.directory} belongs to another model (array shapes "
+                f"differ: {shapes[:3]})"
+            )
         self.arrays = {k: np.asarray(v) for k, v in ckpt.arrays.items()}
         self.strategy.load_state_dict(ckpt.strategy)
         self.history = MetricsHistory(ckpt.history)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -64,5 +65,6 @@ def load_script(name: str):
     spec = importlib.util.spec_from_file_location(f"scripts_{name}", REPO / "scripts" /
                                                   f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses in the script look their module up
     spec.loader.exec_module(module)
     return module

@@ -194,6 +194,8 @@ def _cfg(**train):
             "train.num_ids=2",
             "train.num_instances=2",
             "train.augment.pad=2",
+            # The tests read each record's index back from its red channel.
+            "train.augment.grayscale=0.0",
             *(f"train.{k}={v}" for k, v in train.items()),
         ]
     )

@@ -21,6 +21,7 @@ import tomli
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from flower_launch import _proc_stat, health_ok, write_flat_toml
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "run_deployment.py"
@@ -128,8 +129,8 @@ def test_run_config_file_round_trips(tmp_path: Path) -> None:
     config = launcher.build_run_config("demo", ["model=tiny", "federation.rounds=2"], True)
     assert config == {"experiment": "demo", "overrides": "model=tiny federation.rounds=2",
                       "resume": True}
-    path = launcher.write_flat_toml(tmp_path / "run.toml",
-                                    {**config, "path": 'C:\\odd "name"', "n": 3})
+    path = write_flat_toml(tmp_path / "run.toml",
+                           {**config, "path": 'C:\\odd "name"', "n": 3})
     assert tomli.loads(path.read_text()) == {**config, "path": 'C:\\odd "name"', "n": 3}
     with pytest.raises(ValueError, match="whitespace"):
         launcher.build_run_config("demo", ["dataset.root=/a b"], False)
@@ -197,7 +198,7 @@ def test_stop_ends_the_whole_tree_including_new_sessions(tmp_path: Path) -> None
     assert time.monotonic() - started < 10  # SIGTERM sufficed
     assert process.returncode == -signal.SIGTERM
     for pid in children:
-        stat = launcher._proc_stat(pid)
+        stat = _proc_stat(pid)
         assert stat is None or stat[0] == "Z", f"child {pid} survived"
 
 
@@ -219,9 +220,8 @@ def test_health_check_is_not_fooled_by_another_listener() -> None:
     with socket.socket() as other:
         other.bind(("127.0.0.1", 0))
         other.listen()
-        assert launcher.health_ok("127.0.0.1", other.getsockname()[1], None,
-                                  timeout=0.5) is False
-    assert launcher.health_ok("127.0.0.1", launcher.free_port(), None, timeout=0.5) is False
+        assert health_ok("127.0.0.1", other.getsockname()[1], None, timeout=0.5) is False
+    assert health_ok("127.0.0.1", launcher.free_port(), None, timeout=0.5) is False
 
 
 # --------------------------------------------------------------------------- credentials

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from flower_launch import health_ok
 from test_deployment_engine import read_client_records, read_server_record, write_probe_app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -449,7 +450,7 @@ def test_compose_topology_starts_on_loopback(variant: str, tmp_path: Path) -> No
         link = topology.start("superlink", deployment)
         deadline = time.monotonic() + 60
         ca = certs / "ca.crt" if tls else None
-        while not launcher.health_ok("127.0.0.1", topology.port, ca):
+        while not health_ok("127.0.0.1", topology.port, ca):
             assert link.running(), link.log_text()
             assert time.monotonic() < deadline, "SuperLink never became healthy"
             time.sleep(0.3)

@@ -255,3 +255,23 @@ def test_mask_settings_from_config():
                                     smooth_sigma=1.5)
     with pytest.raises(KeyError, match=r"pose\.head_scale"):
         MaskSettings.from_config({"min_confidence": 0.3})
+
+
+@pytest.mark.parametrize(("height", "width", "seed"), [(96, 48, 0), (288, 144, 1), (17, 9, 2)])
+def test_windowed_skeleton_is_bitwise_the_full_frame_one(height, width, seed):
+    # The CPU fast path evaluates each limb only where it can reach: it must not change a bit.
+    g = torch.Generator().manual_seed(seed)
+    batch = standing_person(height, width).repeat(24, 1, 1)
+    batch[..., :2] += torch.randn(24, NUM_KEYPOINTS, 2, generator=g) * 0.05 * height
+    batch[:, :, 0] += (torch.rand(24, 1, generator=g) - 0.5) * width  # some limbs leave the image
+    batch[..., 2] = torch.rand(24, NUM_KEYPOINTS, generator=g)  # about a third of joints missing
+    batch[3] = 0.0  # an image without any joint
+    batch[4, INDEX["left_knee"], :2] = batch[4, INDEX["left_ankle"], :2]  # a zero-length limb
+    batch[5, INDEX["left_hip"], 0] = float("nan")
+    for sigma in (0.0, 1.5):
+        kwargs = {"min_confidence": 0.3, "limb_width": 0.05, "smooth_sigma": sigma}
+        full = skeleton_mask(batch, height, width, windowed=False, **kwargs)
+        windowed = skeleton_mask(batch, height, width, windowed=True, **kwargs)
+        assert torch.equal(full, windowed)
+    nobody = torch.zeros(2, NUM_KEYPOINTS, 3)
+    assert float(skeleton_mask(nobody, 8, 4, windowed=True, **kwargs).max()) == 0.0

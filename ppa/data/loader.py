@@ -268,14 +268,23 @@ def create_train_loader(
             f"no usable training images under {root} (all {len(records)} records dropped)"
         )
     max_batches = train_cfg.get("max_batches_per_epoch")
-    sampler = IdentitySampler(
-        [r.label for r in dataset.records],  # type: ignore[union-attr]
-        [r.modality for r in dataset.records],
-        num_ids=int(train_cfg.num_ids),
-        num_instances=int(train_cfg.num_instances),
-        seed=seed,
-        max_batches=None if max_batches is None else int(max_batches),
-    )
+    try:
+        sampler = IdentitySampler(
+            [r.label for r in dataset.records],  # type: ignore[union-attr]
+            [r.modality for r in dataset.records],
+            num_ids=int(train_cfg.num_ids),
+            num_instances=int(train_cfg.num_instances),
+            seed=seed,
+            max_batches=None if max_batches is None else int(max_batches),
+        )
+    except ValueError as err:
+        # The sampler knows labels, not where they came from: name the data (e.g. a site's
+        # root holding a single identity).
+        identities = len({r.pid for r in dataset.records})
+        raise ValueError(
+            f"cannot train on the {len(dataset.records)} images of {identities} identities "
+            f"under {root}: {err}"
+        ) from err
     return DataLoader(
         dataset,
         batch_sampler=sampler,

@@ -20,6 +20,8 @@ from ppa.data.splits import TestSplit, TrainSet
 logger = logging.getLogger(__name__)
 
 INDEX_DIR = "idx"
+# SYSU-MM01's split folder: its presence (and no idx/) marks a SYSU root given as RegDB.
+_SYSU_SPLIT_DIR = "exp"
 VISIBLE_CAMERA = 1
 THERMAL_CAMERA = 2
 CAMERA_OF: dict[Modality, int] = {
@@ -218,6 +220,13 @@ def _check_root(root: str | os.PathLike) -> Path:
     if not root.is_dir():
         what = "is not a folder" if root.exists() else "does not exist"
         raise DatasetLayoutError(root, f"RegDB root {what}")
+    if not (root / INDEX_DIR).is_dir() and (root / _SYSU_SPLIT_DIR).is_dir():
+        # A SYSU-MM01 root under a RegDB config: say so instead of naming a missing index file.
+        raise DatasetLayoutError(
+            root,
+            f"not a RegDB root: no {INDEX_DIR}/ index folder but an {_SYSU_SPLIT_DIR}/ folder, "
+            "as in SYSU-MM01; use dataset=sysu (or synthetic_sysu) for this root",
+        )
     return root
 
 

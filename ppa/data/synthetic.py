@@ -28,6 +28,7 @@ from PIL import Image, ImageDraw
 from ppa.data.keypoints import DEFAULT_CACHE_NAME, KeypointCache
 from ppa.data.synthetic_render import (
     REGDB_CAMERAS,
+    RENDERER_VERSION,
     SYSU_CAMERAS,
     Identity,
     SyntheticRenderer,
@@ -70,8 +71,10 @@ def _check_int(name: str, value: Any, minimum: int) -> int:
 
 
 def _check_size(image_height: Any, image_width: Any) -> tuple[int, int]:
-    return (_check_int("image_height", image_height, 32),
-            _check_int("image_width", image_width, 16))
+    return (
+        _check_int("image_height", image_height, 32),
+        _check_int("image_width", image_width, 16),
+    )
 
 
 # --- staging ------------------------------------------------------------------------------
@@ -126,8 +129,14 @@ def read_manifest(root: str | os.PathLike) -> dict[str, Any] | None:
 
 
 def _write_manifest(folder: Path, dataset: str, parameters: dict, summary: dict) -> None:
-    manifest = {"writer": __name__, "version": MANIFEST_VERSION, "dataset": dataset,
-                "parameters": parameters, "summary": summary}
+    manifest = {
+        "writer": __name__,
+        "version": MANIFEST_VERSION,
+        "renderer_version": RENDERER_VERSION,
+        "dataset": dataset,
+        "parameters": parameters,
+        "summary": summary,
+    }
     (folder / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
@@ -145,8 +154,9 @@ def _save_image(image: np.ndarray, path: Path, quality: int | None) -> None:
 
 
 # --- SYSU-MM01 ----------------------------------------------------------------------------
-def sysu_cameras_for(pid: int, test: bool, camera_coverage: float,
-                     rng: np.random.Generator) -> tuple[int, ...]:
+def sysu_cameras_for(
+    pid: int, test: bool, camera_coverage: float, rng: np.random.Generator
+) -> tuple[int, ...]:
     """Cameras an identity appears in: each with probability `camera_coverage`, then fixed up
     so every identity has a visible and an infrared camera, and every test identity has an
     indoor gallery camera (1 or 2) and, when seen by cam 3, cam 1 (the SYSU protocol ignores
@@ -165,9 +175,18 @@ def sysu_cameras_for(pid: int, test: bool, camera_coverage: float,
 
 
 def write_synthetic_sysu(
-    root: str | os.PathLike, *, num_train_ids: int, num_val_ids: int, num_test_ids: int,
-    images_per_camera: int, image_height: int, image_width: int, camera_coverage: float,
-    seed: int, overwrite: bool = False, progress: Progress | None = None,
+    root: str | os.PathLike,
+    *,
+    num_train_ids: int,
+    num_val_ids: int,
+    num_test_ids: int,
+    images_per_camera: int,
+    image_height: int,
+    image_width: int,
+    camera_coverage: float,
+    seed: int,
+    overwrite: bool = False,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Write a synthetic SYSU-MM01 at `root`; returns the summary (also in the manifest).
 
@@ -176,7 +195,7 @@ def write_synthetic_sysu(
     Identity ids 1..N are shuffled into the splits, as in the real set.
     """
     n_train = _check_int("num_train_ids", num_train_ids, 1)
-    n_val = _check_int("num_val_ids", num_val_ids, 0)
+    n_val = _check_int("num_val_ids", num_val_ids, 1)  # the real exp/val_id.txt is never empty
     n_test = _check_int("num_test_ids", num_test_ids, 1)
     per_cam = _check_int("images_per_camera", images_per_camera, 1)
     height, width = _check_size(image_height, image_width)
@@ -184,18 +203,30 @@ def write_synthetic_sysu(
     if not isinstance(camera_coverage, (int, float)) or not 0.0 < camera_coverage <= 1.0:
         raise ValueError(f"camera_coverage must be in (0, 1], got {camera_coverage!r}")
     root = Path(root)
-    parameters = {"num_train_ids": n_train, "num_val_ids": n_val, "num_test_ids": n_test,
-                  "images_per_camera": per_cam, "image_height": height, "image_width": width,
-                  "camera_coverage": float(camera_coverage), "seed": seed}
+    parameters = {
+        "num_train_ids": n_train,
+        "num_val_ids": n_val,
+        "num_test_ids": n_test,
+        "images_per_camera": per_cam,
+        "image_height": height,
+        "image_width": width,
+        "camera_coverage": float(camera_coverage),
+        "seed": seed,
+    }
 
     order = _rng(seed, _SYSU, _SPLIT).permutation(np.arange(1, n_train + n_val + n_test + 1))
-    splits = {"train": sorted(int(p) for p in order[:n_train]),
-              "val": sorted(int(p) for p in order[n_train:n_train + n_val]),
-              "test": sorted(int(p) for p in order[n_train + n_val:])}
+    splits = {
+        "train": sorted(int(p) for p in order[:n_train]),
+        "val": sorted(int(p) for p in order[n_train : n_train + n_val]),
+        "test": sorted(int(p) for p in order[n_train + n_val :]),
+    }
     test_ids = set(splits["test"])
-    cameras = {pid: sysu_cameras_for(pid, pid in test_ids, float(camera_coverage),
-                                     _rng(seed, _SYSU, _COVERAGE, pid))
-               for pid in range(1, len(order) + 1)}
+    cameras = {
+        pid: sysu_cameras_for(
+            pid, pid in test_ids, float(camera_coverage), _rng(seed, _SYSU, _COVERAGE, pid)
+        )
+        for pid in range(1, len(order) + 1)
+    }
     total = per_cam * sum(len(c) for c in cameras.values())
     preview_ids = sorted(splits["test"], key=lambda p: (-len(cameras[p]), p))
     preview_ids = sorted(preview_ids[:PREVIEW_IDENTITIES])
@@ -224,15 +255,22 @@ def write_synthetic_sysu(
                         progress(done, total)
         (staging / "exp").mkdir()
         for split, name in SYSU_SPLIT_FILES.items():
-            (staging / "exp" / name).write_text(",".join(str(p) for p in splits[split]) + "\n")
+            (staging / "exp" / name).write_text(",".join(str(p) for p in splits[split]))
         cache.save(staging / DEFAULT_CACHE_NAME)
-        columns = [(f"cam{c} {'IR' if SYSU_CAMERAS[c].is_infrared else 'RGB'}", c)
-                   for c in sorted(SYSU_CAMERAS)]
+        columns = [
+            (f"cam{c} {'IR' if SYSU_CAMERAS[c].is_infrared else 'RGB'}", c)
+            for c in sorted(SYSU_CAMERAS)
+        ]
         _contact_sheet(staging / PREVIEW_NAME, preview_ids, columns, tiles, height, width)
-        summary = {"dataset": "synthetic_sysu", "num_images": total,
-                   "num_ids": len(cameras), "images_per_camera": per_camera,
-                   "ids_per_camera": ids_per_camera, "ids": splits,
-                   "image_size": [height, width]}
+        summary = {
+            "dataset": "synthetic_sysu",
+            "num_images": total,
+            "num_ids": len(cameras),
+            "images_per_camera": per_camera,
+            "ids_per_camera": ids_per_camera,
+            "ids": splits,
+            "image_size": [height, width],
+        }
         _write_manifest(staging, "synthetic_sysu", parameters, summary)
     log.info("wrote synthetic SYSU-MM01 (%d ids, %d images) to %s", len(cameras), total, root)
     return {**summary, "root": str(root)}
@@ -252,8 +290,15 @@ def _regdb_name(identity: Identity, view: str, letter: str, serial: int, shot: i
 
 
 def write_synthetic_regdb(
-    root: str | os.PathLike, *, num_ids: int, images_per_modality: int, image_height: int,
-    image_width: int, seed: int, overwrite: bool = False, progress: Progress | None = None,
+    root: str | os.PathLike,
+    *,
+    num_ids: int,
+    images_per_modality: int,
+    image_height: int,
+    image_width: int,
+    seed: int,
+    overwrite: bool = False,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Write a synthetic RegDB at `root`; returns the summary (also in the manifest).
 
@@ -268,8 +313,13 @@ def write_synthetic_regdb(
     height, width = _check_size(image_height, image_width)
     seed = _check_int("seed", seed, 0)
     root = Path(root)
-    parameters = {"num_ids": n_ids, "images_per_modality": per_mod, "image_height": height,
-                  "image_width": width, "seed": seed}
+    parameters = {
+        "num_ids": n_ids,
+        "images_per_modality": per_mod,
+        "image_height": height,
+        "image_width": width,
+        "seed": seed,
+    }
     # One scene for both cameras: they are co-located and see the same street.
     renderer = SyntheticRenderer(height, width, REGDB_CAMERAS, seed, scene_keys={1: 0, 2: 0})
     cache = KeypointCache(source=KEYPOINT_SOURCE)
@@ -286,9 +336,12 @@ def write_synthetic_regdb(
                 placement = renderer.placement(identity, 1, _rng(seed, _REGDB, _SHOT, pid, shot))
                 serial = (pid - 1) * per_mod + shot
                 for cam, (folder, letter, _) in REGDB_FOLDERS.items():
-                    out = renderer.render(identity, cam,
-                                          _rng(seed, _REGDB, _MODALITY, pid, shot, cam),
-                                          placement=placement)
+                    out = renderer.render(
+                        identity,
+                        cam,
+                        _rng(seed, _REGDB, _MODALITY, pid, shot, cam),
+                        placement=placement,
+                    )
                     name = _regdb_name(identity, placement.view, letter, serial, shot)
                     rel = f"{folder}/{pid}/{name}"
                     _save_image(out.image, staging / rel, None)
@@ -308,42 +361,61 @@ def write_synthetic_regdb(
                 for cam, (_, _, modality) in REGDB_FOLDERS.items():
                     lines = [f"{rel} {pid - 1}" for pid in ids for rel in files[cam][pid]]
                     (staging / "idx" / f"{split}_{modality}_{trial}.txt").write_text(
-                        "\n".join(lines) + "\n")
+                        "\n".join(lines) + "\n"
+                    )
         cache.save(staging / DEFAULT_CACHE_NAME)
-        columns = [(f"{REGDB_FOLDERS[cam][2]} {shot}", (cam - 1) * PREVIEW_SHOTS_REGDB + shot)
-                   for cam in REGDB_FOLDERS for shot in range(1, PREVIEW_SHOTS_REGDB + 1)]
+        columns = [
+            (f"{REGDB_FOLDERS[cam][2]} {shot}", (cam - 1) * PREVIEW_SHOTS_REGDB + shot)
+            for cam in REGDB_FOLDERS
+            for shot in range(1, PREVIEW_SHOTS_REGDB + 1)
+        ]
         _contact_sheet(staging / PREVIEW_NAME, preview_ids, columns, tiles, height, width)
-        summary = {"dataset": "synthetic_regdb", "num_images": total, "num_ids": n_ids,
-                   "images_per_modality": {"visible": n_ids * per_mod,
-                                           "thermal": n_ids * per_mod},
-                   "trials": trials, "image_size": [height, width]}
+        summary = {
+            "dataset": "synthetic_regdb",
+            "num_images": total,
+            "num_ids": n_ids,
+            "images_per_modality": {"visible": n_ids * per_mod, "thermal": n_ids * per_mod},
+            "trials": trials,
+            "image_size": [height, width],
+        }
         _write_manifest(staging, "synthetic_regdb", parameters, summary)
     log.info("wrote synthetic RegDB (%d ids, %d images) to %s", n_ids, total, root)
     return {**summary, "root": str(root)}
 
 
 # --- contact sheet ------------------------------------------------------------------------
-def _contact_sheet(path: Path, pids: list[int], columns: list[tuple[str, int]],
-                   tiles: Mapping[tuple[int, int], np.ndarray], height: int, width: int) -> None:
+def _contact_sheet(
+    path: Path,
+    pids: list[int],
+    columns: list[tuple[str, int]],
+    tiles: Mapping[tuple[int, int], np.ndarray],
+    height: int,
+    width: int,
+) -> None:
     """Identities (rows) x cameras (columns), upscaled, with a header and id labels; a gray
     tile marks a camera that never saw the identity."""
     label_w, header_h = 24, 8
-    sheet = np.full((header_h + height * len(pids), label_w + width * len(columns), 3), 255,
-                    np.uint8)
+    sheet = np.full(
+        (header_h + height * len(pids), label_w + width * len(columns), 3), 255, np.uint8
+    )
     for r, pid in enumerate(pids):
         for c, (_, key) in enumerate(columns):
             tile = tiles.get((pid, key))
             y, x = header_h + r * height, label_w + c * width
             if tile is None:
-                sheet[y:y + height, x:x + width] = 128
+                sheet[y : y + height, x : x + width] = 128
                 continue
-            sheet[y:y + height, x:x + width] = tile if tile.ndim == 3 else tile[..., None]
-    big = Image.fromarray(sheet).resize((sheet.shape[1] * PREVIEW_SCALE,
-                                         sheet.shape[0] * PREVIEW_SCALE), Image.NEAREST)
+            sheet[y : y + height, x : x + width] = tile if tile.ndim == 3 else tile[..., None]
+    big = Image.fromarray(sheet).resize(
+        (sheet.shape[1] * PREVIEW_SCALE, sheet.shape[0] * PREVIEW_SCALE), Image.NEAREST
+    )
     draw = ImageDraw.Draw(big)
     for c, (title, _) in enumerate(columns):
         draw.text(((label_w + c * width) * PREVIEW_SCALE + 2, 2), title, fill=(0, 0, 0))
     for r, pid in enumerate(pids):
-        draw.text((2, (header_h + r * height + math.floor(height / 2)) * PREVIEW_SCALE),
-                  f"{pid:04d}", fill=(0, 0, 0))
+        draw.text(
+            (2, (header_h + r * height + math.floor(height / 2)) * PREVIEW_SCALE),
+            f"{pid:04d}",
+            fill=(0, 0, 0),
+        )
     big.save(path, format="PNG")

@@ -30,6 +30,10 @@ import numpy as np
 from ppa.data.records import Modality
 from ppa.pose.coco import INDEX, NUM_KEYPOINTS
 
+# Bump whenever the same arguments would render different pictures: the manifest records it, so
+# scripts/make_synthetic.py can tell a dataset written by an older renderer.
+RENDERER_VERSION = 1
+
 # Score of a ground-truth joint hidden behind another body part, a bag or an occluder: below the
 # usual confidence threshold (pose.min_confidence) but not 0, as a detector would report it.
 OCCLUDED_SCORE = 0.25
@@ -81,43 +85,119 @@ class Part(IntEnum):
 
 
 # --- shared palettes: identities draw from them, so near-duplicates exist by design -----------
-GARMENT_COLOURS = np.array([
-    (0.10, 0.10, 0.11), (0.27, 0.27, 0.29), (0.52, 0.52, 0.52), (0.90, 0.90, 0.87),
-    (0.12, 0.16, 0.36), (0.20, 0.36, 0.70), (0.56, 0.70, 0.86), (0.72, 0.12, 0.12),
-    (0.42, 0.10, 0.15), (0.18, 0.45, 0.22), (0.44, 0.44, 0.20), (0.74, 0.66, 0.46),
-    (0.44, 0.28, 0.16), (0.88, 0.76, 0.20), (0.90, 0.56, 0.66), (0.42, 0.22, 0.52),
-    (0.90, 0.50, 0.15), (0.10, 0.50, 0.50),
-], dtype=np.float32)
+GARMENT_COLOURS = np.array(
+    [
+        (0.10, 0.10, 0.11),
+        (0.27, 0.27, 0.29),
+        (0.52, 0.52, 0.52),
+        (0.90, 0.90, 0.87),
+        (0.12, 0.16, 0.36),
+        (0.20, 0.36, 0.70),
+        (0.56, 0.70, 0.86),
+        (0.72, 0.12, 0.12),
+        (0.42, 0.10, 0.15),
+        (0.18, 0.45, 0.22),
+        (0.44, 0.44, 0.20),
+        (0.74, 0.66, 0.46),
+        (0.44, 0.28, 0.16),
+        (0.88, 0.76, 0.20),
+        (0.90, 0.56, 0.66),
+        (0.42, 0.22, 0.52),
+        (0.90, 0.50, 0.15),
+        (0.10, 0.50, 0.50),
+    ],
+    dtype=np.float32,
+)
 # Identities draw from a few common garment colours, so colour alone narrows a person down to a
 # handful of look-alikes and structure (layout, pattern, shape) has to tell them apart; that
 # structure is what shows in both modalities. Trousers come in fewer colours than tops.
 TOP_COLOUR_CHOICES = (0, 3, 4, 5, 7, 9, 11, 14)
 BOTTOM_COLOUR_CHOICES = (0, 2, 4, 11)
-SKIN_TONES = np.array([
-    (0.96, 0.80, 0.69), (0.90, 0.72, 0.58), (0.80, 0.60, 0.45), (0.66, 0.46, 0.32),
-    (0.50, 0.34, 0.22), (0.36, 0.24, 0.16),
-], dtype=np.float32)
-HAIR_COLOURS = np.array([
-    (0.06, 0.05, 0.05), (0.20, 0.13, 0.08), (0.40, 0.26, 0.14), (0.85, 0.72, 0.42),
-    (0.62, 0.62, 0.62), (0.52, 0.20, 0.08),
-], dtype=np.float32)
-SHOE_COLOURS = np.array([
-    (0.08, 0.08, 0.08), (0.92, 0.92, 0.92), (0.36, 0.22, 0.12), (0.45, 0.45, 0.47),
-    (0.14, 0.18, 0.34), (0.70, 0.14, 0.14),
-], dtype=np.float32)
+SKIN_TONES = np.array(
+    [
+        (0.96, 0.80, 0.69),
+        (0.90, 0.72, 0.58),
+        (0.80, 0.60, 0.45),
+        (0.66, 0.46, 0.32),
+        (0.50, 0.34, 0.22),
+        (0.36, 0.24, 0.16),
+    ],
+    dtype=np.float32,
+)
+HAIR_COLOURS = np.array(
+    [
+        (0.06, 0.05, 0.05),
+        (0.20, 0.13, 0.08),
+        (0.40, 0.26, 0.14),
+        (0.85, 0.72, 0.42),
+        (0.62, 0.62, 0.62),
+        (0.52, 0.20, 0.08),
+    ],
+    dtype=np.float32,
+)
+SHOE_COLOURS = np.array(
+    [
+        (0.08, 0.08, 0.08),
+        (0.92, 0.92, 0.92),
+        (0.36, 0.22, 0.12),
+        (0.45, 0.45, 0.47),
+        (0.14, 0.18, 0.34),
+        (0.70, 0.14, 0.14),
+    ],
+    dtype=np.float32,
+)
 EYE_COLOUR = (0.08, 0.06, 0.06)
 GLASSES_COLOUR = (0.05, 0.05, 0.05)
 MOUTH_COLOUR = (0.55, 0.25, 0.25)
 
-# Thermal intensities in [0, 1] before the camera's gain: exposed skin is hot, clothing medium
-# (thicker = cooler), carried objects and glass are cold (not heated by the body).
+# Thermal intensities in [0, 1] before the camera's gain: exposed skin is hot, clothing medium,
+# carried objects and glass cold (not heated by the body).
 SKIN_HEAT = 0.92
 HAIR_HEAT = 0.58
 EYE_HEAT = 0.96
 GLASSES_HEAT = 0.30
 MOUTH_HEAT = 0.95
-GARMENT_HEAT_LEVELS = (0.74, 0.64, 0.54)  # thin, medium, thick garment
-PATTERN_HEAT_CONTRAST = 0.10  # emissivity difference between a pattern's two threads
+# Infrared intensity of each garment of GARMENT_COLOURS. Like near-infrared reflectance and
+# emissivity of real fabrics, it follows visible brightness only in part: half comes from the
+# garment's luminance, half from a fixed per-fabric table in scrambled order. Hue never reaches
+# infrared and brightness only loosely (a light-blue and a yellow shirt can look alike), but
+# one garment looks the same on everybody who wears it, which a model can learn.
+GARMENT_HEAT_RANGE = (0.4, 0.85)
+LUMINANCE_SHARE = 0.7
+FABRIC_HEAT = np.array(
+    [
+        0.62,
+        0.50,
+        0.74,
+        0.56,
+        0.80,
+        0.47,
+        0.68,
+        0.53,
+        0.77,
+        0.59,
+        0.71,
+        0.83,
+        0.50,
+        0.65,
+        0.56,
+        0.74,
+        0.62,
+        0.68,
+    ],
+    dtype=np.float32,
+)
+GARMENT_HEAT = (
+    LUMINANCE_SHARE
+    * (
+        GARMENT_HEAT_RANGE[0]
+        + (GARMENT_HEAT_RANGE[1] - GARMENT_HEAT_RANGE[0])
+        * (GARMENT_COLOURS @ np.array([0.3, 0.59, 0.11], np.float32))
+    )
+    + (1.0 - LUMINANCE_SHARE) * FABRIC_HEAT
+).astype(np.float32)
+COAT_HEAT_DROP = 0.06  # a thick coat insulates: cooler than the same fabric as a shirt
+PATTERN_HEAT_CONTRAST = 0.18  # least emissivity difference between a pattern's two threads
 SHOE_HEAT = 0.42
 BAG_HEAT = 0.32
 STRAP_HEAT = 0.46
@@ -134,8 +214,14 @@ ELBOW_FLEX = 0.22  # rad, resting flexion
 KNEE_FLEX = 0.55  # rad, extra flexion in the swing phase
 TORSO_DEPTH = 0.12
 RADIUS = {  # limb radii at build 1.0
-    "upper_arm": 0.030, "forearm": 0.024, "hand": 0.022, "thigh": 0.048, "knee": 0.036,
-    "ankle": 0.026, "foot": 0.022, "neck": 0.030,
+    "upper_arm": 0.030,
+    "forearm": 0.024,
+    "hand": 0.022,
+    "thigh": 0.048,
+    "knee": 0.036,
+    "ankle": 0.026,
+    "foot": 0.022,
+    "neck": 0.030,
 }
 HEAD_WIDTH_RATIO = 0.80  # horizontal / vertical head semi-axis
 FACE_VISIBLE_Z = 0.15  # a facial point is seen when its normal points this much to the camera
@@ -144,8 +230,11 @@ HEAD_TURN_SIGMA = 0.15  # rad, head yaw relative to the body
 
 # Surface points of the head as unit-sphere normals in head coordinates (x left, y up, z front).
 HEAD_POINTS = {
-    "nose": (0.0, -0.18, 0.98), "left_eye": (0.38, 0.14, 0.91), "right_eye": (-0.38, 0.14, 0.91),
-    "left_ear": (0.99, 0.02, -0.12), "right_ear": (-0.99, 0.02, -0.12),
+    "nose": (0.0, -0.18, 0.98),
+    "left_eye": (0.38, 0.14, 0.91),
+    "right_eye": (-0.38, 0.14, 0.91),
+    "left_ear": (0.99, 0.02, -0.12),
+    "right_ear": (-0.99, 0.02, -0.12),
     "mouth": (0.0, -0.55, 0.83),
 }
 
@@ -213,6 +302,44 @@ class Identity:
     heat: np.ndarray  # (NUM_MATERIALS,) thermal intensity in [0, 1]
 
 
+# --- identity attribute sets: small and shared, so look-alikes exist --------------------------
+# Lengths in stature units; (options, probabilities) pairs where not uniform.
+FEMALE_PROBABILITY = 0.5
+SHOULDER_WIDTHS = (0.19, 0.22, 0.25, 0.28)
+FEMALE_SHOULDER_OFFSET = -0.02
+HIP_WIDTHS = (0.14, 0.165, 0.19)
+FEMALE_HIP_OFFSET = 0.015
+LEG_LENGTHS = (0.45, 0.49, 0.53)  # hip height
+HEAD_SIZES = (0.064, 0.07)
+ARM_LENGTHS = (0.95, 1.05)
+BUILDS = (0.8, 1.0, 1.25)
+STRIDES = (0.3, 0.42)
+ARM_SWINGS = (0.2, 0.42)
+STATURE_SIGMA, STATURE_LIMITS = 0.035, (0.92, 1.08)
+COAT_PROBABILITY = 0.18
+COAT_HEMS = (0.62, 0.8)  # fraction of the thigh below the hips
+HEMS = (-0.16, 0.0, 0.0, 0.28)  # tucked/cropped, at the hips, long shirt
+SKIRTS = (0.0, 0.0, 0.32, 0.55)  # women without a coat; fraction of the leg
+LEG_COVERS = (1.0, 1.0, 1.0, 0.62, 0.36)  # trousers, capris, shorts
+SLEEVES = (0.0, 0.42, 0.42, 1.0, 1.0)  # sleeveless, short, long
+HAIR_STYLES = ("short", "long", "ponytail", "buzz", "cap")
+HAIR_STYLE_P = {True: (0.25, 0.4, 0.2, 0.0, 0.15), False: (0.5, 0.05, 0.0, 0.25, 0.2)}
+GLASSES_PROBABILITY = 0.25
+BEARD_PROBABILITY = 0.3  # men
+CARRIES = (("none", "backpack", "shoulder_bag", "handbag"), (0.4, 0.25, 0.2, 0.15))
+BAG_SIZES = {  # (widths, heights, depth)
+    "none": ((0.0,), (0.0,), 0.0),
+    "backpack": ((0.17, 0.22), (0.2, 0.26), 0.1),
+    "shoulder_bag": ((0.12, 0.16), (0.09, 0.13), 0.05),
+    "handbag": ((0.1, 0.14), (0.08, 0.11), 0.05),
+}
+TOP_PLAIN_PROBABILITY, BOTTOM_PLAIN_PROBABILITY = 0.45, 0.8
+PATTERN_PERIODS = (0.045, 0.065, 0.095)
+STRIPE_ANGLES = (0.0, 0.0, math.pi / 2, math.pi / 4)  # horizontal twice as common
+PATTERN_DUTIES = (0.35, 0.5)
+SKIN_HEAT_SIGMA = 0.015
+
+
 def _choice(rng: np.random.Generator, options, p=None):
     return options[int(rng.choice(len(options), p=p))]
 
@@ -221,36 +348,52 @@ def _sample_pattern(rng: np.random.Generator, plain_probability: float) -> Patte
     kinds = ("plain", "stripes", "checks")
     rest = (1.0 - plain_probability) / 3.0
     kind = _choice(rng, kinds, p=(plain_probability, 2 * rest, rest))
-    angle = _choice(rng, (0.0, 0.0, math.pi / 2, math.pi / 4)) if kind == "stripes" else 0.0
-    return Pattern(kind=kind, period=_choice(rng, (0.045, 0.065, 0.095)), angle=angle,
-                   duty=_choice(rng, (0.35, 0.5)), phase=float(rng.random()))
+    angle = _choice(rng, STRIPE_ANGLES) if kind == "stripes" else 0.0
+    return Pattern(
+        kind=kind,
+        period=_choice(rng, PATTERN_PERIODS),
+        angle=angle,
+        duty=_choice(rng, PATTERN_DUTIES),
+        phase=float(rng.random()),
+    )
+
+
+def _pattern_heat(base: float, alt: float) -> float:
+    """The second thread's intensity, at least PATTERN_HEAT_CONTRAST away from the first."""
+    diff = alt - base
+    if abs(diff) >= PATTERN_HEAT_CONTRAST:
+        return float(alt)
+    return float(base + (PATTERN_HEAT_CONTRAST if diff >= 0 else -PATTERN_HEAT_CONTRAST))
+
+
+def _other_colour(rng: np.random.Generator, index: int) -> int:
+    """A garment colour different from `index` (a pattern's second colour)."""
+    return (index + 1 + int(rng.integers(len(GARMENT_COLOURS) - 1))) % len(GARMENT_COLOURS)
 
 
 def sample_identity(pid: int, rng: np.random.Generator) -> Identity:
     """Draw one identity; attributes come from small shared sets so look-alikes occur."""
-    female = bool(rng.random() < 0.5)
-    jitter = lambda scale: float(rng.normal(0.0, scale))  # noqa: E731 - tiny local helper
-    shoulder = _choice(rng, (0.205, 0.225, 0.245)) - (0.015 if female else 0.0) + jitter(0.004)
-    hip = _choice(rng, (0.15, 0.17)) + (0.012 if female else 0.0) + jitter(0.003)
-    coat = bool(rng.random() < 0.18)
-    skirt = _choice(rng, (0.0, 0.0, 0.32, 0.55)) if female and not coat else 0.0
-    hem = _choice(rng, (0.62, 0.8)) if coat else _choice(rng, (-0.16, 0.0, 0.0, 0.28))
-    leg_cover = 0.0 if skirt else _choice(rng, (1.0, 1.0, 1.0, 0.62, 0.36))
-    hair_styles = ("short", "long", "ponytail", "buzz", "cap")
-    hair_p = (0.25, 0.4, 0.2, 0.0, 0.15) if female else (0.5, 0.05, 0.0, 0.25, 0.2)
-    carry = _choice(rng, ("none", "backpack", "shoulder_bag", "handbag"), p=(0.4, 0.25, 0.2, 0.15))
-    bag_size = {
-        "none": (0.0, 0.0, 0.0),
-        "backpack": (_choice(rng, (0.17, 0.22)), _choice(rng, (0.2, 0.26)), 0.1),
-        "shoulder_bag": (_choice(rng, (0.12, 0.16)), _choice(rng, (0.09, 0.13)), 0.05),
-        "handbag": (_choice(rng, (0.1, 0.14)), _choice(rng, (0.08, 0.11)), 0.05),
-    }[carry]
+    female = bool(rng.random() < FEMALE_PROBABILITY)
+
+    def jitter(scale: float) -> float:
+        return float(rng.normal(0.0, scale))
+
+    shoulder = (
+        _choice(rng, SHOULDER_WIDTHS) + (FEMALE_SHOULDER_OFFSET if female else 0.0) + jitter(0.004)
+    )
+    hip = _choice(rng, HIP_WIDTHS) + (FEMALE_HIP_OFFSET if female else 0.0) + jitter(0.003)
+    coat = bool(rng.random() < COAT_PROBABILITY)
+    skirt = _choice(rng, SKIRTS) if female and not coat else 0.0
+    hem = _choice(rng, COAT_HEMS) if coat else _choice(rng, HEMS)
+    leg_cover = 0.0 if skirt else _choice(rng, LEG_COVERS)
+    carry = _choice(rng, CARRIES[0], p=CARRIES[1])
+    widths, heights, depth = BAG_SIZES[carry]
+    bag_size = (_choice(rng, widths), _choice(rng, heights), depth)
 
     top_idx = _choice(rng, TOP_COLOUR_CHOICES)
-    top_alt = (top_idx + 1 + int(rng.integers(len(GARMENT_COLOURS) - 1))) % len(GARMENT_COLOURS)
+    top_alt = _other_colour(rng, top_idx)
     bottom_idx = _choice(rng, BOTTOM_COLOUR_CHOICES)
-    bottom_alt = (bottom_idx + 1 + int(rng.integers(len(GARMENT_COLOURS) - 1))) \
-        % len(GARMENT_COLOURS)
+    bottom_alt = _other_colour(rng, bottom_idx)
     colours = np.zeros((NUM_MATERIALS, 3), np.float32)
     colours[Material.SKIN] = SKIN_TONES[rng.integers(len(SKIN_TONES))]
     colours[Material.HAIR] = HAIR_COLOURS[rng.integers(len(HAIR_COLOURS))]
@@ -266,44 +409,53 @@ def sample_identity(pid: int, rng: np.random.Generator) -> Identity:
     colours[Material.STRAP] = colours[Material.BAG] * 0.7
     colours[Material.HAT] = GARMENT_COLOURS[rng.integers(len(GARMENT_COLOURS))]
 
-    # Thermal look: insulation level per garment, independent of its colour.
-    # Top and bottom always differ in insulation, so the hem shows in infrared too.
-    top_level = 2 if coat else int(rng.integers(2))
-    bottom_level = 1 if coat else int(rng.integers(top_level + 1, 3))
-    top_heat, bottom_heat = GARMENT_HEAT_LEVELS[top_level], GARMENT_HEAT_LEVELS[bottom_level]
-    contrast = PATTERN_HEAT_CONTRAST * (1.0 if rng.random() < 0.5 else -1.0)
+    # Thermal look: each fabric's own infrared intensity; a pattern always shows.
+    top_heat = GARMENT_HEAT[top_idx] - (COAT_HEAT_DROP if coat else 0.0)
+    bottom_heat = GARMENT_HEAT[bottom_idx]
+    top_alt_heat = _pattern_heat(top_heat, GARMENT_HEAT[top_alt])
+    bottom_alt_heat = _pattern_heat(bottom_heat, GARMENT_HEAT[bottom_alt])
     heat = np.zeros(NUM_MATERIALS, np.float32)
-    heat[Material.SKIN] = SKIN_HEAT + jitter(0.015)
+    heat[Material.SKIN] = SKIN_HEAT + jitter(SKIN_HEAT_SIGMA)
     heat[Material.HAIR] = HAIR_HEAT
     heat[Material.EYE] = EYE_HEAT
     heat[Material.GLASSES] = GLASSES_HEAT
     heat[Material.MOUTH] = MOUTH_HEAT
     heat[Material.TOP] = top_heat
-    heat[Material.TOP_ALT] = top_heat + contrast
+    heat[Material.TOP_ALT] = top_alt_heat
     heat[Material.BOTTOM] = bottom_heat
-    heat[Material.BOTTOM_ALT] = bottom_heat - contrast
+    heat[Material.BOTTOM_ALT] = bottom_alt_heat
     heat[Material.SHOE] = SHOE_HEAT
     heat[Material.BAG] = BAG_HEAT
     heat[Material.STRAP] = STRAP_HEAT
     heat[Material.HAT] = HAT_HEAT
 
     return Identity(
-        pid=pid, female=female,
-        stature=float(np.clip(1.0 + jitter(0.035), 0.92, 1.08)),
-        head_size=_choice(rng, (0.064, 0.07)) + jitter(0.002),
-        shoulder_width=shoulder, hip_width=hip,
-        leg_length=_choice(rng, (0.47, 0.5, 0.53)) + jitter(0.005),
-        arm_length=_choice(rng, (0.95, 1.05)),
-        build=_choice(rng, (0.85, 1.0, 1.2)) + jitter(0.02),
-        stride=_choice(rng, (0.3, 0.42)), arm_swing=_choice(rng, (0.2, 0.42)),
-        sleeve=_choice(rng, (0.0, 0.42, 0.42, 1.0, 1.0)) if not coat else 1.0,
-        hem=hem, coat=coat, leg_cover=leg_cover, skirt=skirt,
-        top_pattern=_sample_pattern(rng, plain_probability=0.45),
-        bottom_pattern=_sample_pattern(rng, plain_probability=0.8),
-        hair_style=_choice(rng, hair_styles, p=hair_p),
-        glasses=bool(rng.random() < 0.25), beard=bool(not female and rng.random() < 0.3),
-        carry=carry, carry_side=1 if rng.random() < 0.5 else -1, bag_size=bag_size,
-        colours=colours, heat=np.clip(heat, 0.0, 1.0),
+        pid=pid,
+        female=female,
+        stature=float(np.clip(1.0 + jitter(STATURE_SIGMA), *STATURE_LIMITS)),
+        head_size=_choice(rng, HEAD_SIZES) + jitter(0.002),
+        shoulder_width=shoulder,
+        hip_width=hip,
+        leg_length=_choice(rng, LEG_LENGTHS) + jitter(0.005),
+        arm_length=_choice(rng, ARM_LENGTHS),
+        build=_choice(rng, BUILDS) + jitter(0.02),
+        stride=_choice(rng, STRIDES),
+        arm_swing=_choice(rng, ARM_SWINGS),
+        sleeve=1.0 if coat else _choice(rng, SLEEVES),
+        hem=hem,
+        coat=coat,
+        leg_cover=leg_cover,
+        skirt=skirt,
+        top_pattern=_sample_pattern(rng, TOP_PLAIN_PROBABILITY),
+        bottom_pattern=_sample_pattern(rng, BOTTOM_PLAIN_PROBABILITY),
+        hair_style=_choice(rng, HAIR_STYLES, p=HAIR_STYLE_P[female]),
+        glasses=bool(rng.random() < GLASSES_PROBABILITY),
+        beard=bool(not female and rng.random() < BEARD_PROBABILITY),
+        carry=carry,
+        carry_side=1 if rng.random() < 0.5 else -1,
+        bag_size=bag_size,
+        colours=colours,
+        heat=np.clip(heat, 0.0, 1.0),
     )
 
 
@@ -353,32 +505,59 @@ class CameraProfile:
 
 
 def _visible(cam, outdoor, gain, brightness, gamma, blur, noise, quality, views, light):
-    return CameraProfile(cam, Modality.VISIBLE, outdoor, gain, brightness, gamma, (0.0, 1.0),
-                         blur, noise, quality, views, light, 0.06, 0.04)
+    return CameraProfile(
+        cam,
+        Modality.VISIBLE,
+        outdoor,
+        gain,
+        brightness,
+        gamma,
+        (0.0, 1.0),
+        blur,
+        noise,
+        quality,
+        views,
+        light,
+        0.06,
+        0.04,
+    )
 
 
 def _infrared(cam, outdoor, thermal_range, blur, noise, quality, views):
-    return CameraProfile(cam, Modality.INFRARED, outdoor, (1.0, 1.0, 1.0), 1.0, 1.0,
-                         thermal_range, blur, noise, quality, views, 0.0, 0.06, 0.04)
+    return CameraProfile(
+        cam,
+        Modality.INFRARED,
+        outdoor,
+        (1.0, 1.0, 1.0),
+        1.0,
+        1.0,
+        thermal_range,
+        blur,
+        noise,
+        quality,
+        views,
+        0.0,
+        0.06,
+        0.04,
+    )
 
 
 # SYSU-MM01: cams 1, 2 indoor visible, 3 indoor infrared, 4, 5 outdoor visible, 6 outdoor IR.
 SYSU_CAMERAS: dict[int, CameraProfile] = {
-    1: _visible(1, False, (1.08, 1.0, 0.84), 1.0, 1.0, 0.004, 0.012, 90,
-                (0.4, 0.4, 0.1, 0.1), 0.6),
-    2: _visible(2, False, (0.92, 1.04, 1.08), 0.85, 1.1, 0.006, 0.02, 85,
-                (0.3, 0.3, 0.2, 0.2), -0.4),
+    1: _visible(1, False, (1.08, 1.0, 0.84), 1.0, 1.0, 0.004, 0.012, 90, (0.4, 0.4, 0.1, 0.1), 0.6),
+    2: _visible(
+        2, False, (0.92, 1.04, 1.08), 0.85, 1.1, 0.006, 0.02, 85, (0.3, 0.3, 0.2, 0.2), -0.4
+    ),
     3: _infrared(3, False, (0.12, 1.0), 0.006, 0.025, 85, (0.35, 0.35, 0.15, 0.15)),
-    4: _visible(4, True, (1.0, 1.0, 1.06), 1.12, 0.9, 0.004, 0.012, 88,
-                (0.2, 0.2, 0.3, 0.3), 0.8),
-    5: _visible(5, True, (0.94, 0.98, 1.1), 0.9, 1.05, 0.007, 0.018, 80,
-                (0.3, 0.3, 0.2, 0.2), -0.7),
+    4: _visible(4, True, (1.0, 1.0, 1.06), 1.12, 0.9, 0.004, 0.012, 88, (0.2, 0.2, 0.3, 0.3), 0.8),
+    5: _visible(
+        5, True, (0.94, 0.98, 1.1), 0.9, 1.05, 0.007, 0.018, 80, (0.3, 0.3, 0.2, 0.2), -0.7
+    ),
     6: _infrared(6, True, (0.02, 0.96), 0.008, 0.035, 80, (0.25, 0.25, 0.25, 0.25)),
 }
 # RegDB: one co-located visible/thermal camera pair outdoors (cam 1 visible, cam 2 thermal).
 REGDB_CAMERAS: dict[int, CameraProfile] = {
-    1: _visible(1, True, (1.0, 1.0, 1.0), 1.0, 1.0, 0.005, 0.015, 95,
-                (0.5, 0.5, 0.0, 0.0), 0.5),
+    1: _visible(1, True, (1.0, 1.0, 1.0), 1.0, 1.0, 0.005, 0.015, 95, (0.5, 0.5, 0.0, 0.0), 0.5),
     2: _infrared(2, True, (0.05, 1.0), 0.008, 0.03, 95, (0.5, 0.5, 0.0, 0.0)),
 }
 
@@ -416,8 +595,12 @@ class _Canvas:
     def capsule(self, p0, p1, r0: float, r1: float) -> _Shape | None:
         """Tapered capsule from p0 (radius r0) to p1 (radius r1), pixels."""
         pad = max(r0, r1) + 1.0
-        box = self._box(min(p0[0], p1[0]) - pad, max(p0[0], p1[0]) + pad,
-                        min(p0[1], p1[1]) - pad, max(p0[1], p1[1]) + pad)
+        box = self._box(
+            min(p0[0], p1[0]) - pad,
+            max(p0[0], p1[0]) + pad,
+            min(p0[1], p1[1]) - pad,
+            max(p0[1], p1[1]) + pad,
+        )
         if box is None:
             return None
         xs, ys = self.xx[box] - p0[0], self.yy[box] - p0[1]
@@ -439,8 +622,9 @@ class _Canvas:
 
     def ellipse(self, center, rx: float, ry: float) -> _Shape | None:
         """Axis-aligned ellipse; `along`/`across` hold the normalised (u, v) offsets."""
-        box = self._box(center[0] - rx - 1, center[0] + rx + 1, center[1] - ry - 1,
-                        center[1] + ry + 1)
+        box = self._box(
+            center[0] - rx - 1, center[0] + rx + 1, center[1] - ry - 1, center[1] + ry + 1
+        )
         if box is None:
             return None
         u = (self.xx[box] - center[0]) / rx
@@ -451,8 +635,12 @@ class _Canvas:
 
     def polygon(self, vertices: np.ndarray, axis_x: float, half_width: float) -> _Shape | None:
         """Convex polygon (N, 2); `across` is the offset from column axis_x over half_width."""
-        box = self._box(vertices[:, 0].min() - 1, vertices[:, 0].max() + 1,
-                        vertices[:, 1].min() - 1, vertices[:, 1].max() + 1)
+        box = self._box(
+            vertices[:, 0].min() - 1,
+            vertices[:, 0].max() + 1,
+            vertices[:, 1].min() - 1,
+            vertices[:, 1].max() + 1,
+        )
         if box is None:
             return None
         xs, ys = self.xx[box], self.yy[box]
@@ -485,17 +673,13 @@ class _Canvas:
         self.shade[box][mask] = shade[mask] if isinstance(shade, np.ndarray) else shade
         np.maximum(self.alpha[box], shape.cover, out=self.alpha[box])
 
-    def recolour(self, shape: _Shape | None, material: int, where: np.ndarray | None = None,
-                 within: tuple[int, ...] = ()) -> None:
-        """Change the material of already painted pixels (face details, straps) in place."""
+    def recolour(self, shape: _Shape | None, material: int, within: tuple[int, ...]) -> None:
+        """Change the material of pixels already painted as one of the parts `within` (face
+        details on the head, straps on the torso), leaving everything else alone."""
         if shape is None:
             return
         box = (shape.rows, shape.cols)
-        mask = shape.cover > 0.5
-        if where is not None:
-            mask &= where
-        if within:
-            mask &= np.isin(self.part[box], within)
+        mask = (shape.cover > 0.5) & np.isin(self.part[box], within)
         self.material[box][mask] = material
 
 
@@ -505,8 +689,9 @@ def _cylinder_shade(across: np.ndarray, light_side: float) -> np.ndarray:
 
 
 # --- posing -----------------------------------------------------------------------------------
-def sample_placement(identity: Identity, camera: CameraProfile, height: int, width: int,
-                     rng: np.random.Generator) -> Placement:
+def sample_placement(
+    identity: Identity, camera: CameraProfile, height: int, width: int, rng: np.random.Generator
+) -> Placement:
     """Pose and framing of one shot: view, walking phase, scale and position jitter."""
     view = int(rng.choice(4, p=np.asarray(camera.view_weights) / sum(camera.view_weights)))
     yaw = VIEW_YAWS[view] + float(rng.normal(0.0, VIEW_JITTER))
@@ -518,10 +703,15 @@ def sample_placement(identity: Identity, camera: CameraProfile, height: int, wid
     if rng.random() < camera.cut_probability:
         foot_y += float(rng.uniform(0.06, 0.12)) * height_px  # feet run out of the crop
     return Placement(
-        yaw=yaw, head_turn=float(rng.normal(0.0, HEAD_TURN_SIGMA)),
-        phase=float(rng.uniform(0.0, 2 * math.pi)), motion=motion, height_px=height_px,
-        center_x=width / 2 + float(rng.uniform(-0.08, 0.08)) * width, foot_y=foot_y,
-        scene_x=float(rng.random()), detail_seed=int(rng.integers(2**31)),
+        yaw=yaw,
+        head_turn=float(rng.normal(0.0, HEAD_TURN_SIGMA)),
+        phase=float(rng.uniform(0.0, 2 * math.pi)),
+        motion=motion,
+        height_px=height_px,
+        center_x=width / 2 + float(rng.uniform(-0.08, 0.08)) * width,
+        foot_y=foot_y,
+        scene_x=float(rng.random()),
+        detail_seed=int(rng.integers(2**31)),
     )
 
 
@@ -555,8 +745,9 @@ def _body_joints(identity: Identity, placement: Placement) -> dict[str, np.ndarr
         knee = hip + thigh * np.array([0.0, -math.cos(alpha), math.sin(alpha)], np.float32)
         beta = alpha - flex
         ankle = knee + shin * np.array([0.0, -math.cos(beta), math.sin(beta)], np.float32)
-        arm_swing = swing * (0.25 if identity.carry == "handbag" and
-                             identity.carry_side == sign else 1.0)
+        arm_swing = swing * (
+            0.25 if identity.carry == "handbag" and identity.carry_side == sign else 1.0
+        )
         gamma = -arm_swing * math.sin(phase)
         shoulder = np.array([sign * identity.shoulder_width / 2, shoulder_y, 0.0], np.float32)
         d1 = np.array([sign * math.sin(ARM_ABDUCTION), -math.cos(gamma), math.sin(gamma)])
@@ -565,9 +756,17 @@ def _body_joints(identity: Identity, placement: Placement) -> dict[str, np.ndarr
         d2 = np.array([sign * 0.5 * math.sin(ARM_ABDUCTION), -math.cos(bend), math.sin(bend)])
         wrist = elbow + fore * (d2 / np.linalg.norm(d2)).astype(np.float32)
         toe = ankle + np.array([0.0, -0.02, 0.075], np.float32)
-        pts.update({f"{side}_hip": hip, f"{side}_knee": knee, f"{side}_ankle": ankle,
-                    f"{side}_shoulder": shoulder, f"{side}_elbow": elbow,
-                    f"{side}_wrist": wrist, f"{side}_toe": toe})
+        pts.update(
+            {
+                f"{side}_hip": hip,
+                f"{side}_knee": knee,
+                f"{side}_ankle": ankle,
+                f"{side}_shoulder": shoulder,
+                f"{side}_elbow": elbow,
+                f"{side}_wrist": wrist,
+                f"{side}_toe": toe,
+            }
+        )
     head = np.array([0.0, 1.0 - ry, 0.01], np.float32)
     pts["head"] = head
     pts["neck"] = np.array([0.0, shoulder_y + 0.01, 0.0], np.float32)
@@ -599,8 +798,11 @@ class _Projector:
     def image(self, point: np.ndarray) -> tuple[float, float, float]:
         """(column, row, depth) of a body point; larger depth is nearer the camera."""
         x, y, z = self.rotate(point)
-        return (self.p.center_x + x * self.p.height_px, self.p.foot_y - y * self.p.height_px,
-                float(z))
+        return (
+            self.p.center_x + x * self.p.height_px,
+            self.p.foot_y - y * self.p.height_px,
+            float(z),
+        )
 
     def width(self, across: float, depth: float) -> float:
         """Projected width (pixels) of a box `across` wide and `depth` deep."""
@@ -631,9 +833,14 @@ for _name in ("nose", "left_eye", "right_eye", "left_ear", "right_ear"):
     _JOINT_PARTS[_name] = (Part.HEAD,)
 
 
-def rasterize_person(identity: Identity, placement: Placement, height: int, width: int,
-                     light_side: float = 0.0,
-                     occluder: tuple[int, int, int, int] | None = None) -> PersonLayers:
+def rasterize_person(
+    identity: Identity,
+    placement: Placement,
+    height: int,
+    width: int,
+    light_side: float = 0.0,
+    occluder: tuple[int, int, int, int] | None = None,
+) -> PersonLayers:
     """Draw the posed identity back to front and work out its keypoints and their scores.
 
     `occluder` (col0, col1, row0, row1) is a scene object in front of the person: the person
@@ -652,8 +859,9 @@ def rasterize_person(identity: Identity, placement: Placement, height: int, widt
     def body_height(rows: slice, cols: slice) -> np.ndarray:
         return (placement.foot_y - canvas.yy[rows, cols]) / s
 
-    def garment(shape: _Shape, covered: np.ndarray, cover_mat: int,
-                under_top: bool = False) -> np.ndarray:
+    def garment(
+        shape: _Shape, covered: np.ndarray, cover_mat: int, under_top: bool = False
+    ) -> np.ndarray:
         """Per pixel: `cover_mat` where covered, else skin; on the legs (`under_top`) a long
         top or coat covers everything above its hem."""
         mat = np.where(covered, cover_mat, Material.SKIN).astype(np.uint8)
@@ -669,46 +877,67 @@ def rasterize_person(identity: Identity, placement: Placement, height: int, widt
     # Limbs ------------------------------------------------------------------------------------
     for side, pre in (("left", "L"), ("right", "R")):
         sh, el, wr = img[f"{side}_shoulder"], img[f"{side}_elbow"], img[f"{side}_wrist"]
-        hp, kn, an, to = (img[f"{side}_hip"], img[f"{side}_knee"], img[f"{side}_ankle"],
-                          img[f"{side}_toe"])
+        hp, kn, an, to = (
+            img[f"{side}_hip"],
+            img[f"{side}_knee"],
+            img[f"{side}_ankle"],
+            img[f"{side}_toe"],
+        )
         r = {k: v * s * build for k, v in RADIUS.items()}
 
         def upper_arm(sh=sh, el=el, r=r, pre=pre):
             shape = canvas.capsule(sh, el, r["upper_arm"], r["upper_arm"] * 0.9)
             if shape is not None:
                 mat = garment(shape, 0.5 * shape.along < identity.sleeve, Material.TOP)
-                canvas.paint(shape, mat, Part[f"{pre}_UPPER_ARM"],
-                             _cylinder_shade(shape.across, light_side))
+                canvas.paint(
+                    shape, mat, Part[f"{pre}_UPPER_ARM"], _cylinder_shade(shape.across, light_side)
+                )
 
         def forearm(el=el, wr=wr, r=r, pre=pre):
             shape = canvas.capsule(el, wr, r["forearm"], r["forearm"] * 0.85)
             if shape is not None:
                 mat = garment(shape, 0.5 + 0.5 * shape.along < identity.sleeve, Material.TOP)
-                canvas.paint(shape, mat, Part[f"{pre}_FOREARM"],
-                             _cylinder_shade(shape.across, light_side))
+                canvas.paint(
+                    shape, mat, Part[f"{pre}_FOREARM"], _cylinder_shade(shape.across, light_side)
+                )
             hand = np.array(wr[:2]) + 0.35 * (np.array(wr[:2]) - np.array(el[:2]))
-            canvas.paint(canvas.capsule(wr, hand, r["hand"], r["hand"]), Material.SKIN,
-                         Part[f"{pre}_FOREARM"], 0.95)
+            canvas.paint(
+                canvas.capsule(wr, hand, r["hand"], r["hand"]),
+                Material.SKIN,
+                Part[f"{pre}_FOREARM"],
+                0.95,
+            )
 
         def thigh(hp=hp, kn=kn, r=r, pre=pre):
             shape = canvas.capsule(hp, kn, r["thigh"], r["knee"])
             if shape is not None:
-                mat = garment(shape, 0.5 * shape.along < identity.leg_cover, Material.BOTTOM,
-                              under_top=True)
-                canvas.paint(shape, mat, Part[f"{pre}_THIGH"],
-                             _cylinder_shade(shape.across, light_side))
+                mat = garment(
+                    shape, 0.5 * shape.along < identity.leg_cover, Material.BOTTOM, under_top=True
+                )
+                canvas.paint(
+                    shape, mat, Part[f"{pre}_THIGH"], _cylinder_shade(shape.across, light_side)
+                )
 
         def shin(kn=kn, an=an, r=r, pre=pre):
             shape = canvas.capsule(kn, an, r["knee"], r["ankle"])
             if shape is not None:
-                mat = garment(shape, 0.5 + 0.5 * shape.along < identity.leg_cover,
-                              Material.BOTTOM, under_top=True)
-                canvas.paint(shape, mat, Part[f"{pre}_SHIN"],
-                             _cylinder_shade(shape.across, light_side))
+                mat = garment(
+                    shape,
+                    0.5 + 0.5 * shape.along < identity.leg_cover,
+                    Material.BOTTOM,
+                    under_top=True,
+                )
+                canvas.paint(
+                    shape, mat, Part[f"{pre}_SHIN"], _cylinder_shade(shape.across, light_side)
+                )
 
         def foot(an=an, to=to, r=r, pre=pre):
-            canvas.paint(canvas.capsule(an, to, r["foot"] * 1.15, r["foot"]), Material.SHOE,
-                         Part[f"{pre}_FOOT"], 0.9)
+            canvas.paint(
+                canvas.capsule(an, to, r["foot"] * 1.15, r["foot"]),
+                Material.SHOE,
+                Part[f"{pre}_FOOT"],
+                0.9,
+            )
 
         add((sh[2] + el[2]) / 2, upper_arm)
         add((el[2] + wr[2]) / 2 + 1e-4, forearm)
@@ -731,13 +960,19 @@ def rasterize_person(identity: Identity, placement: Placement, height: int, widt
         # neck is narrower than 0.75 of the shoulder half-width.
         top = sh_mid[1] - 0.035 * s
         neck_half = min(1.6 * neck_r, 0.6 * half_sh)
-        verts = np.array([
-            (neck_mid[0] - neck_half, top), (neck_mid[0] + neck_half, top),
-            (sh_mid[0] + 0.82 * half_sh, top + 0.013 * s),
-            (sh_mid[0] + half_sh, sh_mid[1] + 0.01 * s), (hip_mid[0] + half_hip, hip_mid[1]),
-            (hip_mid[0] - half_hip, hip_mid[1]), (sh_mid[0] - half_sh, sh_mid[1] + 0.01 * s),
-            (sh_mid[0] - 0.82 * half_sh, top + 0.013 * s),
-        ], np.float32)
+        verts = np.array(
+            [
+                (neck_mid[0] - neck_half, top),
+                (neck_mid[0] + neck_half, top),
+                (sh_mid[0] + 0.82 * half_sh, top + 0.013 * s),
+                (sh_mid[0] + half_sh, sh_mid[1] + 0.01 * s),
+                (hip_mid[0] + half_hip, hip_mid[1]),
+                (hip_mid[0] - half_hip, hip_mid[1]),
+                (sh_mid[0] - half_sh, sh_mid[1] + 0.01 * s),
+                (sh_mid[0] - 0.82 * half_sh, top + 0.013 * s),
+            ],
+            np.float32,
+        )
         shape = canvas.polygon(verts, (sh_mid[0] + hip_mid[0]) / 2, (half_sh + half_hip) / 2)
         if shape is not None:
             above = body_height(shape.rows, shape.cols) > hem_y
@@ -746,29 +981,41 @@ def rasterize_person(identity: Identity, placement: Placement, height: int, widt
 
     def neck():
         head_base = proj.image(joints["head"] - np.array([0, identity.head_size * 0.6, 0]))
-        canvas.paint(canvas.capsule(neck_mid, head_base, neck_r, neck_r), Material.SKIN,
-                     Part.TORSO, 0.85)
+        canvas.paint(
+            canvas.capsule(neck_mid, head_base, neck_r, neck_r), Material.SKIN, Part.TORSO, 0.85
+        )
 
     add(sh_mid[2], torso)
     add(sh_mid[2] + 1e-4, neck)
 
     # Coat / skirt flaring over the thighs ---------------------------------------------------
-    flare_len = identity.skirt * (identity.leg_length - ANKLE_HEIGHT) if identity.skirt else (
-        identity.hem * thigh_len if identity.coat else 0.0)
+    flare_len = (
+        identity.skirt * (identity.leg_length - ANKLE_HEIGHT)
+        if identity.skirt
+        else (identity.hem * thigh_len if identity.coat else 0.0)
+    )
     if flare_len > 0:
         knees_span = abs(img["left_knee"][0] - img["right_knee"][0]) / 2
 
         def flare(mat=Material.BOTTOM if identity.skirt else Material.TOP):
             bottom_y = hip_mid[1] + flare_len * s
             half_bottom = max(half_hip * 1.12, knees_span + thigh_r * s * 0.8)
-            verts = np.array([
-                (hip_mid[0] - half_hip, hip_mid[1] - 0.02 * s),
-                (hip_mid[0] + half_hip, hip_mid[1] - 0.02 * s),
-                (hip_mid[0] + half_bottom, bottom_y), (hip_mid[0] - half_bottom, bottom_y),
-            ], np.float32)
+            verts = np.array(
+                [
+                    (hip_mid[0] - half_hip, hip_mid[1] - 0.02 * s),
+                    (hip_mid[0] + half_hip, hip_mid[1] - 0.02 * s),
+                    (hip_mid[0] + half_bottom, bottom_y),
+                    (hip_mid[0] - half_bottom, bottom_y),
+                ],
+                np.float32,
+            )
             shape = canvas.polygon(verts, hip_mid[0], half_bottom)
-            canvas.paint(shape, mat, Part.COAT, _cylinder_shade(shape.across, light_side)
-                         if shape is not None else 1.0)
+            canvas.paint(
+                shape,
+                mat,
+                Part.COAT,
+                _cylinder_shade(shape.across, light_side) if shape is not None else 1.0,
+            )
 
         thigh_depth = max(img["left_knee"][2], img["right_knee"][2], hip_mid[2])
         add(thigh_depth + 1e-3, flare)
@@ -808,35 +1055,55 @@ def rasterize_person(identity: Identity, placement: Placement, height: int, widt
         canvas.paint(shape, mat, Part.HEAD, (0.72 + 0.28 * nz_cam).astype(np.float32))
         # Eyes, mouth and glasses where the face is turned to the camera.
         eye_r = max(0.6, 0.13 * rx_px)
-        seen = {n: img[n] for n in ("left_eye", "right_eye", "mouth")
-                if _facing(joints[n], joints["head"], proj) > FACE_VISIBLE_Z}
+        seen = {
+            n: img[n]
+            for n in ("left_eye", "right_eye", "mouth")
+            if _facing(joints[n], joints["head"], proj) > FACE_VISIBLE_Z
+        }
         for name in ("left_eye", "right_eye"):
             if name in seen:
-                canvas.recolour(canvas.ellipse(seen[name], eye_r, eye_r), Material.EYE,
-                                within=(Part.HEAD,))
+                canvas.recolour(
+                    canvas.ellipse(seen[name], eye_r, eye_r), Material.EYE, within=(Part.HEAD,)
+                )
         if "mouth" in seen and not identity.beard:
             mouth = seen["mouth"]
-            canvas.recolour(canvas.ellipse(mouth, 1.6 * eye_r, 0.6 * eye_r), Material.MOUTH,
-                            within=(Part.HEAD,))
+            canvas.recolour(
+                canvas.ellipse(mouth, 1.6 * eye_r, 0.6 * eye_r), Material.MOUTH, within=(Part.HEAD,)
+            )
         if identity.glasses:
             eyes = [seen[n] for n in ("left_eye", "right_eye") if n in seen]
             for side in (n.split("_")[0] for n in ("left_eye", "right_eye") if n in seen):
                 eye = seen[f"{side}_eye"]
-                canvas.recolour(canvas.ellipse(eye, 1.7 * eye_r, 1.2 * eye_r), Material.GLASSES,
-                                within=(Part.HEAD,))
+                canvas.recolour(
+                    canvas.ellipse(eye, 1.7 * eye_r, 1.2 * eye_r),
+                    Material.GLASSES,
+                    within=(Part.HEAD,),
+                )
                 if _facing(joints[f"{side}_ear"], joints["head"], proj) > EAR_VISIBLE_Z:
-                    canvas.recolour(canvas.capsule(eye, img[f"{side}_ear"], 0.5, 0.5),
-                                    Material.GLASSES, within=(Part.HEAD,))
+                    canvas.recolour(
+                        canvas.capsule(eye, img[f"{side}_ear"], 0.5, 0.5),
+                        Material.GLASSES,
+                        within=(Part.HEAD,),
+                    )
             if len(eyes) == 2:
-                canvas.recolour(canvas.capsule(eyes[0], eyes[1], 0.5, 0.5), Material.GLASSES,
-                                within=(Part.HEAD,))
+                canvas.recolour(
+                    canvas.capsule(eyes[0], eyes[1], 0.5, 0.5),
+                    Material.GLASSES,
+                    within=(Part.HEAD,),
+                )
         if style == "cap":
-            brim0 = _head_point(identity, joints["head"], _unit((0.0, 0.3, 0.95)),
-                                placement.head_turn)
-            brim1 = brim0 + _rot_y(np.array([0.0, 0.0, 0.6 * identity.head_size]),
-                                   placement.head_turn)
-            canvas.paint(canvas.capsule(proj.image(brim0), proj.image(brim1), 0.18 * ry_px,
-                                        0.12 * ry_px), Material.HAT, Part.HEAD, 0.8)
+            brim0 = _head_point(
+                identity, joints["head"], _unit((0.0, 0.3, 0.95)), placement.head_turn
+            )
+            brim1 = brim0 + _rot_y(
+                np.array([0.0, 0.0, 0.6 * identity.head_size]), placement.head_turn
+            )
+            canvas.paint(
+                canvas.capsule(proj.image(brim0), proj.image(brim1), 0.18 * ry_px, 0.12 * ry_px),
+                Material.HAT,
+                Part.HEAD,
+                0.8,
+            )
 
     add(max(head[2], sh_mid[2]) + 2e-3, head_and_face)  # the head is never behind the neck
 
@@ -844,13 +1111,15 @@ def rasterize_person(identity: Identity, placement: Placement, height: int, widt
         back = _head_point(identity, joints["head"], (0.0, 0.0, -1.0), placement.head_turn)
         if identity.hair_style == "long":
             top = proj.image(back + np.array([0, 0.2 * identity.head_size, 0.02]))
-            low = proj.image(joints["neck"] + _rot_y(np.array([0, -0.06, -0.05]),
-                                                     placement.head_turn))
+            low = proj.image(
+                joints["neck"] + _rot_y(np.array([0, -0.06, -0.05]), placement.head_turn)
+            )
             radius0, radius1 = 0.95 * rx_px, 1.05 * rx_px
         else:
             top = proj.image(back + np.array([0, 0.2 * identity.head_size, 0.0]))
-            low = proj.image(back + _rot_y(np.array([0, -1.4 * identity.head_size, -0.02]),
-                                           placement.head_turn))
+            low = proj.image(
+                back + _rot_y(np.array([0, -1.4 * identity.head_size, -0.02]), placement.head_turn)
+            )
             radius0, radius1 = 0.32 * rx_px, 0.22 * rx_px
 
         def hair_back():
@@ -866,9 +1135,10 @@ def rasterize_person(identity: Identity, placement: Placement, height: int, widt
         draw()
 
     # Patterns in body coordinates, after every garment pixel is known.
-    for base, alt, pattern in ((Material.TOP, Material.TOP_ALT, identity.top_pattern),
-                               (Material.BOTTOM, Material.BOTTOM_ALT,
-                                identity.bottom_pattern)):
+    for base, alt, pattern in (
+        (Material.TOP, Material.TOP_ALT, identity.top_pattern),
+        (Material.BOTTOM, Material.BOTTOM_ALT, identity.bottom_pattern),
+    ):
         if pattern.kind == "plain":
             continue
         rows, cols = np.nonzero(canvas.material == base)
@@ -899,8 +1169,15 @@ def _facing(point: np.ndarray, head: np.ndarray, proj: _Projector) -> float:
     return float(d[2]) / n if n > 0 else 0.0
 
 
-def _add_bag(identity: Identity, joints, proj: _Projector, canvas: _Canvas, add, torso_depth,
-             light_side: float) -> None:
+def _add_bag(
+    identity: Identity,
+    joints,
+    proj: _Projector,
+    canvas: _Canvas,
+    add,
+    torso_depth,
+    light_side: float,
+) -> None:
     """Queue the carried object (and its straps) for drawing."""
     if identity.carry == "none":
         return
@@ -924,14 +1201,24 @@ def _add_bag(identity: Identity, joints, proj: _Projector, canvas: _Canvas, add,
     cut = 0.3 * min(half_w, half_h)
 
     def bag():
-        verts = np.array([
-            (cx - half_w + cut, cy - half_h), (cx + half_w - cut, cy - half_h),
-            (cx + half_w, cy - half_h + cut), (cx + half_w, cy + half_h),
-            (cx - half_w, cy + half_h), (cx - half_w, cy - half_h + cut),
-        ], np.float32)
+        verts = np.array(
+            [
+                (cx - half_w + cut, cy - half_h),
+                (cx + half_w - cut, cy - half_h),
+                (cx + half_w, cy - half_h + cut),
+                (cx + half_w, cy + half_h),
+                (cx - half_w, cy + half_h),
+                (cx - half_w, cy - half_h + cut),
+            ],
+            np.float32,
+        )
         shape = canvas.polygon(verts, cx, half_w)
-        canvas.paint(shape, Material.BAG, Part.BAG,
-                     _cylinder_shade(shape.across, light_side) if shape is not None else 1.0)
+        canvas.paint(
+            shape,
+            Material.BAG,
+            Part.BAG,
+            _cylinder_shade(shape.across, light_side) if shape is not None else 1.0,
+        )
 
     add(cz, bag)
     strap_r = max(0.6, 0.011 * s)
@@ -940,8 +1227,12 @@ def _add_bag(identity: Identity, joints, proj: _Projector, canvas: _Canvas, add,
     if identity.carry == "backpack":
         for sign in (1.0, -1.0):
             sh = joints["left_shoulder" if sign > 0 else "right_shoulder"]
-            straps.append((sh + np.array([-sign * 0.03, 0.01, front]),
-                           sh + np.array([-sign * 0.01, -0.16, front])))
+            straps.append(
+                (
+                    sh + np.array([-sign * 0.03, 0.01, front]),
+                    sh + np.array([-sign * 0.01, -0.16, front]),
+                )
+            )
     elif identity.carry == "shoulder_bag":
         sh = joints["right_shoulder" if side > 0 else "left_shoulder"]  # worn crossbody
         top = center + np.array([0.0, h / 2, 0.0])
@@ -951,14 +1242,18 @@ def _add_bag(identity: Identity, joints, proj: _Projector, canvas: _Canvas, add,
         a, b = proj.image(p0.astype(np.float32)), proj.image(p1.astype(np.float32))
 
         def strap(a=a, b=b):
-            canvas.recolour(canvas.capsule(a, b, strap_r, strap_r), Material.STRAP,
-                            within=(Part.TORSO, Part.COAT))
+            canvas.recolour(
+                canvas.capsule(a, b, strap_r, strap_r),
+                Material.STRAP,
+                within=(Part.TORSO, Part.COAT),
+            )
 
         add((a[2] + b[2]) / 2, strap)
 
 
-def _score_keypoints(img, joints, proj: _Projector, canvas: _Canvas,
-                     identity: Identity) -> np.ndarray:
+def _score_keypoints(
+    img, joints, proj: _Projector, canvas: _Canvas, identity: Identity
+) -> np.ndarray:
     """(17, 3): 1 where the joint is seen, OCCLUDED_SCORE behind something, 0 out of frame or
     (facial points) turned away from the camera."""
     out = np.zeros((NUM_KEYPOINTS, 3), np.float32)
@@ -969,27 +1264,44 @@ def _score_keypoints(img, joints, proj: _Projector, canvas: _Canvas,
         col, row = round(x), round(y)
         if not (0 <= x <= canvas.width - 1 and 0 <= y <= canvas.height - 1):
             continue
-        if name in ("nose", "left_eye", "right_eye") and \
-                _facing(joints[name], joints["head"], proj) <= FACE_VISIBLE_Z:
+        if (
+            name in ("nose", "left_eye", "right_eye")
+            and _facing(joints[name], joints["head"], proj) <= FACE_VISIBLE_Z
+        ):
             continue
         if name.endswith("_ear") and _facing(joints[name], joints["head"], proj) <= EAR_VISIBLE_Z:
             continue
         allowed = set(_JOINT_PARTS[name])
         # The torso hides the joints on its far side; near-side joints lie on its surface.
-        if (name.endswith(("_shoulder", "_hip"))
-                and z >= torso_depth - 0.25 * TORSO_DEPTH * identity.build):
+        if (
+            name.endswith(("_shoulder", "_hip"))
+            and z >= torso_depth - 0.25 * TORSO_DEPTH * identity.build
+        ):
             allowed.add(Part.TORSO)
         if identity.carry == "handbag" and name.endswith("_wrist"):
             allowed.add(Part.BAG)
-        seen = Part(int(canvas.part[row, col])) in allowed
+        front = Part(int(canvas.part[row, col]))
+        if front is Part.NONE:
+            # A joint on the silhouette (ears) may round to a background pixel: it is seen if
+            # its own part is right next to it.
+            rows = slice(max(0, row - 1), row + 2)
+            cols = slice(max(0, col - 1), col + 2)
+            seen = bool(np.isin(canvas.part[rows, cols], [int(p) for p in allowed]).any())
+        else:
+            seen = front in allowed
         out[index, 2] = VISIBLE_SCORE if seen else OCCLUDED_SCORE
     return out
 
 
 # --- scenes -----------------------------------------------------------------------------------
 # Each element has a visible colour and a thermal intensity; a camera shows one of the two.
-WALL_COLOURS = ((0.82, 0.78, 0.68), (0.75, 0.76, 0.78), (0.70, 0.78, 0.70), (0.70, 0.76, 0.84),
-                (0.90, 0.86, 0.74))
+WALL_COLOURS = (
+    (0.82, 0.78, 0.68),
+    (0.75, 0.76, 0.78),
+    (0.70, 0.78, 0.70),
+    (0.70, 0.76, 0.84),
+    (0.90, 0.86, 0.74),
+)
 FLOOR_COLOURS = ((0.55, 0.55, 0.55), (0.50, 0.36, 0.24), (0.72, 0.68, 0.60), (0.30, 0.30, 0.32))
 DOOR_COLOURS = ((0.45, 0.30, 0.18), (0.50, 0.52, 0.55), (0.88, 0.88, 0.86))
 SKY_COLOURS = ((0.62, 0.74, 0.90), (0.80, 0.82, 0.85))
@@ -1001,9 +1313,21 @@ TRUNK_COLOUR = (0.35, 0.25, 0.18)
 GLASS_COLOUR = (0.35, 0.45, 0.55)
 LAMP_COLOUR = (1.0, 0.97, 0.85)
 HEAT = {  # thermal intensity of scene materials
-    "wall": 0.30, "floor": 0.26, "door": 0.29, "window": 0.16, "poster": 0.31, "lamp": 0.85,
-    "radiator": 0.70, "sky": 0.05, "facade": 0.40, "glass": 0.22, "ground": 0.45,
-    "grass": 0.30, "canopy": 0.27, "trunk": 0.36, "clutter": 0.35,
+    "wall": 0.30,
+    "floor": 0.26,
+    "door": 0.29,
+    "window": 0.16,
+    "poster": 0.31,
+    "lamp": 0.85,
+    "radiator": 0.70,
+    "sky": 0.05,
+    "facade": 0.40,
+    "glass": 0.22,
+    "ground": 0.45,
+    "grass": 0.30,
+    "canopy": 0.27,
+    "trunk": 0.36,
+    "clutter": 0.35,
 }
 SCENE_PANORAMA_WIDTHS = 4  # a camera's scene is this many crops wide; shots see parts of it
 SCENE_TEXTURE = 0.08  # amplitude of the low-frequency texture over the scene
@@ -1021,8 +1345,11 @@ class _Scene:
         self.ground_row = 0
         (self._outdoor if outdoor else self._indoor)(rng, width)
         size = (self.width // 16 + 2, self.height // 16 + 2)
-        texture = cv2.resize(rng.normal(0.0, 1.0, size[::-1]).astype(np.float32),
-                             (self.width, self.height), interpolation=cv2.INTER_CUBIC)
+        texture = cv2.resize(
+            rng.normal(0.0, 1.0, size[::-1]).astype(np.float32),
+            (self.width, self.height),
+            interpolation=cv2.INTER_CUBIC,
+        )
         self.rgb *= (1.0 + SCENE_TEXTURE * texture)[..., None]
         self.heat *= 1.0 + SCENE_TEXTURE * texture
 
@@ -1056,22 +1383,40 @@ class _Scene:
             kind = rng.choice(4)
             w = rng.uniform(0.3, 0.6) * crop_width
             if kind == 0:  # door
-                self.rect(horizon - rng.uniform(0.5, 0.62) * h, horizon, x, x + w,
-                          _pick(rng, DOOR_COLOURS), HEAT["door"])
+                self.rect(
+                    horizon - rng.uniform(0.5, 0.62) * h,
+                    horizon,
+                    x,
+                    x + w,
+                    _pick(rng, DOOR_COLOURS),
+                    HEAT["door"],
+                )
             elif kind == 1:  # window
                 top = rng.uniform(0.05, 0.2) * h
-                self.rect(top, top + rng.uniform(0.2, 0.35) * h, x, x + w, GLASS_COLOUR,
-                          HEAT["window"])
+                self.rect(
+                    top, top + rng.uniform(0.2, 0.35) * h, x, x + w, GLASS_COLOUR, HEAT["window"]
+                )
             elif kind == 2:  # poster / notice board
                 top = rng.uniform(0.15, 0.35) * h
-                self.rect(top, top + rng.uniform(0.1, 0.2) * h, x, x + 0.7 * w,
-                          _pick(rng, GARMENT_COLOURS), HEAT["poster"])
+                self.rect(
+                    top,
+                    top + rng.uniform(0.1, 0.2) * h,
+                    x,
+                    x + 0.7 * w,
+                    _pick(rng, GARMENT_COLOURS),
+                    HEAT["poster"],
+                )
             else:  # radiator under the wall
-                self.rect(horizon - 0.1 * h, horizon - 0.03 * h, x, x + w, (0.85, 0.85, 0.82),
-                          HEAT["radiator"])
+                self.rect(
+                    horizon - 0.1 * h,
+                    horizon - 0.03 * h,
+                    x,
+                    x + w,
+                    (0.85, 0.85, 0.82),
+                    HEAT["radiator"],
+                )
             x += w + rng.uniform(0.3, 1.0) * crop_width
-        self.rect(horizon - 0.02 * h, horizon, 0, self.width, np.multiply(wall, 0.6),
-                  HEAT["wall"])
+        self.rect(horizon - 0.02 * h, horizon, 0, self.width, np.multiply(wall, 0.6), HEAT["wall"])
         for k in range(1, 6):  # floor tile joints, closer together towards the horizon
             row = horizon + (h - horizon) * (k / 6) ** 1.5
             self.rect(row, row + 1, 0, self.width, np.multiply(floor, 0.85), HEAT["floor"])
@@ -1092,23 +1437,29 @@ class _Scene:
             step = rng.uniform(0.25, 0.4) * crop_width
             for wx in np.arange(x + 0.3 * step, x + w - step, step):
                 for wy in np.arange(top + 0.05 * h, ground_row - 0.12 * h, 0.14 * h):
-                    self.rect(wy, wy + 0.07 * h, wx, wx + 0.5 * step, GLASS_COLOUR,
-                              HEAT["glass"])
+                    self.rect(wy, wy + 0.07 * h, wx, wx + 0.5 * step, GLASS_COLOUR, HEAT["glass"])
             x += w
         ground = _pick(rng, GROUND_COLOURS)
         self.rect(ground_row, h, 0, self.width, ground, HEAT["ground"])
         if rng.random() < 0.5:
-            self.rect(ground_row, ground_row + 0.06 * h, 0, self.width, GRASS_COLOUR,
-                      HEAT["grass"])
+            self.rect(ground_row, ground_row + 0.06 * h, 0, self.width, GRASS_COLOUR, HEAT["grass"])
         for k in range(1, 5):
             row = ground_row + (h - ground_row) * (k / 5) ** 1.5
             self.rect(row, row + 1, 0, self.width, np.multiply(ground, 0.8), HEAT["ground"])
-        for x in np.arange(rng.uniform(0, crop_width), self.width, rng.uniform(1.2, 2.0)
-                           * crop_width):
-            self.rect(ground_row - 0.2 * h, ground_row + 0.02 * h, x - 0.04 * crop_width,
-                      x + 0.04 * crop_width, TRUNK_COLOUR, HEAT["trunk"])
-            self.blob(ground_row - 0.3 * h, x, 0.14 * h, 0.35 * crop_width, CANOPY_COLOUR,
-                      HEAT["canopy"])
+        for x in np.arange(
+            rng.uniform(0, crop_width), self.width, rng.uniform(1.2, 2.0) * crop_width
+        ):
+            self.rect(
+                ground_row - 0.2 * h,
+                ground_row + 0.02 * h,
+                x - 0.04 * crop_width,
+                x + 0.04 * crop_width,
+                TRUNK_COLOUR,
+                HEAT["trunk"],
+            )
+            self.blob(
+                ground_row - 0.3 * h, x, 0.14 * h, 0.35 * crop_width, CANOPY_COLOUR, HEAT["canopy"]
+            )
 
 
 def _pick(rng: np.random.Generator, options):
@@ -1134,8 +1485,14 @@ class SyntheticRenderer:
     everything is seeded from `seed`, so a render depends only on its arguments.
     """
 
-    def __init__(self, height: int, width: int, cameras: Mapping[int, CameraProfile],
-                 seed: int, scene_keys: Mapping[int, int] | None = None):
+    def __init__(
+        self,
+        height: int,
+        width: int,
+        cameras: Mapping[int, CameraProfile],
+        seed: int,
+        scene_keys: Mapping[int, int] | None = None,
+    ):
         if height < 32 or width < 16:
             raise ValueError(f"image size {height}x{width} is too small (at least 32x16)")
         self.height, self.width = height, width
@@ -1160,9 +1517,14 @@ class SyntheticRenderer:
     def placement(self, identity: Identity, cam: int, rng: np.random.Generator) -> Placement:
         return sample_placement(identity, self.camera(cam), self.height, self.width, rng)
 
-    def render(self, identity: Identity, cam: int, rng: np.random.Generator,
-               placement: Placement | None = None, with_background: bool = False
-               ) -> RenderedImage:
+    def render(
+        self,
+        identity: Identity,
+        cam: int,
+        rng: np.random.Generator,
+        placement: Placement | None = None,
+        with_background: bool = False,
+    ) -> RenderedImage:
         """Render `identity` as seen by camera `cam` (pose drawn from rng unless given)."""
         camera = self.camera(cam)
         if placement is None:
@@ -1172,7 +1534,7 @@ class SyntheticRenderer:
         detail = np.random.default_rng(placement.detail_seed)
         col0 = int(placement.scene_x * (scene.width - w))
         look = scene.heat if camera.is_infrared else scene.rgb
-        background = look[:, col0:col0 + w].copy()
+        background = look[:, col0 : col0 + w].copy()
         for _ in range(int(detail.integers(CLUTTER_MAX + 1))):
             self._clutter(background, detail, scene.ground_row, camera.is_infrared)
         occluder = None
@@ -1181,8 +1543,8 @@ class SyntheticRenderer:
             c1 = c0 + max(2, int(detail.uniform(0.08, 0.16) * w))
             r0 = 0 if detail.random() < 0.5 else int(detail.uniform(0.55, 0.8) * h)
             occluder = (c0, min(c1, w), r0, h)
-            background[r0:h, c0:c1] = (HEAT["clutter"] if camera.is_infrared
-                                       else _pick(detail, DOOR_COLOURS))
+            colour = _pick(detail, DOOR_COLOURS)
+            background[r0:h, c0:c1] = HEAT["clutter"] if camera.is_infrared else colour
 
         light = camera.light_side * float(rng.uniform(0.6, 1.0))
         layers = rasterize_person(identity, placement, h, w, light, occluder)
@@ -1198,30 +1560,39 @@ class SyntheticRenderer:
 
         finish_seed = int(rng.integers(2**63))
         image = self._finish(composite, camera, np.random.default_rng(finish_seed))
-        bg_image = (self._finish(background, camera, np.random.default_rng(finish_seed))
-                    if with_background else None)
+        bg_image = (
+            self._finish(background, camera, np.random.default_rng(finish_seed))
+            if with_background
+            else None
+        )
         return RenderedImage(image, layers.keypoints, layers.alpha > 0.5, placement, bg_image)
 
-    def _clutter(self, image: np.ndarray, rng: np.random.Generator, ground_row: int,
-                 infrared: bool) -> None:
-        """A box, bin or sign standing on the ground somewhere in the crop."""
+    def _clutter(
+        self, image: np.ndarray, rng: np.random.Generator, ground_row: int, infrared: bool
+    ) -> None:
+        """A box, bin or sign standing on the ground somewhere in the crop.
+
+        Both looks are drawn from `rng` either way, so co-located visible and thermal cameras
+        given the same detail seed place the same objects.
+        """
         h, w = self.height, self.width
         bw = rng.uniform(0.12, 0.35) * w
         bh = rng.uniform(0.08, 0.3) * h
         c0 = rng.uniform(-0.2, 1.0) * w
         bottom = rng.uniform(ground_row, h) if ground_row < h else h
+        heat, colour = rng.uniform(0.2, 0.5), 0.8 * _pick(rng, GARMENT_COLOURS)
         r0, r1 = int(max(0, bottom - bh)), int(min(h, bottom))
         c0, c1 = int(max(0, c0)), int(min(w, c0 + bw))
         if r0 < r1 and c0 < c1:
-            image[r0:r1, c0:c1] = (rng.uniform(0.2, 0.5) if infrared
-                                   else 0.8 * _pick(rng, GARMENT_COLOURS))
+            image[r0:r1, c0:c1] = heat if infrared else colour
 
     def _shadow(self, background: np.ndarray, placement: Placement) -> None:
         """Soft contact shadow under the feet."""
         s = placement.height_px
         rx, ry = 0.2 * s, 0.035 * s
-        dist = ((self._canvas_x() - placement.center_x) / rx) ** 2 + \
-            ((self._canvas_y() - placement.foot_y) / ry) ** 2
+        dist = ((self._canvas_x() - placement.center_x) / rx) ** 2 + (
+            (self._canvas_y() - placement.foot_y) / ry
+        ) ** 2
         shadow = SHADOW_DARKNESS * np.clip(1.0 - dist, 0.0, 1.0)
         background *= (1.0 - shadow)[..., None]
 
@@ -1231,8 +1602,9 @@ class SyntheticRenderer:
     def _canvas_y(self) -> np.ndarray:
         return np.arange(self.height, dtype=np.float32)[:, None]
 
-    def _finish(self, linear: np.ndarray, camera: CameraProfile,
-                rng: np.random.Generator) -> np.ndarray:
+    def _finish(
+        self, linear: np.ndarray, camera: CameraProfile, rng: np.random.Generator
+    ) -> np.ndarray:
         """Camera pipeline: exposure/colour cast or thermal gain, blur, noise, 8-bit."""
         h = self.height
         if camera.is_infrared:
@@ -1242,7 +1614,8 @@ class SyntheticRenderer:
             img = (linear - lo) / max(hi - lo, 1e-3)
         else:
             cast = np.asarray(camera.colour_gain, np.float32) * (
-                1.0 + rng.normal(0.0, 0.025, 3).astype(np.float32))
+                1.0 + rng.normal(0.0, 0.025, 3).astype(np.float32)
+            )
             exposure = camera.brightness * float(rng.uniform(0.88, 1.12))
             img = np.clip(linear * cast * exposure, 0.0, 1.0) ** camera.gamma
         sigma = camera.blur * h * float(rng.uniform(0.7, 1.3))
@@ -1250,6 +1623,7 @@ class SyntheticRenderer:
         img = img + rng.normal(0.0, camera.noise, img.shape).astype(np.float32)
         if camera.is_infrared:  # fixed-pattern column noise of the microbolometer
             columns = np.random.default_rng([self.seed, camera.cam]).normal(
-                0.0, camera.noise * 0.5, img.shape[1])
+                0.0, camera.noise * 0.5, img.shape[1]
+            )
             img = img + columns[None, :].astype(np.float32)
         return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)

@@ -40,6 +40,8 @@ VAL_ID_FILE = "val_id.txt"
 TEST_ID_FILE = "test_id.txt"
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp"})
 
+# RegDB's index folder: its presence (and no exp/) marks a RegDB root given as SYSU-MM01.
+_REGDB_INDEX_DIR = "idx"
 # How many offending ids an error message lists before eliding the rest.
 _MAX_LISTED = 10
 
@@ -246,6 +248,14 @@ def _check_root(root: str | os.PathLike) -> Path:
     if not root.is_dir():
         what = "is not a folder" if root.exists() else "does not exist"
         raise DatasetLayoutError(root, f"SYSU-MM01 root {what}")
+    if not (root / SPLIT_DIR).is_dir() and (root / _REGDB_INDEX_DIR).is_dir():
+        # The commonest mix-up: a RegDB root under a SYSU config. Say so instead of naming
+        # the first missing split file.
+        raise DatasetLayoutError(
+            root,
+            f"not a SYSU-MM01 root: no {SPLIT_DIR}/ split folder but an {_REGDB_INDEX_DIR}/ "
+            "folder, as in RegDB; use dataset=regdb (or synthetic_regdb) for this root",
+        )
     return root
 
 

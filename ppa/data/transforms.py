@@ -38,8 +38,8 @@ class ReidTransform:
     cues that both modalities share (infrared images are unchanged by it).
 
     Randomness comes only from the `rng` passed in (drawn in this order: crop top, crop left,
-    flip, grayscale), so a sample is reproducible from its augmentation seed. Joints that end up outside
-    the image get score 0.
+    flip, grayscale), so a sample is reproducible from its augmentation seed. Joints that end
+    up outside the image get score 0; joints with a NaN/inf value become (0, 0, 0).
     """
 
     height: int
@@ -108,8 +108,13 @@ class ReidTransform:
                     np.clip(np.rint(luma), 0, 255).astype(np.uint8)[..., None], 3, axis=2
                 )
 
+        # A cache entry with NaN/inf coordinates or score (a broken pose backend) is a missing
+        # joint: zeroed, so no non-finite value reaches the masks, heatmaps or losses.
+        broken = ~np.isfinite(points).all(axis=1)
+        points[broken] = 0.0
         outside = (
-            (points[:, 0] < -_HALF_PIXEL)
+            broken
+            | (points[:, 0] < -_HALF_PIXEL)
             | (points[:, 0] > self.width - _HALF_PIXEL)
             | (points[:, 1] < -_HALF_PIXEL)
             | (points[:, 1] > self.height - _HALF_PIXEL)

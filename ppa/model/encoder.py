@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import timm
 import torch
+from timm.models.resnet import BasicBlock, Bottleneck
 from torch import nn
 
 from ppa.data.records import MODALITIES, Modality
@@ -20,6 +22,9 @@ logger = logging.getLogger(__name__)
 
 STEM_LAYERS = ("conv1", "bn1", "act1", "maxpool")
 TRUNK_LAYERS = ("layer1", "layer2", "layer3", "layer4")
+# model.norm: "batch" (the reference recipe) or "group" (per-sample normalisation: what DP-SGD
+# needs, since BatchNorm mixes the records of a batch; see docs/privacy.md).
+NORMS = ("batch", "group")
 
 
 @dataclass
@@ -78,8 +83,11 @@ class PPAEncoder(nn.Module):
         gem_p: float = 3.0,
         learn_gem_p: bool = True,
         modalities: Sequence[Modality] = MODALITIES,
+        norm: str = "batch",
     ):
         super().__init__()
+        if norm not in NORMS:
+            raise ValueError(f"model.norm must be one of {NORMS}, got {norm!r}")
         missing = [n for n in (*STEM_LAYERS, *TRUNK_LAYERS) if not hasattr(backbone, n)]
         if missing:
             raise ValueError(
@@ -94,7 +102,11 @@ class PPAEncoder(nn.Module):
         self.num_features = dim
         self.num_classes = int(num_classes)
         self.pool = GeM(gem_p, learnable=learn_gem_p)
-        self.neck = nn.BatchNorm1d(dim)
+        self.norm = norm
+        # With norm="group" the neck normalises each sample over all its channels (one group,
+        # a LayerNorm with per-channel affine): no batch statistics, so per-sample gradients
+        # exist.
+        self.neck: nn.Module = nn.BatchNorm1d(dim) if norm == "batch" else nn.GroupNorm(1, dim)
         # BNNeck: the bias is frozen at 0 so the pre-BN (triplet) and post-BN (identity)
         # spaces stay aligned.
         self.neck.bias.requires_grad_(False)
@@ -206,12 +218,18 @@ def create_backbone(
     pretrained_path: str | None,
     arch_kwargs: dict | None,
     last_stride: int,
+    norm: str = "batch",
+    norm_groups: int = 32,
 ) -> nn.Module:
     """Build a timm ResNet-family trunk, loading ImageNet weights as configured.
 
     `pretrained_path` (a local file) wins over downloading; with `pretrained=True` and no path
-    timm fetches the weights from its hub (needs internet).
+    timm fetches the weights from its hub (needs internet). With ``norm="group"`` every
+    BatchNorm becomes a GroupNorm and the in-place activations / residual adds become
+    out-of-place (`make_per_sample`), so opacus's per-sample-gradient hooks work.
     """
+    if norm not in NORMS:
+        raise ValueError(f"model.norm must be one of {NORMS}, got {norm!r}")
     kwargs = dict(arch_kwargs or {})
     if pretrained_path:
         path = Path(pretrained_path).expanduser()
@@ -232,4 +250,85 @@ def create_backbone(
         raise ValueError(f"model.last_stride must be 1 or 2, got {last_stride}")
     if last_stride == 1:
         _set_last_stride(backbone, 1)
+    if norm == "group":
+        make_per_sample(backbone, norm_groups, arch=arch)
     return backbone
+
+
+# Per-sample (DP-compatible) construction --------------------------------------------------
+
+
+def group_count(channels: int, groups: int) -> int:
+    """Groups for a GroupNorm over `channels`: the largest common divisor with `groups`."""
+    return math.gcd(int(channels), int(groups))
+
+
+def batch_to_group_norm(module: nn.Module, groups: int) -> int:
+    """Replace every BatchNorm1d/2d below `module` by a GroupNorm; returns how many.
+
+    The affine weight/bias are copied, so ImageNet weights and timm's zero-init of the last
+    norm of each residual branch carry over (the running statistics have no GroupNorm
+    counterpart and are dropped).
+    """
+    if groups < 1:
+        raise ValueError(f"model.norm_groups must be >= 1, got {groups}")
+    replaced = 0
+    for name, child in list(module.named_children()):
+        if isinstance(child, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            gn = nn.GroupNorm(
+                group_count(child.num_features, groups),
+                child.num_features,
+                eps=child.eps,
+                affine=child.affine,
+            )
+            if child.affine:
+                with torch.no_grad():
+                    gn.weight.copy_(child.weight)
+                    gn.bias.copy_(child.bias)
+                gn.weight.requires_grad_(child.weight.requires_grad)
+                gn.bias.requires_grad_(child.bias.requires_grad)
+            setattr(module, name, gn)
+            replaced += 1
+        else:
+            replaced += batch_to_group_norm(child, groups)
+    return replaced
+
+
+class OutOfPlace(nn.Module):
+    """Runs the wrapped module (if any) and returns a fresh tensor.
+
+    timm's residual blocks end with ``x = self.drop_path(x); x += shortcut``. When `x` is the
+    output of a hooked norm layer, autograd's backward-hook wrapper makes it a view that must
+    not be modified in place; putting this module in the ``drop_path`` slot hands the in-place
+    add a tensor of its own. It holds no parameters, so state dicts are unchanged.
+    """
+
+    def __init__(self, inner: nn.Module | None = None):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.inner is not None:
+            x = self.inner(x)
+        return x.clone()
+
+
+def make_per_sample(backbone: nn.Module, norm_groups: int, *, arch: str = "") -> None:
+    """Make a timm ResNet usable with per-sample-gradient hooks (opacus), in place.
+
+    BatchNorm -> GroupNorm (`batch_to_group_norm`), in-place activations -> out-of-place, and
+    an `OutOfPlace` clone before each block's in-place residual add.
+    """
+    batch_to_group_norm(backbone, norm_groups)
+    for module in backbone.modules():
+        if getattr(module, "inplace", False) is True:
+            module.inplace = False
+    for layer in TRUNK_LAYERS:
+        for block in getattr(backbone, layer).children():
+            if not isinstance(block, (BasicBlock, Bottleneck)) or not hasattr(block, "drop_path"):
+                raise ValueError(
+                    f"model.norm=group supports timm ResNet BasicBlock/Bottleneck blocks; "
+                    f"model.arch={arch!r} has a {type(block).__name__} in {layer}"
+                )
+            if not isinstance(block.drop_path, OutOfPlace):
+                block.drop_path = OutOfPlace(block.drop_path)

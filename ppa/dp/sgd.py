@@ -1,0 +1,354 @@
+"""DP-SGD for the PPA objective: per-record losses, per-record clipping, Gaussian noise.
+
+The privacy unit is one training image (a record). A PPA step feeds each record twice (raw
+and anonymised view) through one concatenated forward, so opacus's per-sample gradients come
+per *row*; the two rows of a record are summed into the record's gradient before it is
+clipped to `max_grad_norm`, so the clip bounds the record's whole influence. Every loss term
+is a function of one record (and of public inputs: the weights, the server's prototypes):
+identity, L_kpr, L_dc and L_align are reduced per record here, the weighted triplet (which
+compares records of a batch) is left out. The model must use per-sample normalisation
+(``model.norm=group``): BatchNorm mixes the records of a batch.
+
+Per-sample gradients come from opacus's hooks (`GradSampleHooks`, attached to the model in
+place, so its state-dict names do not change); clipping, noise and the step are done here.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from opacus.grad_sample import GradSampleHooks, register_grad_sampler
+from torch import nn
+
+from ppa.data.loader import Batch
+from ppa.data.records import Modality
+from ppa.data.transforms import normalize
+from ppa.engine import StepContext, _heatmaps, anonymize
+from ppa.model import ModalityOffsets, PPAEncoder
+
+logger = logging.getLogger(__name__)
+
+# Added to norms before dividing, as opacus does, so a zero gradient is not divided by zero.
+_NORM_EPS = 1e-6
+
+
+@register_grad_sampler(ModalityOffsets)
+def _offsets_grad_sample(
+    layer: ModalityOffsets, activations: list[torch.Tensor], backprops: torch.Tensor
+) -> dict[nn.Parameter, torch.Tensor]:
+    """Per-sample gradients of the DCMA offsets: a row's gradient goes to its modality's
+    offset. (opacus's functorch fallback would try to autocast to the index dtype.)"""
+    modality = activations[0]
+    grads = {}
+    for m in layer.modalities:
+        param = getattr(layer, m.value)
+        if param.requires_grad:
+            mask = (modality == m.index).to(backprops.dtype).unsqueeze(-1)
+            grads[param] = backprops * mask
+    return grads
+
+
+class PrivateModelError(ValueError):
+    """A model that DP-SGD cannot train with a per-record guarantee."""
+
+
+def check_private_model(model: PPAEncoder) -> None:
+    """Refuse models whose layers couple the records of a batch."""
+    coupled = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.modules.batchnorm._BatchNorm)
+    ]
+    if coupled:
+        raise PrivateModelError(
+            f"DP-SGD needs per-sample normalisation but the model has BatchNorm at "
+            f"{coupled[:3]}{'...' if len(coupled) > 3 else ''}: set model.norm=group "
+            "(privacy=dp does)"
+        )
+
+
+def freeze_other_modalities(model: PPAEncoder, keep: Modality) -> list[str]:
+    """Freeze the stems and offsets of every modality but `keep`; returns their names.
+
+    A site of one modality never feeds the other stem a sample, and never sends it: under
+    DP it must not be updated by noise either.
+    """
+    frozen = []
+    for name, param in model.named_parameters():
+        head, _, rest = name.partition(".")
+        if head in ("stems", "offsets") and Modality.parse(rest.split(".", 1)[0]) != keep:
+            param.requires_grad_(False)
+            frozen.append(name)
+    return frozen
+
+
+def _row_align(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    modality: torch.Tensor,
+    prototypes: torch.Tensor,
+    valid: torch.Tensor,
+) -> torch.Tensor:
+    """L_align of each row: mean over the other modalities' prototypes of 1 - cos (0 if none)."""
+    x = F.normalize(features.float(), dim=-1)
+    protos = F.normalize(prototypes.float(), dim=-1)
+    total = x.new_zeros(len(labels))
+    count = x.new_zeros(len(labels))
+    for m in range(prototypes.shape[0]):
+        has = (modality != m) & valid[m, labels]
+        cos = (x * protos[m, labels]).sum(dim=-1)
+        total = total + torch.where(has, 1.0 - cos, torch.zeros_like(cos))
+        count = count + has.to(x.dtype)
+    return torch.where(count > 0, total / count.clamp(min=1.0), torch.zeros_like(total))
+
+
+def per_record_losses(
+    ctx: StepContext, batch: Batch
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
+    """Forward a batch (raw + anonymised views concatenated) and return per-record losses.
+
+    Returns (total (n,), terms {name: (n,)}, number of views). Each record's loss depends on
+    that record only: identity = mean over its views of the label-smoothed CE; L_kpr
+    normalised by the record's own joint confidences; L_dc = mean over channels of
+    (f(x_anon) - f(x) - delta_m)^2; L_align = mean over its views.
+    """
+    obj, model = ctx.objective, ctx.model
+    raw = batch.images
+    n = raw.shape[0]
+    height, width = raw.shape[-2:]
+    views = [raw]
+    if obj.anonymized_view:
+        views.append(anonymize(ctx, batch))
+    nviews = len(views)
+    images = ctx.device.prepare(normalize(torch.cat(views), ctx.mean, ctx.std))
+    labels = batch.labels.repeat(nviews)
+    modality = batch.modality.repeat(nviews)
+    anonymized = None
+    if obj.anonymized_view and obj.offsets:
+        anonymized = torch.arange(nviews * n, device=raw.device) >= n
+    heatmaps = confidence = None
+    if obj.uses("kpr"):
+        heat, confidence = _heatmaps(ctx, batch.keypoints, height, width)
+        heatmaps = heat.repeat(nviews, 1, 1, 1)
+    # fp32 on purpose: per-sample gradients and their norms are what the guarantee rests on.
+    out = model(images, modality, anonymized=anonymized, heatmaps=heatmaps)
+
+    def over_views(rows: torch.Tensor) -> torch.Tensor:
+        return rows.view(nviews, n).mean(dim=0)
+
+    terms: dict[str, torch.Tensor] = {}
+    terms["id"] = over_views(
+        F.cross_entropy(
+            out.logits.float(), labels, label_smoothing=obj.label_smoothing, reduction="none"
+        )
+    )
+    if obj.uses("kpr"):
+        assert out.parts is not None and confidence is not None
+        sq = (out.parts[n:].float() - out.parts[:n].detach().float()).pow(2).mean(dim=-1)
+        w = confidence.float()
+        mass = w.sum(dim=1)
+        terms["kpr"] = torch.where(
+            mass > 0, (sq * w).sum(dim=1) / mass.clamp(min=1e-12), torch.zeros_like(mass)
+        )
+    if obj.uses("dc"):
+        if anonymized is not None:
+            # corrected[n:] = f(x_anon) - delta_m: no second call of the offsets module (a
+            # module hooked twice in one pass confuses per-sample bookkeeping).
+            diff = out.corrected[n:] - out.pooled[:n]
+        else:
+            diff = out.pooled[n:] - out.pooled[:n] - model.offsets(batch.modality)
+        terms["dc"] = diff.float().pow(2).mean(dim=-1)
+    if obj.uses("align") and ctx.prototypes is not None and ctx.prototypes.valid.any():
+        terms["align"] = over_views(
+            _row_align(out.corrected, labels, modality, ctx.prototypes.means, ctx.prototypes.valid)
+        )
+    total = sum(obj.weights[k] * v for k, v in terms.items())
+    assert isinstance(total, torch.Tensor)
+    return total, terms, nviews
+
+
+class PerSampleGradients:
+    """opacus's per-sample-gradient hooks on a PPA model, reduced to per-record gradients.
+
+    Attach once per model (after freezing what must not train): the trainable parameter set
+    is fixed at construction.
+    """
+
+    def __init__(self, model: PPAEncoder):
+        check_private_model(model)
+        self.model = model
+        self.params: list[tuple[str, nn.Parameter]] = [
+            (name, p) for name, p in model.named_parameters() if p.requires_grad
+        ]
+        if not self.params:
+            raise PrivateModelError("the model has no trainable parameters")
+        self._stem_modality = {
+            name: Modality.parse(name.split(".")[1]).index
+            for name, _ in self.params
+            if name.startswith("stems.")
+        }
+        self.hooks = GradSampleHooks(model, loss_reduction="sum", strict=True)
+
+    def per_record(self, num_records: int, row_modality: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{name: (n, *shape)}: each record's gradient, its views' rows summed.
+
+        Rows are ordered view by view (rows i, n+i, ... belong to record i). A stem only sees
+        the rows of its modality, in order, so its rows are scattered back first.
+        """
+        rows = row_modality.shape[0]
+        if rows % num_records:
+            raise ValueError(f"{rows} rows are not a whole number of views of {num_records}")
+        nviews = rows // num_records
+        out: dict[str, torch.Tensor] = {}
+        for name, p in self.params:
+            gs = getattr(p, "grad_sample", None)
+            if gs is None:  # not reached this step (e.g. the stem of an absent modality)
+                out[name] = p.new_zeros((num_records, *p.shape))
+                continue
+            if isinstance(gs, list):
+                raise RuntimeError(
+                    f"{name}: per-sample gradients of several backward passes were "
+                    "accumulated; a DP step takes exactly one"
+                )
+            if name in self._stem_modality:
+                sel = (row_modality == self._stem_modality[name]).nonzero(as_tuple=True)[0]
+                if gs.shape[0] != sel.numel():
+                    raise RuntimeError(
+                        f"{name}: {gs.shape[0]} per-sample rows for {sel.numel()} rows of "
+                        "its modality"
+                    )
+                full = gs.new_zeros((rows, *p.shape))
+                full[sel] = gs
+                gs = full
+            elif gs.shape[0] != rows:
+                raise RuntimeError(
+                    f"{name}: {gs.shape[0]} per-sample rows, expected {rows}: a hooked module "
+                    "ran on part of the batch"
+                )
+            out[name] = gs.view(nviews, num_records, *p.shape).sum(dim=0)
+        return out
+
+    def backward(self, per_record_loss: torch.Tensor) -> None:
+        """Backpropagate the summed per-record losses (opacus hooks: loss_reduction="sum")."""
+        with warnings.catch_warnings():
+            # The first conv's input needs no gradient; opacus's hook still gets what it
+            # needs (the gradient w.r.t. the module output).
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            per_record_loss.sum().backward()
+
+    def reset(self) -> None:
+        """Drop per-sample state (also after a failed step, so the next one starts clean)."""
+        for _, p in self.params:
+            p.grad_sample = None
+            p._forward_counter = 0
+            if hasattr(p, "_current_grad_sample"):
+                del p._current_grad_sample
+        for module in self.model.modules():
+            for attr in ("activations", "max_batch_len"):
+                if hasattr(module, attr):
+                    delattr(module, attr)
+
+    def close(self) -> None:
+        """Remove the hooks and opacus's attributes from the model."""
+        self.hooks.cleanup()
+
+
+def clip_and_sum(
+    per_record: Mapping[str, torch.Tensor], max_norm: float
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Scale each record's gradient (over all parameters) to L2 norm <= max_norm and sum.
+
+    Returns ({name: summed clipped gradient}, per-record norms before clipping (n,)).
+    """
+    first = next(iter(per_record.values()))
+    sq = first.new_zeros(first.shape[0])
+    for g in per_record.values():
+        sq = sq + g.flatten(1).pow(2).sum(dim=1)
+    norms = sq.sqrt()
+    factor = (max_norm / (norms + _NORM_EPS)).clamp(max=1.0)
+    summed = {name: torch.einsum("r,r...->...", factor, g) for name, g in per_record.items()}
+    return summed, norms
+
+
+class PrivateStep:
+    """The DP-SGD step hook for `ppa.engine.train_one_epoch` (``StepContext.private_step``).
+
+    grad = (sum_r clip_C(g_r) + N(0, (sigma C)^2)) / expected_batch_size, with g_r the gradient
+    of record r's loss; then the optimizer steps. Empty Poisson batches still take a noise-only
+    step (the accountant counts every step).
+    """
+
+    def __init__(
+        self,
+        grads: PerSampleGradients,
+        *,
+        noise_multiplier: float,
+        max_grad_norm: float,
+        expected_batch_size: float,
+        seed: int,
+    ):
+        if noise_multiplier <= 0 or max_grad_norm <= 0 or expected_batch_size <= 0:
+            raise ValueError(
+                f"DP step needs positive noise ({noise_multiplier}), clip ({max_grad_norm}) "
+                f"and expected batch size ({expected_batch_size})"
+            )
+        self.grads = grads
+        self.noise_multiplier = float(noise_multiplier)
+        self.max_grad_norm = float(max_grad_norm)
+        self.expected_batch_size = float(expected_batch_size)
+        device = grads.params[0][1].device
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(int(seed) % 2**63)
+        self.steps = 0
+        self.records = 0
+        self.clipped = 0  # records whose gradient was scaled down (local diagnostics only)
+
+    def _check_context(self, ctx: StepContext) -> None:
+        if ctx.model is not self.grads.model:
+            raise ValueError("the DP step's hooks are attached to another model than ctx.model")
+        if ctx.prototype_momentum is not None or ctx.accumulator is not None:
+            raise ValueError(
+                "under DP, prototypes from training batches are not private: release them "
+                "with ppa.dp.release_prototypes instead of an EMA/accumulator"
+            )
+        if ctx.anonymizer_optimizer is not None:
+            raise ValueError("under DP the learned anonymiser cannot train on private images")
+
+    def __call__(
+        self, ctx: StepContext, batch: Batch, optimizer: torch.optim.Optimizer
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        self._check_context(ctx)
+        n = len(batch)
+        optimizer.zero_grad(set_to_none=True)
+        self.grads.reset()
+        terms_out: dict[str, float] = {}
+        if n == 0:
+            summed = {name: torch.zeros_like(p) for name, p in self.grads.params}
+            loss = torch.zeros(())
+        else:
+            total, terms, nviews = per_record_losses(ctx, batch)
+            loss = total.detach().mean()
+            if not torch.isfinite(loss):
+                self.grads.reset()
+                raise FloatingPointError(f"non-finite training loss {float(loss)} under DP")
+            self.grads.backward(total)
+            try:
+                per_record = self.grads.per_record(n, batch.modality.repeat(nviews))
+            finally:
+                self.grads.reset()
+            summed, norms = clip_and_sum(per_record, self.max_grad_norm)
+            self.clipped += int((norms > self.max_grad_norm).sum())
+            terms_out = {k: float(v.detach().mean()) for k, v in terms.items()}
+        std = self.noise_multiplier * self.max_grad_norm
+        for name, p in self.grads.params:
+            noise = torch.randn(p.shape, generator=self.generator, device=p.device) * std
+            p.grad = (summed[name] + noise) / self.expected_batch_size
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        self.steps += 1
+        self.records += n
+        return loss, terms_out
