@@ -12,6 +12,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 ATTACKS = ("scale", "signflip", "nan")
+RUNNING_STATS = ("running_mean", "running_var")
 
 
 class InjectedFaultError(RuntimeError):
@@ -34,21 +35,38 @@ def poison(
 ) -> dict[str, np.ndarray]:
     """The update a malicious `site` sends instead of `arrays` (unchanged for honest sites)."""
     out = dict(arrays)
-    if inject is None or not inject.attack or site not in list(inject.attack_sites or []):
+    attack = _attack_name(inject)
+    if attack is None or site not in list(inject.attack_sites or []):
         return out
-    if inject.attack not in ATTACKS:
-        raise ValueError(f"federation.inject.attack={inject.attack!r}; expected {ATTACKS}")
     factor = float(inject.attack_factor)
     for key, value in arrays.items():
         if not np.issubdtype(value.dtype, np.floating):
             continue
+        if attack != "nan" and key.endswith(RUNNING_STATS):
+            # Scaled/flipped BatchNorm statistics (negative variances) are rejected by the
+            # server's validation outright; the attack targets the learned parameters, which
+            # pass validation and must be out-voted by the robust rule.
+            continue
         reference = np.asarray(global_arrays[key], dtype=np.float32)
         delta = value.astype(np.float32) - reference
-        if inject.attack == "scale":
+        if attack == "scale":
             poisoned = reference + factor * delta
-        elif inject.attack == "signflip":
+        elif attack == "signflip":
             poisoned = reference - factor * delta
         else:
             poisoned = np.full_like(reference, np.nan)
         out[key] = poisoned.astype(value.dtype)
     return out
+
+
+def _attack_name(inject: DictConfig | None) -> str | None:
+    """The configured attack; Hydra parses an unquoted `attack=nan` as a float NaN."""
+    if inject is None or inject.get("attack") is None:
+        return None
+    value = inject.attack
+    if isinstance(value, float) and np.isnan(value):
+        return "nan"
+    name = str(value).lower()
+    if name not in ATTACKS:
+        raise ValueError(f"federation.inject.attack={value!r}; expected one of {ATTACKS}")
+    return name

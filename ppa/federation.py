@@ -27,6 +27,7 @@ OFFSET = "offset"
 PROTO_SUM = "proto-sum"
 PROTO_COUNT = "proto-count"
 TRANSPORT_DTYPES = {"float32": np.float32, "float16": np.float16}
+VARIANCE_SUFFIX = "running_var"  # BatchNorm variances: never negative
 
 
 class MalformedUpdateError(ValueError):
@@ -126,6 +127,20 @@ def validate_update(
                 )
             if not np.isfinite(arr).all():
                 raise MalformedUpdateError(f"site {site!r}: array {k!r} has NaN/Inf values")
+            if k.endswith(VARIANCE_SUFFIX) and (arr < 0).any():
+                raise MalformedUpdateError(f"site {site!r}: array {k!r} has negative variances")
+
+
+def check_global(arrays: Mapping[str, np.ndarray]) -> list[str]:
+    """Problems that make a set of global arrays unusable (empty list: fine)."""
+    problems = []
+    for k, v in arrays.items():
+        arr = np.asarray(v)
+        if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+            problems.append(f"{k} has NaN/Inf values")
+        elif k.endswith(VARIANCE_SUFFIX) and (arr < 0).any():
+            problems.append(f"{k} has negative variances")
+    return problems
 
 
 def validate_prototypes(

@@ -20,12 +20,12 @@ position in the ranked (kept) list, so Rank-k is "the true identity is among the
 distinct identities". RegDB: plain CMC (first correct match within the first k images), no
 removal.
 
-Two equivalent evaluation paths: float32 (and narrower) distances, what `pairwise_distance`
-returns for float32 features, are evaluated without sorting the gallery (`_evaluate_by_count`:
-each entry becomes a unique integer key ordered like (distance, gallery index), and a correct
-match's position is the number of kept keys not above its own, counted with a search among the
-query's few sorted match keys); float64 distances are ranked by a stable sort
-(`_evaluate_by_sort`). Both give the reference's numbers.
+Two evaluation paths give the same numbers. CPU float32 (or narrower) distances, what
+`pairwise_distance` returns for float32 features, take `_evaluate_by_keys`: each entry becomes
+one 64-bit integer key, order-preserving bits of the distance above the gallery index, so one
+plain (SIMD-vectorised) numpy value sort per row gives the stable ranking, and everything after
+the sort touches only the correct matches. Other inputs (GPU tensors, float64) take
+`_evaluate_by_sort`, a stable torch argsort.
 """
 
 from __future__ import annotations
@@ -47,8 +47,11 @@ _SIGN_BIT = 0x80000000
 # A sort key holds 32 bits of float32 distance and the column index below them.
 _KEY_INDEX_BITS_MAX = 32
 _NARROW_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
-_MAGNITUDE_BITS = 0x7FFFFFFF
-_KEY_MAX = torch.iinfo(torch.int64).max
+# Key bits of a gallery entry a query must not see: above every finite (or infinite) distance.
+_REMOVED_BITS = np.uint32(0xFFFFFFFF)
+# The SYSU identity rank is first read in this many leading ranked entries (at least
+# 2 x max_rank); the few queries whose own identity first appears later get a wider window.
+_IDENTITY_WINDOW = 32
 
 
 def pairwise_distance(
@@ -130,8 +133,8 @@ def _evaluate(
 ) -> dict[str, Any]:
     """Rank-k / mAP / mINP of the protocol; `keep` (Q, G) marks gallery entries a query sees."""
     index_bits = max(1, (dist.shape[1] - 1).bit_length())
-    if dist.dtype in _NARROW_FLOATS and index_bits <= _KEY_INDEX_BITS_MAX - 1:
-        return _evaluate_by_count(dist, q_pids, g_pids, keep, dedup=dedup, max_rank=max_rank)
+    if dist.device.type == "cpu" and dist.dtype in _NARROW_FLOATS and index_bits < 32:
+        return _evaluate_by_keys(dist, q_pids, g_pids, keep, dedup=dedup, max_rank=max_rank)
     return _evaluate_by_sort(dist, q_pids, g_pids, keep, dedup=dedup, max_rank=max_rank)
 
 
@@ -159,24 +162,19 @@ def _summary(
     }
 
 
-def ranking_keys(dist: Tensor) -> Tensor:
-    """(Q, G) float32-or-narrower distances -> int64 keys, unique within a row, that order the
-    entries as a stable ascending sort does: (distance, gallery index), lexicographically.
-
-    The float's bits are mapped to a signed integer of the same order (negatives get their
-    magnitude bits flipped; -0.0 is first turned into +0.0, with which it ties), then shifted
-    above the column index.
-    """
-    num_g = dist.shape[1]
-    index_bits = max(1, (num_g - 1).bit_length())
-    bits = (dist.to(torch.float32) + 0.0).view(torch.int32)
-    ordered = torch.where(bits < 0, bits ^ _MAGNITUDE_BITS, bits).to(torch.int64)
-    # ordered * 2**index_bits + column: exact in int64 for index_bits <= 31.
-    columns = torch.arange(num_g, dtype=torch.int64, device=dist.device)
-    return (ordered << index_bits) | columns
+def _ordered_bits(dist: np.ndarray) -> np.ndarray:
+    """float32 (R, G) -> uint32 whose unsigned order is the float order; -0.0 ties with +0.0."""
+    bits = (dist + np.float32(0.0)).view(np.uint32)  # a new array; + 0.0 turns -0.0 into +0.0
+    if dist.size and dist.min() < 0:
+        # Negatives: flip every bit (larger magnitude -> smaller key).
+        bits ^= (bits >> np.uint32(31)) * np.uint32(0x7FFFFFFF)
+        bits ^= np.uint32(_SIGN_BIT)
+    else:
+        bits |= np.uint32(_SIGN_BIT)
+    return bits
 
 
-def _evaluate_by_count(
+def _evaluate_by_keys(
     dist: Tensor,
     q_pids: Tensor,
     g_pids: Tensor,
@@ -185,74 +183,121 @@ def _evaluate_by_count(
     dedup: bool,
     max_rank: int,
 ) -> dict[str, Any]:
-    """The protocol without sorting the gallery: O(G log M) per query for M correct matches.
+    """The protocol on the CPU with one numpy value sort of 64-bit keys per row.
 
-    With unique keys, the i-th correct match (0-based, in ranked order) sits at position
-    ``#{kept entries with key <= its key}``; one batched `torch.searchsorted` of every key among
-    the query's sorted match keys gives each entry the number of matches below it, and a
-    per-row histogram of those counts, cumulated, gives every match's position at once. The
-    SYSU identity rank compares each identity's smallest kept key with the query's own.
+    key = (order-preserving distance bits) << index_bits | gallery index: unique, ordered as the
+    stable sort orders the entries, and the index comes back out of the sorted key. Entries a
+    query must not see get the largest distance bits, so they sort behind every kept entry and
+    a kept entry's position in the kept list is its column in the sorted row. The rest works on
+    the (row, column) pairs of the correct matches only.
     """
     num_q, num_g = dist.shape
-    device = dist.device
-    never = num_g + 1
-    if dedup:
-        identities, g_identity = torch.unique(g_pids, return_inverse=True)
-        q_identity = torch.searchsorted(identities, q_pids).clamp_(max=len(identities) - 1)
-    ap = torch.zeros(num_q, dtype=torch.float64, device=device)
-    hardest = torch.zeros(num_q, dtype=torch.int64, device=device)
-    first_hit = torch.full((num_q,), never, dtype=torch.int64, device=device)
-    num_rel = torch.zeros(num_q, dtype=torch.int64, device=device)
+    index_bits = max(1, (num_g - 1).bit_length())
+    index_mask = np.uint64((1 << index_bits) - 1)
+    columns = np.arange(num_g, dtype=np.uint64)
+    distances = dist.detach().to(torch.float32).numpy()
+    identities, g_identity = np.unique(g_pids.numpy(), return_inverse=True)
+    g_identity = g_identity.astype(np.int32)
+    q_np = q_pids.numpy()
+    q_identity = np.searchsorted(identities, q_np).clip(max=len(identities) - 1)
+    # A query identity absent from the gallery matches nothing (-1 is no gallery identity).
+    q_identity = np.where(identities[q_identity] == q_np, q_identity, -1).astype(np.int32)
+    keep_np = None if keep is None else keep.numpy()
 
+    ap = np.zeros(num_q, dtype=np.float64)
+    hardest = np.zeros(num_q, dtype=np.int64)
+    first_hit = np.full(num_q, num_g + 1, dtype=np.int64)
+    num_rel = np.zeros(num_q, dtype=np.int64)
     for start in range(0, num_q, ROWS_PER_BLOCK):
         rows = slice(start, start + ROWS_PER_BLOCK)
-        keys = ranking_keys(dist[rows])
-        num_rows = keys.shape[0]
-        match = g_pids[None, :] == q_pids[rows, None]
-        kept = None if keep is None else keep[rows]
-        if kept is not None:
-            match &= kept
-        hits = match.sum(1)
+        bits = _ordered_bits(distances[rows])
+        num_rows = bits.shape[0]
+        if keep_np is not None:
+            kept = keep_np[rows]
+            np.putmask(bits, ~kept, _REMOVED_BITS)
+            num_kept = kept.sum(axis=1)
+        keys = np.left_shift(bits, np.uint64(index_bits), dtype=np.uint64)
+        keys |= columns
+        keys.sort(axis=1)
+        keys &= index_mask  # the sorted gallery indices
+        ranked = np.take(g_identity, keys.view(np.int64))  # identity at each ranked position
+        match = ranked == q_identity[rows, None]
+        if keep_np is not None:
+            match &= columns[None, :] < num_kept[:, None].astype(np.uint64)
+        row, col = np.nonzero(match)  # row-major: each row's matches in ranked order
+        hits = np.bincount(row, minlength=num_rows)
+        first = np.cumsum(hits) - hits  # index of each row's first match in (row, col)
+        position = col + 1
+        hit_count = np.arange(1, len(row) + 1) - first[row]
+        found = hits > 0
+        ap[rows] = np.bincount(row, weights=hit_count / position, minlength=num_rows) / np.maximum(
+            hits, 1
+        )
+        block_hardest = np.zeros(num_rows, dtype=np.int64)
+        block_hardest[found] = position[(first + hits - 1)[found]]
+        hardest[rows] = block_hardest
+        own_first = np.full(num_rows, num_g + 1, dtype=np.int64)
+        own_first[found] = position[first[found]]
         num_rel[rows] = hits
-        row, col = match.nonzero(as_tuple=True)
-        if row.numel():
-            # Each row's match keys in ranked order, packed into (rows, M), padded with the
-            # largest key (which sorts after every real one).
-            width = int(hits.max())
-            order = torch.sort(keys[row, col]).indices
-            order = order[torch.sort(row[order], stable=True).indices]  # by row, then by key
-            slot = torch.arange(row.numel(), device=device) - (hits.cumsum(0) - hits)[row]
-            match_keys = torch.full((num_rows, width), _KEY_MAX, dtype=torch.int64, device=device)
-            match_keys[row, slot] = keys[row[order], col[order]]
-            # below[j] = how many of the row's matches rank before entry j.
-            below = torch.searchsorted(match_keys, keys)
-            counted = (
-                torch.ones_like(below, dtype=torch.int32) if kept is None else kept.to(torch.int32)
-            )
-            histogram = torch.zeros((num_rows, width + 1), dtype=torch.int32, device=device)
-            histogram.scatter_add_(1, below, counted)
-            # position[i] = entries (kept) with key <= the i-th match key.
-            position = histogram[:, :width].cumsum(1, dtype=torch.int64)
-            real = torch.arange(width, device=device)[None, :] < hits[:, None]
-            rank_in_hits = torch.arange(1, width + 1, device=device, dtype=torch.float64)
-            precision = torch.where(real, rank_in_hits / position.double(), 0.0)
-            ap[rows] = precision.sum(1) / hits.clamp(min=1)
-            last = (hits - 1).clamp(min=0)[:, None]
-            hardest[rows] = torch.where(hits > 0, position.gather(1, last)[:, 0], 0)
-            if not dedup:
-                first_hit[rows] = torch.where(hits > 0, position[:, 0], never)
-        if dedup:
-            # Rank among distinct identities = how many identities' first kept entry ranks
-            # no later than the query's own identity's first (their smallest kept keys).
-            smallest = torch.full(
-                (num_rows, len(identities)), _KEY_MAX, dtype=torch.int64, device=device
-            )
-            src = keys if kept is None else torch.where(kept, keys, _KEY_MAX)
-            smallest.scatter_reduce_(1, g_identity.expand(num_rows, -1), src, reduce="amin")
-            own = smallest.gather(1, q_identity[rows, None])
-            first_hit[rows] = torch.where(hits > 0, (smallest <= own).sum(1), never)
+        first_hit[rows] = (
+            _identity_rank(ranked, own_first, found, max_rank, len(identities))
+            if dedup
+            else own_first
+        )
 
-    return _summary(ap, hardest, first_hit, num_rel, num_g, max_rank)
+    cmc_len = min(max_rank, num_g)
+    valid = num_rel > 0
+    num_valid = int(valid.sum())
+    if num_valid == 0:
+        raise ValueError(
+            f"no query has a correct match in the gallery ({num_q} queries, "
+            f"{num_g} gallery images): check the query/gallery identities"
+        )
+    counts = np.bincount(np.minimum(first_hit[valid], cmc_len + 1) - 1, minlength=cmc_len + 1)
+    return {
+        "cmc": np.cumsum(counts[:cmc_len]) / num_valid,
+        "mAP": float(ap[valid].mean()),
+        "mINP": float((num_rel[valid] / hardest[valid]).mean()),
+    }
+
+
+def _identity_rank(
+    ranked: np.ndarray,
+    own_first: np.ndarray,
+    found: np.ndarray,
+    max_rank: int,
+    num_identities: int,
+) -> np.ndarray:
+    """SYSU Rank-k position (R,): distinct identities among a row's ranked entries up to and
+    including the first one of the query's identity (1-based position `own_first`); values
+    above `max_rank` only need to stay above it.
+
+    Read from a window of leading entries; rows whose identity first appears past the window
+    and that saw fewer than `max_rank` identities in it are redone with a window reaching it.
+    """
+    num_rows, num_g = ranked.shape
+    rank = np.full(num_rows, num_g + 1, dtype=np.int64)
+    todo = found
+    width = min(num_g, max(_IDENTITY_WINDOW, 2 * max_rank))
+    while todo.any():
+        sub = np.flatnonzero(todo)
+        window = ranked[sub, :width]
+        # First occurrence of each (row, identity) pair: np.unique's indices are the first.
+        pairs = sub[:, None].astype(np.int64) * num_identities + window
+        _, first_index = np.unique(pairs.ravel(), return_index=True)
+        is_first = np.zeros(window.size, dtype=np.int64)
+        is_first[first_index] = 1
+        distinct = np.cumsum(is_first.reshape(window.shape), axis=1)
+        own = own_first[sub]
+        inside = own <= width
+        rank[sub[inside]] = distinct[inside, own[inside] - 1]
+        # The own identity lies past the window: it ranks after every identity seen there.
+        beyond = ~inside & (distinct[:, -1] >= max_rank)
+        rank[sub[beyond]] = max_rank + 1
+        todo = np.zeros_like(todo)
+        todo[sub[~inside & ~beyond]] = True
+        width = int(own_first[todo].max()) if todo.any() else width
+    return rank
 
 
 def _evaluate_by_sort(

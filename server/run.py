@@ -21,7 +21,7 @@ from ppa.checkpoint import save_checkpoint
 from ppa.config import resolve_path
 from ppa.data.protocols import load_label_space
 from ppa.engine import DeviceSettings
-from ppa.federation import global_keys, pack, unpack_into
+from ppa.federation import check_global, global_keys, pack, unpack_into
 from ppa.model import PPAEncoder, create_model
 from ppa.runtime import seed_everything
 from server.checkpoints import CheckpointStore, ServerCheckpoint, capture_rng, restore_rng
@@ -141,9 +141,19 @@ class FederatedRun:
         messages = self.strategy.configure_train(server_round, global_record, config, grid)
         replies = grid.send_and_receive(messages, timeout=float(fed.round_timeout))
         aggregated, metrics = self.strategy.aggregate_train(server_round, replies)
-        if aggregated is not None:
-            self.arrays = {k: v.numpy() for k, v in aggregated.items()}
         report = self.strategy.last_report or RoundReport(server_round, sampled=0)
+        if aggregated is not None:
+            candidate = {k: v.numpy() for k, v in aggregated.items()}
+            problems = check_global(candidate)
+            if problems:
+                # A poisoned aggregate must never become the global model: keep the previous
+                # one, tell the strategy, and record why.
+                logger.error("round %d: aggregate rejected (%s); keeping the previous model",
+                             server_round, "; ".join(problems[:3]))
+                report.failed.append(f"aggregate rejected: {'; '.join(problems[:3])}")
+                self.strategy.current = dict(self.arrays)
+            else:
+                self.arrays = candidate
         record = {
             "round": server_round,
             "train": dict(metrics) if metrics is not None else {},

@@ -274,8 +274,9 @@ class ModalityAwareFedAvg(Strategy):
         if self.exclude_anomalies and report.anomalies.flagged:
             voters = [r for r in parsed if r.site not in report.anomalies.flagged] or parsed
         if self.clip_norm:
+            # Each update is clipped as a whole (shared parts + its stem and offset).
             for r in voters:
-                r.arrays = clip_update(r.arrays, current, shared_keys, self.clip_norm)
+                r.arrays = clip_update(r.arrays, current, list(r.arrays), self.clip_norm)
 
         new = dict(current)
         new.update(
@@ -298,9 +299,16 @@ class ModalityAwareFedAvg(Strategy):
                 if parameter_group(k).kind in (STEM, OFFSET)
                 and parameter_group(k).modality == modality
             ]
+            # The same rule within the modality (it reduces to the weighted mean below three
+            # sites of that modality).
             new.update(
                 aggregate_updates(
-                    [r.arrays for r in group], [r.num_examples for r in group], keys, "fedavg"
+                    [r.arrays for r in group],
+                    [r.num_examples for r in group],
+                    keys,
+                    self.rule,
+                    trim_fraction=self.trim_fraction,
+                    byzantine=self.byzantine,
                 )
             )
         self._aggregate_prototypes(voters)

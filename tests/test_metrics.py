@@ -197,3 +197,48 @@ def test_metrics_on_cuda_equal_cpu():
     np.testing.assert_allclose(gpu["cmc"], cpu["cmc"], atol=1e-12)
     assert gpu["mAP"] == pytest.approx(cpu["mAP"], abs=1e-12)
     assert gpu["mINP"] == pytest.approx(cpu["mINP"], abs=1e-12)
+
+
+def _assert_same(fast: dict, slow: dict) -> None:
+    np.testing.assert_allclose(fast["cmc"], slow["cmc"], rtol=0, atol=1e-12)
+    assert fast["mAP"] == pytest.approx(slow["mAP"], abs=1e-12)
+    assert fast["mINP"] == pytest.approx(slow["mINP"], abs=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_key_sort_path_on_signed_zero_negative_and_narrow_distances(dtype):
+    # The CPU key-sort path: -0.0 must tie with +0.0, negatives must rank first, fp16/bf16 must
+    # rank as their float32 values; float64 (the torch sort path) and the reference agree.
+    rng = np.random.default_rng(3)
+    num_q, num_g = 70, 90
+    dist = rng.integers(-3, 4, (num_q, num_g)).astype(np.float32) / 2
+    dist[rng.random((num_q, num_g)) < 0.2] = -0.0
+    dist[0] = np.abs(dist[0])  # a row without negatives
+    rounded = torch.from_numpy(dist).to(dtype)
+    exact = rounded.double().numpy()
+    q_pids, g_pids = rng.integers(0, 15, num_q), rng.integers(0, 12, num_g)
+    q_cams, g_cams = rng.choice([3, 6], num_q), rng.choice([1, 2, 4, 5], num_g)
+    for max_rank in (1, 20):
+        slow = metrics_reference.sysu_metrics(exact, q_pids, g_pids, q_cams, g_cams, max_rank)
+        _assert_same(sysu_metrics(rounded, q_pids, g_pids, q_cams, g_cams, max_rank), slow)
+        _assert_same(sysu_metrics(exact, q_pids, g_pids, q_cams, g_cams, max_rank), slow)
+        slow = metrics_reference.regdb_metrics(exact, q_pids, g_pids, max_rank)
+        _assert_same(regdb_metrics(rounded, q_pids, g_pids, max_rank), slow)
+
+
+def test_identity_rank_when_the_own_identity_first_appears_late():
+    # Few gallery identities repeated many times: a query's identity can first appear far past
+    # the leading window while fewer than max_rank identities precede it (the wide re-read),
+    # or past the window after many identities (ranked beyond max_rank).
+    rng = np.random.default_rng(5)
+    num_q, num_g = 40, 400
+    g_pids = np.concatenate([rng.integers(0, 3, 300), rng.integers(3, 60, 100)])
+    q_pids = rng.integers(0, 60, num_q)
+    dist = rng.random((num_q, num_g)).astype(np.float32)
+    dist[:, :300] *= 0.5  # identities 0-2 fill the top of every ranked list
+    q_cams, g_cams = rng.choice([3, 6], num_q), rng.choice([1, 2, 4, 5], num_g)
+    for max_rank in (5, 20, 50):
+        _assert_same(
+            sysu_metrics(dist, q_pids, g_pids, q_cams, g_cams, max_rank),
+            metrics_reference.sysu_metrics(dist, q_pids, g_pids, q_cams, g_cams, max_rank),
+        )

@@ -378,13 +378,6 @@ def test_a_nan_update_is_rejected_and_the_model_stays_finite(
 
 @pytest.mark.slow
 @pytest.mark.integration
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: server/strategy.py aggregates stems and DCMA offsets with plain FedAvg "
-    "whatever federation.aggregation.rule says, so cam2's x50 update drives the visible "
-    "stem's BatchNorm running_var negative (measured: min -1.37) and central evaluation "
-    "fails on NaN distances; remove this mark once the robust rule covers those groups",
-)
 def test_a_scaled_update_is_flagged_and_the_median_holds(
     clean: Path, tiny_sysu_root: Path, tmp_path: Path
 ) -> None:

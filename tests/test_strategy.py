@@ -136,6 +136,16 @@ def test_malformed_and_failed_replies_are_dropped_and_named(reference) -> None:
                                   reference["stems.infrared.conv1.weight"].numpy())
 
 
+def test_negative_variances_are_rejected(reference) -> None:
+    strategy = make_strategy(reference)
+    bad = site_arrays(reference, Modality.VISIBLE, 1.0)
+    bad["trunk.layer1.0.bn1.running_var"] = -np.ones_like(bad["trunk.layer1.0.bn1.running_var"])
+    strategy._sampled[1] = 1
+    record, _ = strategy.aggregate_train(1, [reply(1, "cam1", Modality.VISIBLE, bad, 5)])
+    assert record is None
+    assert "negative variances" in strategy.last_report.failed[0]
+
+
 def test_no_usable_reply_keeps_the_global_model(reference) -> None:
     strategy = make_strategy(reference)
     strategy._sampled[2] = 1
@@ -149,7 +159,7 @@ def test_result_does_not_depend_on_arrival_order(reference) -> None:
     msgs = []
     for i, (site, mod) in enumerate([("cam1", Modality.VISIBLE), ("cam2", Modality.VISIBLE),
                                      ("cam3", Modality.INFRARED), ("cam6", Modality.INFRARED)]):
-        arrays = {k: (v + rng.normal(size=v.shape)).astype(v.dtype)
+        arrays = {k: (np.abs(v) + rng.random(size=v.shape)).astype(v.dtype)
                   if np.issubdtype(v.dtype, np.floating) else v
                   for k, v in site_arrays(reference, mod, 0.0).items()}
         msgs.append((i + 1, site, mod, arrays, 7 + 3 * i))
@@ -164,8 +174,10 @@ def test_robust_rules_and_anomaly_flags(reference) -> None:
     keys = site_keys(reference, Modality.VISIBLE)
 
     def perturbed(delta_of) -> dict[str, np.ndarray]:
+        # BatchNorm variances stay as they are: a negative one is rejected outright.
         return {k: (base[k] + delta_of(k)).astype(base[k].dtype)
-                if np.issubdtype(base[k].dtype, np.floating) else base[k] for k in keys}
+                if np.issubdtype(base[k].dtype, np.floating) and not k.endswith("running_var")
+                else base[k] for k in keys}
 
     # Honest sites move the same way (one objective) with their own noise.
     common = {k: 0.01 * rng.normal(size=base[k].shape) for k in keys}
