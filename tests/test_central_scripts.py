@@ -101,3 +101,22 @@ def test_evaluate_errors_are_clear(tiny_sysu_root: Path, tmp_path: Path) -> None
     KeypointCache(kept, source="test").save(kp)
     with pytest.raises(MissingKeypointsError, match=r"keypoints\.npz"):
         evaluate.run(load_config([*base, f"checkpoint={ckpt}", f"dataset.root={no_keypoints}"]))
+
+
+@pytest.mark.slow
+def test_ablation_ladder_writes_one_table(tiny_sysu_root: Path, tmp_path: Path) -> None:
+    overrides = tiny_overrides(tiny_sysu_root, tmp_path, "train.epochs=1",
+                               "train.max_batches_per_epoch=2", "run_name=abl",
+                               f"output_dir={tmp_path / 'abl'}", "+ablation=[baseline,full]")
+    lines = run_script("run_ablation", overrides)
+    table = Path(lines[-1])
+    assert table.name == "ablation.md"
+    text = table.read_text()
+    assert "| baseline |" in text and "| full |" in text
+    rows = json.loads((table.parent / "ablation.json").read_text())
+    assert set(rows) == {"baseline", "full"}
+    for row in rows.values():
+        assert set(row["results"]) == {"raw-raw", "anon-anon", "raw-anon"}
+        assert Path(row["checkpoint"]).is_file()
+    # Each method trained into its own folder next to the ablation's.
+    assert (tmp_path / "abl_full" / "checkpoints" / "last.pt").is_file()

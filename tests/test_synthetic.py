@@ -32,9 +32,11 @@ from ppa.data.synthetic_render import (
     OCCLUDED_SCORE,
     REGDB_CAMERAS,
     SYSU_CAMERAS,
+    SYSU_LUMINANCE_SHARE,
     VISIBLE_SCORE,
     Placement,
     SyntheticRenderer,
+    garment_heat,
     rasterize_person,
     sample_identity,
 )
@@ -198,7 +200,7 @@ def test_sysu_manifest_records_parameters(sysu):
     root, summary = sysu
     manifest = read_manifest(root)
     assert manifest["dataset"] == "synthetic_sysu"
-    assert manifest["parameters"] == SYSU_ARGS
+    assert manifest["parameters"] == {**SYSU_ARGS, "infrared_luminance": SYSU_LUMINANCE_SHARE}
     assert manifest["summary"]["ids"] == summary["ids"]
     with Image.open(root / PREVIEW_NAME) as sheet:
         assert sheet.format == "PNG" and sheet.width > 6 * W and sheet.height > H
@@ -518,3 +520,19 @@ def test_script_refuses_a_real_dataset(tmp_path):
     assert result.returncode != 0
     assert "dataset=sysu is not a synthetic dataset" in result.stderr
     assert not (tmp_path / "sysu").exists()
+
+
+def test_infrared_luminance_share_controls_how_much_brightness_reaches_infrared():
+    luminance_only = garment_heat(1.0)
+    fabric_only = garment_heat(0.0)
+    # Full share: infrared intensity is monotone in visible brightness; none: it is not.
+    from ppa.data.synthetic_render import GARMENT_COLOURS
+
+    luma = GARMENT_COLOURS @ np.array([0.3, 0.59, 0.11], np.float32)
+    order = np.argsort(luma)
+    assert np.all(np.diff(luminance_only[order]) >= 0)
+    assert not np.all(np.diff(fabric_only[order]) >= 0)
+    np.testing.assert_allclose(garment_heat(0.5), 0.5 * luminance_only + 0.5 * fabric_only,
+                               rtol=1e-6)
+    with pytest.raises(ValueError, match="share"):
+        garment_heat(1.5)

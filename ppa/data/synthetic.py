@@ -28,8 +28,10 @@ from PIL import Image, ImageDraw
 from ppa.data.keypoints import DEFAULT_CACHE_NAME, KeypointCache
 from ppa.data.synthetic_render import (
     REGDB_CAMERAS,
+    REGDB_LUMINANCE_SHARE,
     RENDERER_VERSION,
     SYSU_CAMERAS,
+    SYSU_LUMINANCE_SHARE,
     Identity,
     SyntheticRenderer,
     sample_identity,
@@ -185,10 +187,14 @@ def write_synthetic_sysu(
     image_width: int,
     camera_coverage: float,
     seed: int,
+    infrared_luminance: float = SYSU_LUMINANCE_SHARE,
     overwrite: bool = False,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Write a synthetic SYSU-MM01 at `root`; returns the summary (also in the manifest).
+
+    `infrared_luminance` is the share of a garment's infrared intensity that follows its
+    visible brightness (SYSU's infrared cameras are near-infrared: high).
 
     Layout: ``cam{1..6}/{pid:04d}/{img:04d}.jpg`` and ``exp/{train,val,test}_id.txt`` (one
     line of comma-separated ids each), ``keypoints.npz``, ``preview.png``, ``synthetic.json``.
@@ -212,6 +218,7 @@ def write_synthetic_sysu(
         "image_width": width,
         "camera_coverage": float(camera_coverage),
         "seed": seed,
+        "infrared_luminance": float(infrared_luminance),
     }
 
     order = _rng(seed, _SYSU, _SPLIT).permutation(np.arange(1, n_train + n_val + n_test + 1))
@@ -239,7 +246,9 @@ def write_synthetic_sysu(
     with _staged_directory(root, overwrite) as staging:
         done = 0
         for pid in sorted(cameras):
-            identity = sample_identity(pid, _rng(seed, _SYSU, _IDENTITY, pid))
+            identity = sample_identity(
+                pid, _rng(seed, _SYSU, _IDENTITY, pid), float(infrared_luminance)
+            )
             for cam in cameras[pid]:
                 ids_per_camera[f"cam{cam}"] += 1
                 for shot in range(1, per_cam + 1):
@@ -297,10 +306,13 @@ def write_synthetic_regdb(
     image_height: int,
     image_width: int,
     seed: int,
+    infrared_luminance: float = REGDB_LUMINANCE_SHARE,
     overwrite: bool = False,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Write a synthetic RegDB at `root`; returns the summary (also in the manifest).
+
+    `infrared_luminance`: as for SYSU; RegDB's thermal camera follows visible brightness less.
 
     Layout: ``Visible/<id>/<name>.bmp`` and ``Thermal/<id>/<name>.bmp`` (a co-located camera
     pair: shot k of an identity has the same pose in both), and
@@ -319,6 +331,7 @@ def write_synthetic_regdb(
         "image_height": height,
         "image_width": width,
         "seed": seed,
+        "infrared_luminance": float(infrared_luminance),
     }
     # One scene for both cameras: they are co-located and see the same street.
     renderer = SyntheticRenderer(height, width, REGDB_CAMERAS, seed, scene_keys={1: 0, 2: 0})
@@ -331,7 +344,9 @@ def write_synthetic_regdb(
     with _staged_directory(root, overwrite) as staging:
         done = 0
         for pid in range(1, n_ids + 1):
-            identity = sample_identity(pid, _rng(seed, _REGDB, _IDENTITY, pid))
+            identity = sample_identity(
+                pid, _rng(seed, _REGDB, _IDENTITY, pid), float(infrared_luminance)
+            )
             for shot in range(1, per_mod + 1):
                 placement = renderer.placement(identity, 1, _rng(seed, _REGDB, _SHOT, pid, shot))
                 serial = (pid - 1) * per_mod + shot

@@ -32,7 +32,7 @@ from ppa.pose.coco import INDEX, NUM_KEYPOINTS
 
 # Bump whenever the same arguments would render different pictures: the manifest records it, so
 # scripts/make_synthetic.py can tell a dataset written by an older renderer.
-RENDERER_VERSION = 1
+RENDERER_VERSION = 2
 
 # Score of a ground-truth joint hidden behind another body part, a bag or an occluder: below the
 # usual confidence threshold (pose.min_confidence) but not 0, as a detector would report it.
@@ -158,12 +158,14 @@ EYE_HEAT = 0.96
 GLASSES_HEAT = 0.30
 MOUTH_HEAT = 0.95
 # Infrared intensity of each garment of GARMENT_COLOURS. Like near-infrared reflectance and
-# emissivity of real fabrics, it follows visible brightness only in part: half comes from the
-# garment's luminance, half from a fixed per-fabric table in scrambled order. Hue never reaches
-# infrared and brightness only loosely (a light-blue and a yellow shirt can look alike), but
-# one garment looks the same on everybody who wears it, which a model can learn.
-GARMENT_HEAT_RANGE = (0.4, 0.85)
-LUMINANCE_SHARE = 0.7
+# thermal emissivity of real fabrics, it follows visible brightness only in part: a share comes
+# from the garment's luminance, the rest from a fixed per-fabric table in scrambled order. Hue
+# never reaches infrared, but one garment looks the same on everybody who wears it, which a
+# model can learn. SYSU-MM01's infrared cameras are near-infrared (active illumination, images
+# close to grey-level photographs): a high share; RegDB's are far-infrared thermal: lower.
+GARMENT_HEAT_RANGE = (0.25, 0.95)
+SYSU_LUMINANCE_SHARE = 0.9
+REGDB_LUMINANCE_SHARE = 0.6
 FABRIC_HEAT = np.array(
     [
         0.62,
@@ -187,15 +189,21 @@ FABRIC_HEAT = np.array(
     ],
     dtype=np.float32,
 )
-GARMENT_HEAT = (
-    LUMINANCE_SHARE
-    * (
-        GARMENT_HEAT_RANGE[0]
-        + (GARMENT_HEAT_RANGE[1] - GARMENT_HEAT_RANGE[0])
-        * (GARMENT_COLOURS @ np.array([0.3, 0.59, 0.11], np.float32))
+
+
+def garment_heat(luminance_share: float) -> np.ndarray:
+    """Infrared intensity of every garment colour for a luminance share in [0, 1]."""
+    if not 0.0 <= luminance_share <= 1.0:
+        raise ValueError(f"infrared luminance share must be in [0, 1], got {luminance_share}")
+    luminance = GARMENT_COLOURS @ np.array([0.3, 0.59, 0.11], np.float32)
+    from_luminance = (
+        GARMENT_HEAT_RANGE[0] + (GARMENT_HEAT_RANGE[1] - GARMENT_HEAT_RANGE[0]) * luminance
     )
-    + (1.0 - LUMINANCE_SHARE) * FABRIC_HEAT
-).astype(np.float32)
+    return (luminance_share * from_luminance + (1.0 - luminance_share) * FABRIC_HEAT).astype(
+        np.float32
+    )
+
+
 COAT_HEAT_DROP = 0.06  # a thick coat insulates: cooler than the same fabric as a shirt
 PATTERN_HEAT_CONTRAST = 0.18  # least emissivity difference between a pattern's two threads
 SHOE_HEAT = 0.42
@@ -371,7 +379,9 @@ def _other_colour(rng: np.random.Generator, index: int) -> int:
     return (index + 1 + int(rng.integers(len(GARMENT_COLOURS) - 1))) % len(GARMENT_COLOURS)
 
 
-def sample_identity(pid: int, rng: np.random.Generator) -> Identity:
+def sample_identity(
+    pid: int, rng: np.random.Generator, luminance_share: float = SYSU_LUMINANCE_SHARE
+) -> Identity:
     """Draw one identity; attributes come from small shared sets so look-alikes occur."""
     female = bool(rng.random() < FEMALE_PROBABILITY)
 
@@ -410,10 +420,11 @@ def sample_identity(pid: int, rng: np.random.Generator) -> Identity:
     colours[Material.HAT] = GARMENT_COLOURS[rng.integers(len(GARMENT_COLOURS))]
 
     # Thermal look: each fabric's own infrared intensity; a pattern always shows.
-    top_heat = GARMENT_HEAT[top_idx] - (COAT_HEAT_DROP if coat else 0.0)
-    bottom_heat = GARMENT_HEAT[bottom_idx]
-    top_alt_heat = _pattern_heat(top_heat, GARMENT_HEAT[top_alt])
-    bottom_alt_heat = _pattern_heat(bottom_heat, GARMENT_HEAT[bottom_alt])
+    heat_table = garment_heat(luminance_share)
+    top_heat = heat_table[top_idx] - (COAT_HEAT_DROP if coat else 0.0)
+    bottom_heat = heat_table[bottom_idx]
+    top_alt_heat = _pattern_heat(top_heat, heat_table[top_alt])
+    bottom_alt_heat = _pattern_heat(bottom_heat, heat_table[bottom_alt])
     heat = np.zeros(NUM_MATERIALS, np.float32)
     heat[Material.SKIN] = SKIN_HEAT + jitter(SKIN_HEAT_SIGMA)
     heat[Material.HAIR] = HAIR_HEAT
