@@ -42,7 +42,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
-from evaluate import effective_config  # scripts/ is on sys.path (script dir / pytest config)
 from matplotlib import cbook
 from omegaconf import DictConfig, OmegaConf
 from skimage import data as skimage_data
@@ -66,6 +65,8 @@ from ppa.pose.coco import INDEX, NUM_KEYPOINTS
 from ppa.pose.prior import canonical_keypoints
 from ppa.privacy import FaceDetector, psnr, ssim, to_uint8_images
 from ppa.runtime import seed_everything
+
+from evaluate import effective_config  # scripts/ is on sys.path (script dir / pytest config)
 
 logger = logging.getLogger("privacy_report")
 

@@ -20,8 +20,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from evaluate import run as evaluate_checkpoint
 from ppa.config import CONFIG_DIR, load_config, resolve_path
+
+from evaluate import run as evaluate_checkpoint
 from train_central import train
 
 logger = logging.getLogger("run_ablation")

@@ -31,6 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ppa.config import load_config
+from ppa.data import partition
+from ppa.data.protocols import protocol_of
+from ppa.data.records import Modality
+
 from flower_launch import (
     CONFIG_FORBIDDEN_CHARS,
     EXIT_USAGE,
@@ -51,11 +56,6 @@ from flower_launch import (
     tail_text,
 )
 from flower_launch import format_config_args as format_node_config
-
-from ppa.config import load_config
-from ppa.data import partition
-from ppa.data.protocols import protocol_of
-from ppa.data.records import Modality
 
 LOGGER = logging.getLogger("ppa.deployment")
 

@@ -30,6 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ppa.config import load_config
+from ppa.data.partition import site_layout
+from ppa.data.protocols import protocol_of
+
 from flower_launch import (
     EXIT_USAGE,
     LaunchSettings,
@@ -44,10 +48,6 @@ from flower_launch import (
     format_config_args,
     supervise,
 )
-
-from ppa.config import load_config
-from ppa.data.partition import site_layout
-from ppa.data.protocols import protocol_of
 
 LOGGER = logging.getLogger("ppa.simulation")
 

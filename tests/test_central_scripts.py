@@ -10,12 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, load_script, tiny_overrides
 
 from ppa.checkpoint import CheckpointError
 from ppa.config import load_config
 from ppa.data.errors import DatasetLayoutError
 from ppa.data.keypoints import MissingKeypointsError
+
+from conftest import REPO, load_script, tiny_overrides
 
 
 def run_script(name: str, overrides: list[str], timeout: int = 600) -> list[str]:

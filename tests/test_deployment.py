@@ -21,6 +21,7 @@ import tomli
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+
 from flower_launch import _proc_stat, health_ok, write_flat_toml
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -24,8 +24,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from flower_launch import health_ok
 from test_deployment_engine import read_client_records, read_server_record, write_probe_app
+
+from flower_launch import health_ok
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import privacy_report  # scripts/ is on pytest's pythonpath
 import pytest
-from conftest import REPO, load_script, tiny_overrides
 from omegaconf import DictConfig, OmegaConf, open_dict
 from PIL import Image
 from skimage import data as skimage_data
@@ -22,6 +21,8 @@ from ppa.config import load_config
 from ppa.data.errors import CorruptImageError
 from ppa.data.keypoints import KeypointCache
 from ppa.pose.coco import INDEX, NUM_KEYPOINTS
+
+from conftest import REPO, load_script, tiny_overrides
 
 ASTRONAUT_HEAD = privacy_report.SAMPLE_PHOTO_JOINTS["astronaut"]
 

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import load_script, tiny_overrides
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
@@ -33,6 +32,8 @@ from ppa.federation import global_keys, pack
 from ppa.model import create_model
 from server.checkpoints import CheckpointStore, ServerCheckpoint
 from server.run import FederatedRun
+
+from conftest import load_script, tiny_overrides
 
 # Fast site training: one batch of P=4 x K=2 per round.
 FAST = ["train.max_batches_per_epoch=1", "federation.local_epochs=1"]

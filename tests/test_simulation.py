@@ -21,8 +21,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import run_simulation
 import torch
+from flwr.common.config import parse_config_args
+from flwr.supercore.utils import simulation_config_from_json
+from test_deployment_engine import live_processes_mentioning
+
+from ppa.config import load_config
+
+import run_simulation
 from conftest import tiny_overrides
 from flower_launch import (
     EXIT_INTERRUPTED,
@@ -32,11 +38,6 @@ from flower_launch import (
     _alive,
     _descendants,
 )
-from flwr.common.config import parse_config_args
-from flwr.supercore.utils import simulation_config_from_json
-from test_deployment_engine import live_processes_mentioning
-
-from ppa.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "run_simulation.py"
