@@ -16,7 +16,8 @@ from flwr.app import (
 )
 from flwr.clientapp import ClientApp
 
-from client.site import BUDGET_EXHAUSTED_CODE, SiteTrainer, site_spec
+from client.private import BUDGET_EXHAUSTED_CODE
+from client.site import SiteTrainer, site_spec
 from ppa.config import load_run_config, overrides_from_run_config
 from ppa.dp import PrivacyBudgetExhaustedError
 from ppa.federation import PROTO_COUNT, PROTO_SUM
@@ -54,6 +55,7 @@ def train(msg: Message, context: Context) -> Message:
             local_epochs=int(config.get("local-epochs", trainer.cfg.federation.local_epochs)),
             half_precision=bool(config.get("half-precision", False)),
             state=context.state,  # per-site state across rounds: the DP accountant's ledger
+            run_id=str(context.run_id),
         )
     except PrivacyBudgetExhaustedError as err:
         # Out of DP budget: nothing was trained or released. An error reply, which the strategy

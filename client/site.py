@@ -10,29 +10,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from flwr.app import ConfigRecord, RecordDict
+from flwr.app import RecordDict
 from omegaconf import DictConfig
 
 from client.injection import maybe_fail, poison
+from client.private import PrivateTraining
 from ppa.anonymize import KprAnonymizer
 from ppa.config import resolve_path
 from ppa.data.keypoints import load_dataset_keypoints
 from ppa.data.loader import create_train_loader
-from ppa.data.partition import Site, partition_sites
+from ppa.data.partition import Site, partition_sites, site_layout
 from ppa.data.protocols import load_train_set, protocol_of
 from ppa.data.records import Modality
-from ppa.dp import (
-    PerSampleGradients,
-    PrivacyBudgetExhaustedError,
-    PrivacyLedger,
-    PrivacySettings,
-    PrivateStep,
-    create_poisson_loader,
-    create_release_loader,
-    freeze_other_modalities,
-    plan_round,
-    release_prototypes,
-)
+from ppa.data.sampler import MIN_USABLE_LABELS
 from ppa.engine import (
     DeviceSettings,
     PPAObjective,
@@ -50,10 +40,6 @@ logger = logging.getLogger(__name__)
 
 DEPLOYMENT_KEYS = ("site", "modality", "data-root")
 SIMULATION_KEYS = ("partition-id", "num-partitions")
-# context.state key of a site's privacy ledger (a ConfigRecord; see ppa.dp.PrivacyLedger).
-DP_LEDGER = "dp-ledger"
-# Error code of the reply of a site out of DP budget (Flower's own codes are 0..8).
-BUDGET_EXHAUSTED_CODE = 100
 
 
 class NodeConfigError(ValueError):
@@ -96,13 +82,42 @@ def site_spec(node_config: Mapping[str, object], cfg: DictConfig) -> SiteSpec:
             raise NodeConfigError(f"node config data-root={root} is not a directory")
         return SiteSpec(str(node_config["site"]), modality, root)
     if all(k in node_config for k in SIMULATION_KEYS):
-        return SiteSpec(
-            None, None, None, int(node_config["partition-id"]), int(node_config["num-partitions"])
-        )
+        try:
+            pid, count = (int(str(node_config[k])) for k in SIMULATION_KEYS)
+        except ValueError as err:
+            raise NodeConfigError(
+                f"node config {dict(node_config)}: partition-id and num-partitions must be integers"
+            ) from err
+        if not 0 <= pid < count:
+            raise NodeConfigError(
+                f"node config partition-id={pid} is outside 0..num-partitions-1={count - 1}"
+            )
+        return SiteSpec(None, None, None, pid, count)
     raise NodeConfigError(
         f"node config {dict(node_config)} names no site: expected {list(DEPLOYMENT_KEYS)} "
         f"(deployment) or {list(SIMULATION_KEYS)} (simulation)"
     )
+
+
+def _check_layout(spec: SiteSpec, cfg: DictConfig) -> None:
+    """A deployed site's name and modality must be one the configured partition produces."""
+    fed = cfg.federation
+    layout = dict(
+        site_layout(
+            str(fed.partition),
+            protocol=protocol_of(cfg.dataset),
+            sites_per_modality=int(fed.sites_per_modality),
+        )
+    )
+    if spec.name not in layout:
+        raise NodeConfigError(
+            f"site {spec.name!r} is not one of {sorted(layout)} of the {fed.partition} partition"
+        )
+    if layout[spec.name] != spec.modality:
+        raise NodeConfigError(
+            f"site {spec.name!r} is a {layout[spec.name].value} site, its "
+            f"node config says modality={spec.modality.value}"
+        )
 
 
 def _sysu_camera(site_name: str) -> int | None:
@@ -133,6 +148,7 @@ class SiteTrainer:
         fed = cfg.federation
         protocol = protocol_of(cfg.dataset)
         if spec.name is not None:
+            _check_layout(spec, cfg)
             # Deployment: the site's root may hold only its own camera(s).
             cam = _sysu_camera(spec.name) if protocol == "sysu" else None
             train_set = load_train_set(
@@ -155,6 +171,12 @@ class SiteTrainer:
             names=[spec.name] if spec.name is not None else None,
         )
         self.site = self._pick(sites, spec)
+        identities = len(set(self.site.labels))
+        if identities < MIN_USABLE_LABELS:
+            raise ValueError(
+                f"site {self.site.name!r} ({train_set.root}) holds {identities} identity; "
+                f"training needs at least {MIN_USABLE_LABELS}"
+            )
         self.num_classes = train_set.num_classes
         self.root = train_set.root
         needs_pose = self.objective.anonymized_view
@@ -171,10 +193,7 @@ class SiteTrainer:
         self.anonymizer = (
             KprAnonymizer.from_config(cfg).to(self.device.device) if needs_pose else None
         )
-        self.privacy: PrivacySettings | None = None
-        self.per_sample: PerSampleGradients | None = None
-        if cfg.privacy.get("enabled", False):
-            self._setup_privacy()
+        self.private = PrivateTraining(self) if cfg.privacy.get("enabled", False) else None
         logger.info(
             "site %s (%s): %d images of %d identities",
             self.site.name,
@@ -216,30 +235,28 @@ class SiteTrainer:
         local_epochs: int,
         half_precision: bool,
         state: RecordDict | None = None,
+        run_id: str = "",
     ) -> RoundResult:
         """Load the global model, train `local_epochs` epochs of PPA, return the update.
 
         Under DP (`cfg.privacy.enabled`) `state` (the ClientApp's ``context.state``) carries the
-        site's privacy ledger across rounds; a round that would exceed the site's budget raises
-        `PrivacyBudgetExhaustedError` before touching any data.
+        site's privacy ledger across rounds (client/private.py); a round that would exceed the
+        site's budget raises `PrivacyBudgetExhaustedError` before touching any data.
         """
         cfg, site = self.cfg, self.site
-        inject = cfg.federation.get("inject")
-        maybe_fail(inject, site.name, server_round)
-        if self.privacy is not None:
-            return self._train_round_private(
+        maybe_fail(cfg.federation.get("inject"), site.name, server_round)
+        self._check_arrays(global_arrays)
+        if self.private is not None:
+            return self.private.train_round(
                 global_arrays,
                 prototypes,
                 server_round=server_round,
                 local_epochs=local_epochs,
                 half_precision=half_precision,
                 state=state,
+                run_id=run_id,
             )
-        seed = derive_seed(int(cfg.seed), server_round, site.name)
-        seed_everything(seed, bool(cfg.deterministic))
-        state = self.model.state_dict()
-        self.model.load_state_dict(unpack_into(state, global_arrays))
-        optimizer = create_optimizer(self.model, cfg.train.optimizer)
+        optimizer = self.start_round(global_arrays, server_round)
         loader = create_train_loader(
             site.records,
             self.root,
@@ -247,274 +264,122 @@ class SiteTrainer:
             train_cfg=cfg.train,
             pose_cfg=cfg.pose,
             keypoints=self.keypoints,
-            seed=seed,
+            seed=derive_seed(int(cfg.seed), server_round, site.name),
             on_bad_image=str(cfg.dataset.on_bad_image),
         )
-        dim = self.model.num_features
-        accumulator = PrototypeAccumulator(2, self.num_classes, dim, device=self.device.device)
-        ctx = StepContext(
-            model=self.model,
-            objective=self.objective,
-            anonymizer=self.anonymizer,
-            mean=tuple(cfg.input.mean),
-            std=tuple(cfg.input.std),
-            heatmap_sigma=float(cfg.pose.heatmap_sigma),
-            min_confidence=float(cfg.pose.min_confidence),
-            device=self.device,
-            prototypes=self._global_prototypes(prototypes, dim),
-            accumulator=accumulator,
+        accumulator = PrototypeAccumulator(
+            2, self.num_classes, self.model.num_features, device=self.device.device
         )
+        ctx = self.step_context(prototypes, accumulator=accumulator)
         start = time.perf_counter()
-        epochs: list[dict[str, float]] = []
-        for e in range(local_epochs):
-            global_epoch = (server_round - 1) * local_epochs + e
-            set_epoch_lr(optimizer, global_epoch, cfg.train)
-            loader.batch_sampler.set_epoch(global_epoch)
-            epochs.append(
-                train_one_epoch(
-                    ctx,
-                    loader,
-                    optimizer,
-                    max_batches=cfg.train.max_batches_per_epoch,
-                    progress=False,
-                    desc=f"{site.name} r{server_round}",
-                )
-            )
+        epochs = self.run_epochs(
+            ctx,
+            loader,
+            optimizer,
+            loader.batch_sampler,
+            server_round=server_round,
+            local_epochs=local_epochs,
+            max_batches=cfg.train.max_batches_per_epoch,
+        )
         seconds = time.perf_counter() - start
-        new_state = self.model.state_dict()
-        arrays = pack(new_state, site_keys(new_state, site.modality), half_precision)
-        arrays = poison(arrays, global_arrays, inject, site.name)
-        m = site.modality.index
-        last = epochs[-1]
-        metrics = {k: float(v) for k, v in last.items() if k.startswith("loss")}
-        metrics.update(
-            {
-                "num-examples": float(len(site.records)),
-                "examples-seen": float(sum(e["num_examples"] for e in epochs)),
-                "train-seconds": seconds,
-                "images-per-second": float(sum(e["num_examples"] for e in epochs) / seconds)
-                if seconds > 0
-                else 0.0,
-            }
-        )
-        return RoundResult(
-            arrays, accumulator.sums[m].cpu().numpy(), accumulator.counts[m].cpu().numpy(), metrics
-        )
-
-    # Differential privacy ----------------------------------------------------------------------
-    def _setup_privacy(self) -> None:
-        """DP-SGD pieces that live as long as the trainer: frozen other modality, hooks."""
-        self.privacy = PrivacySettings.from_config(self.cfg)
-        frozen = freeze_other_modalities(self.model, self.site.modality)
-        # Raises (naming model.norm) for a BatchNorm model; hooks stay on for the model's life.
-        self.per_sample = PerSampleGradients(self.model)
-        if self.objective.uses("triplet"):
-            logger.warning(
-                "site %s: ppa.weights.triplet=%.2f ignored under DP (the triplet couples the "
-                "records of a batch)",
-                self.site.name,
-                self.objective.weights["triplet"],
-            )
-        logger.info(
-            "site %s: DP-SGD sigma=%.3f C=%.3f delta=%g budget=%s (%s accountant); %d frozen "
-            "parameters of the other modality",
-            self.site.name,
-            self.privacy.noise_multiplier,
-            self.privacy.max_grad_norm,
-            self.privacy.delta,
-            self.privacy.budget_for(self.site.name),
-            self.privacy.accountant,
-            len(frozen),
-        )
-
-    def load_ledger(self, state: RecordDict) -> PrivacyLedger:
-        """The site's ledger from ``context.state`` (empty on its first round)."""
-        assert self.privacy is not None
-        if DP_LEDGER not in state.config_records:
-            return PrivacyLedger(accountant=self.privacy.accountant)
-        record = state.config_records[DP_LEDGER]
-        owner = str(record.get("site", self.site.name))
-        if owner != self.site.name:
-            raise ValueError(
-                f"context.state['{DP_LEDGER}'] belongs to site {owner!r}, this node trains "
-                f"site {self.site.name!r}"
-            )
-        columns = {k: list(v) for k, v in record.items() if k != "site"}
-        return PrivacyLedger.from_columns(
-            columns, self.privacy.accountant, source=f"site {self.site.name} {DP_LEDGER}"
-        )
-
-    def save_ledger(self, state: RecordDict, ledger: PrivacyLedger) -> None:
-        state[DP_LEDGER] = ConfigRecord({"site": self.site.name, **ledger.to_columns()})
-
-    def _train_round_private(
-        self,
-        global_arrays: Mapping[str, np.ndarray],
-        prototypes: Mapping[str, np.ndarray] | None,
-        *,
-        server_round: int,
-        local_epochs: int,
-        half_precision: bool,
-        state: RecordDict | None,
-    ) -> RoundResult:
-        """One round of DP-SGD: budget check, Poisson batches, private prototypes."""
-        cfg, site, privacy = self.cfg, self.site, self.privacy
-        assert privacy is not None and self.per_sample is not None
-        if state is None:
-            raise ValueError(
-                f"site {site.name}: privacy.enabled needs the ClientApp's context.state to "
-                "compose the accountant across rounds (train_round(..., state=context.state))"
-            )
-        ledger = self.load_ledger(state)
-        if server_round in ledger.rounds():
-            raise ValueError(
-                f"site {site.name}: round {server_round} was already accounted "
-                f"(ledger rounds {ledger.rounds()}); a repeated round would spend twice"
-            )
-        seed = derive_seed(int(cfg.seed), server_round, site.name)
-        seed_everything(seed, bool(cfg.deterministic))
-        loader = create_poisson_loader(
-            site.records,
-            self.root,
-            input_cfg=cfg.input,
-            train_cfg=cfg.train,
-            pose_cfg=cfg.pose,
-            keypoints=self.keypoints,
-            expected_batch_size=privacy.batch_size,
-            seed=privacy.seed(server_round, site.name, "sampling"),
-            on_bad_image=str(cfg.dataset.on_bad_image),
-        )
-        sampler = loader.batch_sampler
-        send_prototypes = bool(cfg.federation.get("prototypes", True))
-        planned = plan_round(
-            privacy,
-            server_round,
-            sample_rate=sampler.sample_rate,
-            steps=local_epochs * sampler.steps,
-            prototypes=send_prototypes,
-        )
-        budget = privacy.budget_for(site.name)
-        try:
-            projected = ledger.check_budget(site.name, planned, budget, privacy.delta)
-        except PrivacyBudgetExhaustedError as err:
-            logger.warning("%s", err)
-            raise
-        # Commit the spend before training: a crash mid-round must not under-count.
-        ledger.record(planned)
-        self.save_ledger(state, ledger)
-
-        self.model.load_state_dict(unpack_into(self.model.state_dict(), global_arrays))
-        optimizer = create_optimizer(self.model, cfg.train.optimizer)
-        dim = self.model.num_features
-        step = PrivateStep(
-            self.per_sample,
-            noise_multiplier=privacy.noise_multiplier,
-            max_grad_norm=privacy.max_grad_norm,
-            expected_batch_size=sampler.sample_rate * sampler.num_records,
-            seed=privacy.seed(server_round, site.name, "noise"),
-        )
-        ctx = StepContext(
-            model=self.model,
-            objective=self.objective,
-            anonymizer=self.anonymizer,
-            mean=tuple(cfg.input.mean),
-            std=tuple(cfg.input.std),
-            heatmap_sigma=float(cfg.pose.heatmap_sigma),
-            min_confidence=float(cfg.pose.min_confidence),
-            device=self.device,
-            prototypes=self._global_prototypes(prototypes, dim),
-            private_step=step,
-        )
-        start = time.perf_counter()
-        epochs: list[dict[str, float]] = []
-        for e in range(local_epochs):
-            global_epoch = (server_round - 1) * local_epochs + e
-            set_epoch_lr(optimizer, global_epoch, cfg.train)
-            sampler.set_epoch(global_epoch)
-            epochs.append(
-                train_one_epoch(
-                    ctx, loader, optimizer, progress=False, desc=f"{site.name} r{server_round}"
-                )
-            )
-        if step.steps != planned[0].steps:
-            raise RuntimeError(
-                f"site {site.name}: took {step.steps} DP steps, accounted {planned[0].steps}"
-            )
-        m = site.modality.index
-        proto_sum = np.zeros((self.num_classes, dim), np.float32)
-        proto_count = np.zeros((self.num_classes,), np.float32)
-        if send_prototypes:
-            release = release_prototypes(
-                self.model,
-                create_release_loader(
-                    site.records,
-                    self.root,
-                    input_cfg=cfg.input,
-                    pose_cfg=cfg.pose,
-                    keypoints=self.keypoints,
-                    batch_size=max(privacy.batch_size, 1),
-                    num_workers=int(cfg.train.num_workers),
-                    on_bad_image=str(cfg.dataset.on_bad_image),
-                ),
-                num_modalities=2,
-                num_classes=self.num_classes,
-                clip=privacy.prototype_clip,
-                noise=privacy.prototype_noise,
-                device=self.device,
-                mean=tuple(cfg.input.mean),
-                std=tuple(cfg.input.std),
-                anonymizer=self.anonymizer,
-                correct_offsets=self.objective.offsets,
-                generator=self._noise_generator(privacy.seed(server_round, site.name, "proto")),
-            )
-            proto_sum = release.sums[m].cpu().numpy()
-            proto_count = release.counts[m].cpu().numpy()
-        seconds = time.perf_counter() - start
-        epsilon = ledger.epsilon(privacy.delta)
-        new_state = self.model.state_dict()
-        arrays = pack(new_state, site_keys(new_state, site.modality), half_precision)
-        arrays = poison(arrays, global_arrays, cfg.federation.get("inject"), site.name)
-        # The realised Poisson batch sizes stay local (the analysis assumes they are not
-        # released; the update is normalised by the expected size): report the expectation.
-        seen = float(step.steps * sampler.sample_rate * sampler.num_records)
-        last = epochs[-1]
-        losses = {k: float(v) for k, v in last.items() if k.startswith("loss")}
-        logger.info(
-            "site %s round %d: DP-SGD %d steps at q=%.4f, %d records clipped of %d; loss %s; "
-            "epsilon %.4f (projected %.4f) of budget %s",
-            site.name,
-            server_round,
-            step.steps,
-            sampler.sample_rate,
-            step.clipped,
-            step.records,
-            ", ".join(f"{k.removeprefix('loss_')} {v:.3f}" for k, v in losses.items()),
-            epsilon,
-            projected,
-            budget,
-        )
-        metrics = dict(losses) if privacy.share_losses else {}
+        seen = float(sum(e["num_examples"] for e in epochs))
+        metrics = {k: float(v) for k, v in epochs[-1].items() if k.startswith("loss")}
         metrics.update(
             {
                 "num-examples": float(len(site.records)),
                 "examples-seen": seen,
                 "train-seconds": seconds,
                 "images-per-second": seen / seconds if seconds > 0 else 0.0,
-                "epsilon": float(epsilon),
-                "dp-delta": privacy.delta,
-                "dp-noise-multiplier": privacy.noise_multiplier,
-                "dp-sample-rate": float(sampler.sample_rate),
-                "dp-steps": float(step.steps),
             }
         )
-        if np.isfinite(budget):
-            metrics["epsilon-budget"] = float(budget)
-        return RoundResult(arrays, proto_sum, proto_count, metrics)
+        m = site.modality.index
+        return RoundResult(
+            self.package(global_arrays, half_precision),
+            accumulator.sums[m].cpu().numpy(),
+            accumulator.counts[m].cpu().numpy(),
+            metrics,
+        )
 
-    def _noise_generator(self, seed: int) -> torch.Generator:
-        generator = torch.Generator(device=self.device.device)
-        generator.manual_seed(seed)
-        return generator
+    # Pieces shared by the plain and the private round -----------------------------------------
+    def _check_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """The server's arrays must fit this site's model (names and shapes)."""
+        own = self.model.state_dict()
+        for key, value in arrays.items():
+            if key not in own:
+                raise ValueError(
+                    f"site {self.site.name}: the server sent {key!r}, which this "
+                    "model does not have (another model or label space?)"
+                )
+            if tuple(np.shape(value)) != tuple(own[key].shape):
+                raise ValueError(
+                    f"site {self.site.name}: the server's {key!r} has shape "
+                    f"{tuple(np.shape(value))}, this model's {tuple(own[key].shape)}"
+                )
+
+    def start_round(
+        self, global_arrays: Mapping[str, np.ndarray], server_round: int
+    ) -> torch.optim.Optimizer:
+        """Seed the round (run seed, round, site), load the global model, a fresh optimiser."""
+        cfg = self.cfg
+        seed_everything(
+            derive_seed(int(cfg.seed), server_round, self.site.name), bool(cfg.deterministic)
+        )
+        self.model.load_state_dict(unpack_into(self.model.state_dict(), global_arrays))
+        return create_optimizer(self.model, cfg.train.optimizer)
+
+    def step_context(
+        self, prototypes: Mapping[str, np.ndarray] | None, **extra: object
+    ) -> StepContext:
+        cfg = self.cfg
+        return StepContext(
+            model=self.model,
+            objective=self.objective,
+            anonymizer=self.anonymizer,
+            mean=tuple(cfg.input.mean),
+            std=tuple(cfg.input.std),
+            heatmap_sigma=float(cfg.pose.heatmap_sigma),
+            min_confidence=float(cfg.pose.min_confidence),
+            device=self.device,
+            prototypes=self._global_prototypes(prototypes, self.model.num_features),
+            **extra,
+        )
+
+    def run_epochs(
+        self,
+        ctx: StepContext,
+        loader,
+        optimizer: torch.optim.Optimizer,
+        sampler,
+        *,
+        server_round: int,
+        local_epochs: int,
+        max_batches: int | None = None,
+    ) -> list[dict[str, float]]:
+        """`local_epochs` epochs; the lr schedule counts global epochs across rounds."""
+        epochs = []
+        for e in range(local_epochs):
+            global_epoch = (server_round - 1) * local_epochs + e
+            set_epoch_lr(optimizer, global_epoch, self.cfg.train)
+            sampler.set_epoch(global_epoch)
+            epochs.append(
+                train_one_epoch(
+                    ctx,
+                    loader,
+                    optimizer,
+                    max_batches=max_batches,
+                    progress=False,
+                    desc=f"{self.site.name} r{server_round}",
+                )
+            )
+        return epochs
+
+    def package(
+        self, global_arrays: Mapping[str, np.ndarray], half_precision: bool
+    ) -> dict[str, np.ndarray]:
+        """The arrays this site sends: shared parts + its own stem and offset."""
+        state = self.model.state_dict()
+        arrays = pack(state, site_keys(state, self.site.modality), half_precision)
+        return poison(arrays, global_arrays, self.cfg.federation.get("inject"), self.site.name)
 
     def _global_prototypes(
         self, arrays: Mapping[str, np.ndarray] | None, dim: int

@@ -28,6 +28,9 @@ PROTO_SUM = "proto-sum"
 PROTO_COUNT = "proto-count"
 TRANSPORT_DTYPES = {"float32": np.float32, "float16": np.float16}
 VARIANCE_SUFFIX = "running_var"  # BatchNorm variances: never negative
+# Error code of a training reply from a site that is out of its DP budget (Flower's own error
+# codes are 0..8): the server stops sampling that site instead of counting a failure.
+BUDGET_EXHAUSTED_CODE = 100
 
 
 class MalformedUpdateError(ValueError):

@@ -437,22 +437,24 @@ def bench_ppa_step_ratio(ctx: BenchContext) -> dict[str, Any]:
         cases.append(result)
         name = f"{case.model} {case.height}x{case.width} b{result['batch']}"
         wall, cpu = result["wall"], result["cpu_one_thread"]
+        # Ratios and shares in one-thread CPU time: on a shared machine the wall time at
+        # several threads swings by up to 10x between repeats (an OpenMP barrier waits for a
+        # thread whose core is taken), so the wall numbers are kept in the JSON and the note.
         rows.append(
             row(
                 f"step ratio full/baseline, {name}",
-                wall["ratio"],
+                cpu["ratio"],
                 target=f"<= {target}",
-                met=wall["ratio"] <= target,
+                met=cpu["ratio"] <= target,
                 note=(
-                    f"wall, {wall['threads']} threads; one-thread CPU time {cpu['ratio']:.2f}, "
-                    f"of which two views alone (the baseline step on raw + anonymised "
-                    f"images) {cpu['two_view_ratio']:.2f} and the rest of PPA "
-                    f"x{cpu['ppa_beyond_two_views']:.2f}"
+                    f"one-thread CPU time; = two views alone (the baseline step on raw + "
+                    f"anonymised images) {cpu['two_view_ratio']:.2f} x the rest of PPA "
+                    f"{cpu['ppa_beyond_two_views']:.2f}. Wall clock at {wall['threads']} "
+                    f"threads: {wall['ratio']:.2f} (median of {case.repeats}; "
+                    f"{wall['median_s']['baseline']:.2f} s vs {wall['median_s']['full']:.2f} s)"
                 ),
             )
         )
-        # Shares in one-thread CPU time: on a loaded machine a small op's wall time at several
-        # threads is mostly its threads waiting for each other (kept in the JSON).
         share = cpu["anonymization_share"]
         rows.append(
             row(

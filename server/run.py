@@ -26,7 +26,7 @@ from ppa.model import PPAEncoder, create_model
 from ppa.runtime import seed_everything
 from server.checkpoints import CheckpointStore, ServerCheckpoint, capture_rng, restore_rng
 from server.evaluation import CentralEvaluator, MetricsHistory, headline_numbers
-from server.strategy import ModalityAwareFedAvg, RoundReport
+from server.strategy import ModalityAwareFedAvg, NoSitesLeftError, RoundReport
 from server.telemetry import Telemetry
 
 logger = logging.getLogger(__name__)
@@ -124,7 +124,11 @@ class FederatedRun:
             if self.start_round == 1 and fed.evaluate_initial and not self.history.records:
                 self._evaluate_and_record(0, {"round": 0})
             for server_round in range(self.start_round, rounds + 1):
-                self._round(grid, server_round, rounds)
+                try:
+                    self._round(grid, server_round, rounds)
+                except NoSitesLeftError as err:
+                    logger.warning("stopping before round %d: %s", server_round, err)
+                    break
         finally:
             if self.telemetry is not None:
                 self.telemetry.close()
@@ -160,6 +164,8 @@ class FederatedRun:
             "sites": report.site_metrics,
             "replied": report.replied,
             "failed": report.failed,
+            "exhausted": report.exhausted,
+            "excluded": report.excluded,
             "bytes_received": report.bytes_received,
             "anomalies": report.anomalies.scores if report.anomalies else {},
             "flagged": report.anomalies.flagged if report.anomalies else [],
@@ -215,6 +221,7 @@ class FederatedRun:
                 bytes_received=report.bytes_received,
                 site_metrics=report.site_metrics,
                 flagged={s: s in flagged for s in report.replied},
+                exhausted=report.excluded + len(report.exhausted),
             )
         logger.info(
             "round %d done in %.1fs: %d site(s) aggregated, %d failed, %.2f MB received",

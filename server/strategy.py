@@ -24,6 +24,7 @@ from flwr.serverapp.strategy import Strategy
 
 from ppa.data.records import MODALITIES, Modality
 from ppa.federation import (
+    BUDGET_EXHAUSTED_CODE,
     OFFSET,
     PROTO_COUNT,
     PROTO_SUM,
@@ -44,6 +45,10 @@ CONFIG = "config"
 METRICS = "metrics"
 PROTOTYPES = "prototypes"
 SITE = "site"
+
+
+class NoSitesLeftError(RuntimeError):
+    """Every connected site is out of its DP budget: nothing left to train."""
 
 
 @dataclass
@@ -69,6 +74,8 @@ class RoundReport:
     sampled: int
     replied: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)  # "node <id>: reason" or "site: reason"
+    exhausted: list[str] = field(default_factory=list)  # sites out of DP budget (reasons)
+    excluded: int = 0  # connected sites no longer sampled (out of DP budget)
     bytes_received: int = 0
     site_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     anomalies: AnomalyReport | None = None
@@ -126,6 +133,9 @@ class ModalityAwareFedAvg(Strategy):
         self.proto_counts = np.zeros((len(MODALITIES), num_classes), np.float64)
         self.last_report: RoundReport | None = None
         self._sampled: dict[int, int] = {}
+        self._excluded: dict[int, int] = {}
+        # Nodes that reported an exhausted DP budget: never sampled again in this run.
+        self.exhausted_nodes: set[int] = set()
 
     # Checkpointable state ------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -139,6 +149,7 @@ class ModalityAwareFedAvg(Strategy):
         self.rng.setstate(state["rng"])
         self.proto_sums = np.asarray(state["proto_sums"], np.float64).copy()
         self.proto_counts = np.asarray(state["proto_counts"], np.float64).copy()
+        self.exhausted_nodes = set(state.get("exhausted_nodes", []))
 
     def prototype_record(self) -> ArrayRecord:
         """The global prototypes as sent to sites: per-modality sums and counts."""
@@ -159,7 +170,10 @@ class ModalityAwareFedAvg(Strategy):
         )
 
     def sample(self, grid: Grid) -> list[int]:
-        """Wait (bounded) for enough nodes, then sample a fraction with the strategy's RNG."""
+        """Wait (bounded) for enough nodes, then sample a fraction with the strategy's RNG.
+
+        Sites out of DP budget are not sampled; NoSitesLeftError when none is left.
+        """
         deadline = time.monotonic() + self.node_wait_timeout
         need = max(self.min_available_nodes, self.min_train_nodes)
         while len(nodes := sorted(grid.get_node_ids())) < need:
@@ -169,13 +183,20 @@ class ModalityAwareFedAvg(Strategy):
                     f"federation.min_available_sites={need}"
                 )
             time.sleep(1.0)
-        size = min(len(nodes), max(int(len(nodes) * self.fraction_train), self.min_train_nodes))
-        return sorted(self.rng.sample(nodes, size))
+        candidates = [n for n in nodes if n not in self.exhausted_nodes]
+        if not candidates:
+            raise NoSitesLeftError(
+                f"all {len(nodes)} connected site(s) have exhausted their DP budget"
+            )
+        size = min(len(candidates),
+                   max(int(len(candidates) * self.fraction_train), self.min_train_nodes))
+        return sorted(self.rng.sample(candidates, size))
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         nodes = self.sample(grid)
+        self._excluded[server_round] = len(self.exhausted_nodes)
         self.current = {k: v.numpy() for k, v in arrays.items()}
         config["server-round"] = server_round
         content = RecordDict({ARRAYS: arrays, CONFIG: config, PROTOTYPES: self.prototype_record()})
@@ -236,21 +257,30 @@ class ModalityAwareFedAvg(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         start = time.perf_counter()
-        report = RoundReport(server_round, sampled=self._sampled.get(server_round, 0))
+        report = RoundReport(server_round, sampled=self._sampled.get(server_round, 0),
+                             excluded=self._excluded.get(server_round, 0))
         parsed: list[SiteReply] = []
         for msg in replies:
             if msg.has_error():
-                report.failed.append(f"node {msg.metadata.src_node_id}: {msg.error.reason}")
+                node = msg.metadata.src_node_id
+                if msg.error.code == BUDGET_EXHAUSTED_CODE:
+                    self.exhausted_nodes.add(node)
+                    report.exhausted.append(f"node {node}: {msg.error.reason}")
+                else:
+                    report.failed.append(f"node {node}: {msg.error.reason}")
                 continue
             try:
                 parsed.append(self._parse(msg))
             except (MalformedUpdateError, ValueError, KeyError, TypeError) as err:
                 report.failed.append(str(err))
-        missing = report.sampled - len(parsed) - len(report.failed)
+        missing = report.sampled - len(parsed) - len(report.failed) - len(report.exhausted)
         if missing > 0:
             report.failed.append(f"{missing} site(s) did not reply before the round timeout")
         for reason in report.failed:
             logger.warning("round %d: dropped %s", server_round, reason)
+        for reason in report.exhausted:
+            logger.warning("round %d: out of DP budget, no longer sampled: %s", server_round,
+                           reason)
         parsed.sort(key=lambda r: (r.site, r.node_id))
         report.replied = [r.site for r in parsed]
         report.bytes_received = sum(r.nbytes for r in parsed)

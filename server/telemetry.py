@@ -33,6 +33,9 @@ class Telemetry:
         self.sites_failed = Gauge(
             "ppa_sites_failed", "Sites that failed or were rejected", **labels
         )
+        self.sites_exhausted = Gauge(
+            "ppa_sites_exhausted", "Sites out of their DP budget (no longer sampled)", **labels
+        )
         self.bytes_received = Gauge(
             "ppa_round_received_bytes", "Bytes of site updates received in the last round", **labels
         )
@@ -79,6 +82,7 @@ class Telemetry:
         bytes_received: int,
         site_metrics: Mapping[str, Mapping[str, float]],
         flagged: Mapping[str, bool],
+        exhausted: int = 0,
     ) -> None:
         self.rounds_completed.inc()
         self.current_round.set(server_round)
@@ -86,6 +90,7 @@ class Telemetry:
         self.sites_sampled.set(sampled)
         self.sites_replied.set(replied)
         self.sites_failed.set(failed)
+        self.sites_exhausted.set(exhausted)
         self.bytes_received.set(bytes_received)
         self.bytes_received_total.inc(bytes_received)
         for site, metrics in site_metrics.items():

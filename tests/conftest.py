@@ -46,7 +46,10 @@ def tiny_overrides(root: Path, tmp_path: Path, *extra: str, dataset: str = "synt
         f"dataset={dataset}", f"dataset.root={root}", f"output_dir={tmp_path / 'out'}",
         "model=tiny", *TINY_INPUT, trials, "train.num_ids=4", "train.num_instances=2",
         "train.num_workers=0", "eval.num_workers=0", "eval.batch_size=64",
-        "train.warmup_epochs=0", "eval.privacy_images=16", *extra,
+        "train.warmup_epochs=0", "eval.privacy_images=16",
+        # Explicit, so runs through scripts/run_simulation.py (whose default experiment is the
+        # demo) train and evaluate the same way as direct calls.
+        "federation.local_epochs=1", "federation.evaluate_every=1", *extra,
     ]
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_overrides
 from omegaconf import DictConfig
 from opacus.accountants import PRVAccountant, RDPAccountant
 from torch import nn
@@ -49,6 +48,8 @@ from ppa.engine import DeviceSettings, PPAObjective, StepContext, create_optimiz
 from ppa.model import create_model
 from ppa.model.encoder import OutOfPlace
 from ppa.prototypes import IdentityPrototypes
+
+from conftest import tiny_overrides
 
 DELTA = 1e-5
 

@@ -11,17 +11,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, tiny_overrides
 from flwr.app import RecordDict
 from omegaconf import DictConfig
 from opacus.accountants import RDPAccountant
 
-from client.site import DP_LEDGER, SiteSpec, SiteTrainer
+from client.private import DP_LEDGER
+from client.site import SiteSpec, SiteTrainer
 from ppa.config import load_config
 from ppa.data.partition import partition_sites
 from ppa.data.protocols import load_train_set
 from ppa.dp import PrivacyBudgetExhaustedError, release_noise_multiplier
 from ppa.federation import global_keys, pack
+
+from conftest import REPO, tiny_overrides
 
 DELTA = 1e-5
 BATCH = 8  # expected Poisson batch: 33-36 images per camera site of the tiny set
@@ -64,7 +66,7 @@ def global_arrays(trainer: SiteTrainer) -> dict[str, np.ndarray]:
     return pack(state, global_keys(state))
 
 
-def train(trainer: SiteTrainer, state: RecordDict, server_round: int):
+def train(trainer: SiteTrainer, state: RecordDict, server_round: int, run_id: str = ""):
     return trainer.train_round(
         global_arrays(trainer),
         None,
@@ -72,6 +74,7 @@ def train(trainer: SiteTrainer, state: RecordDict, server_round: int):
         local_epochs=1,
         half_precision=False,
         state=state,
+        run_id=run_id,
     )
 
 
@@ -100,7 +103,7 @@ def test_epsilon_composes_across_rounds_and_equals_opacus(
     assert ledger["site"] == "cam3" and ledger["round"] == [1, 1, 2, 2, 3, 3]
     assert ledger["kind"] == ["sgd", "prototypes"] * 3
     # A repeated round would spend twice: refused.
-    with pytest.raises(ValueError, match="round 3 was already accounted"):
+    with pytest.raises(ValueError, match="round 3 of run '' was already accounted"):
         train(trainer, state, 3)
     # A fresh process (new trainer) with the same context.state carries the ledger on.
     again = SiteTrainer(cfg, SiteSpec(None, None, None, 2, 6))
@@ -153,15 +156,23 @@ def test_tight_budget_site_stops_and_says_so_loose_site_goes_on(
 def test_real_app_in_simulation_reports_epsilon_and_survives_an_exhausted_site(
     tiny_sysu_root: Path, tmp_path: Path
 ) -> None:
-    overrides = tiny_overrides(
+    base = tiny_overrides(
         tiny_sysu_root,
         tmp_path,
         "privacy=dp",
         f"privacy.batch_size={BATCH}",
-        "+privacy.site_budgets.cam3=5.5",
         "federation.rounds=3",
         "federation.eval_protocols=[raw-raw]",
     )
+    # Budgets from the accountant itself: cam3 can afford round 1 only, every other site all
+    # three rounds (whatever the tiny set's site sizes are).
+    sizes = site_sizes(load_config(base))
+    base_cfg = load_config(base)
+    cam3_budget = 0.5 * (expected_epsilon(base_cfg, sizes["cam3"], 1)
+                         + expected_epsilon(base_cfg, sizes["cam3"], 2))
+    default_budget = 1.01 * max(expected_epsilon(base_cfg, n, 3) for n in sizes.values())
+    overrides = [*base, f"privacy.epsilon_budget={default_budget:.6f}",
+                 f"+privacy.site_budgets.cam3={cam3_budget:.6f}"]
     done = subprocess.run(
         [
             sys.executable,
@@ -180,15 +191,39 @@ def test_real_app_in_simulation_reports_epsilon_and_survives_an_exhausted_site(
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rounds = json.loads((tmp_path / "out" / "history.json").read_text())["rounds"]
     cfg = load_config(overrides)
-    sizes = site_sizes(cfg)
     assert [r["round"] for r in rounds] == [0, 1, 2, 3]
     assert sorted(rounds[1]["replied"]) == sorted(sizes)
+    assert rounds[1]["failed"] == []
+    assert len(rounds[2]["exhausted"]) == 1
+    assert "site cam3: DP budget exhausted" in rounds[2]["exhausted"][0]
+    # Out of budget, cam3 is no longer sampled: no failure, no new message to it.
+    assert rounds[3]["excluded"] == 1 and rounds[3]["exhausted"] == []
     for r in rounds[2:]:
         assert "cam3" not in r["replied"] and len(r["replied"]) == 5
-        assert len(r["failed"]) == 1 and "site cam3: DP budget exhausted" in r["failed"][0]
+        assert r["failed"] == []
     for r in rounds[1:]:
         for site, metrics in r["sites"].items():
             expected = expected_epsilon(cfg, sizes[site], r["round"])
             assert metrics["epsilon"] == pytest.approx(expected, rel=1e-9), (site, r["round"])
             assert metrics["epsilon"] <= metrics["epsilon-budget"]
         assert 0.0 <= r["central"]["raw-raw"]["mAP"] <= 1.0
+
+
+def test_a_ledger_file_keeps_counting_across_runs(tiny_sysu_root: Path, tmp_path: Path) -> None:
+    ledger_dir = tmp_path / "site-state"
+    cfg = dp_cfg(tiny_sysu_root, tmp_path, "privacy.epsilon_budget=null",
+                 f"privacy.ledger_dir={ledger_dir}")
+    records = site_sizes(cfg)["cam3"]
+    first = SiteTrainer(cfg, SiteSpec(None, None, None, 2, 6))
+    train(first, RecordDict(), 1, run_id="run-a")
+    train(first, RecordDict(), 2, run_id="run-a")
+    assert (ledger_dir / "cam3.dp-ledger.json").is_file()
+    # A resumed run (new run id, empty context.state, new process) goes on from the file:
+    # its round 3 is the site's third release, and it may reuse round numbers of run-a.
+    resumed = SiteTrainer(cfg, SiteSpec(None, None, None, 2, 6))
+    eps = train(resumed, RecordDict(), 3, run_id="run-b").metrics["epsilon"]
+    assert eps == pytest.approx(expected_epsilon(cfg, records, 3), rel=1e-9)
+    eps_again = train(resumed, RecordDict(), 1, run_id="run-c").metrics["epsilon"]
+    assert eps_again == pytest.approx(expected_epsilon(cfg, records, 4), rel=1e-9)
+    with pytest.raises(ValueError, match="round 2 of run 'run-a' was already accounted"):
+        train(resumed, RecordDict(), 2, run_id="run-a")

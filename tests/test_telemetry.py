@@ -25,7 +25,7 @@ def free_port() -> int:
 def record_example_round(t: Telemetry) -> None:
     t.record_round(3, seconds=12.5, sampled=6, replied=5, failed=1, bytes_received=2_000_000,
                    site_metrics={"cam1": {"loss": 1.25, "epsilon": 2.5}, "cam3": {"loss": 0.75}},
-                   flagged={"cam1": False, "cam3": True})
+                   flagged={"cam1": False, "cam3": True}, exhausted=2)
     t.record_evaluation({"raw-raw": {"mAP": 0.42, "rank1": 0.5},
                          "anon-anon": {"mAP": 0.3, "rank1": 0.35}})
 
@@ -50,6 +50,7 @@ def test_metrics_scraped_over_http(telemetry) -> None:
     assert lines["ppa_sites_sampled"] == 6
     assert lines["ppa_sites_replied"] == 5
     assert lines["ppa_sites_failed"] == 1
+    assert lines["ppa_sites_exhausted"] == 2
     assert lines["ppa_round_received_bytes"] == 2e6
     assert lines["ppa_received_bytes_total"] == 2e6
     assert lines['ppa_site_train_loss{site="cam1"}'] == 1.25

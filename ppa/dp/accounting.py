@@ -46,13 +46,18 @@ class LedgerError(ValueError):
 
 @dataclass(frozen=True)
 class Release:
-    """One accounted mechanism: `steps` Gaussian steps at (noise, rate) in `round`."""
+    """One accounted mechanism: `steps` Gaussian steps at (noise, rate) in `round` of `run`.
+
+    `run` names the federated run (Flower's run id): a ledger that outlives one run (a file at
+    the site) tells a resumed run's round 3 from the first run's round 3.
+    """
 
     kind: str
     round: int
     noise: float
     rate: float
     steps: int
+    run: str = ""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -94,8 +99,9 @@ class PrivacyLedger:
     def record(self, releases: Iterable[Release]) -> None:
         self.releases.extend(releases)
 
-    def rounds(self) -> list[int]:
-        return sorted({r.round for r in self.releases})
+    def rounds(self, run: str = "") -> list[int]:
+        """Rounds of `run` already accounted."""
+        return sorted({r.round for r in self.releases if r.run == run})
 
     def check_budget(
         self, site: str, planned: Sequence[Release], budget: float, delta: float
@@ -115,6 +121,7 @@ class PrivacyLedger:
             "noise": [float(r.noise) for r in self.releases],
             "rate": [float(r.rate) for r in self.releases],
             "steps": [int(r.steps) for r in self.releases],
+            "run": [str(r.run) for r in self.releases],
         }
 
     @classmethod
@@ -127,9 +134,16 @@ class PrivacyLedger:
         lengths = {c: len(columns[c]) for c in _COLUMNS}
         if len(set(lengths.values())) != 1:
             raise LedgerError(f"{source}: columns of different lengths {lengths}")
+        runs = list(columns.get("run", [""] * lengths["kind"]))
+        if len(runs) != lengths["kind"]:
+            raise LedgerError(
+                f"{source}: column run has {len(runs)} entries, not {lengths['kind']}"
+            )
         releases = [
-            Release(str(k), int(r), float(n), float(q), int(s))
-            for k, r, n, q, s in zip(*(columns[c] for c in _COLUMNS), strict=True)
+            Release(str(k), int(r), float(n), float(q), int(s), str(run))
+            for (k, r, n, q, s), run in zip(
+                zip(*(columns[c] for c in _COLUMNS), strict=True), runs, strict=True
+            )
         ]
         return cls(releases, accountant)
 
@@ -147,14 +161,20 @@ def plan_round(
     sample_rate: float,
     steps: int,
     prototypes: bool,
+    run: str = "",
 ) -> list[Release]:
     """The releases one round (or central epoch) makes: `steps` DP-SGD steps at
     `sample_rate`, plus one prototype release when `prototypes`."""
-    planned = [Release(SGD, server_round, settings.noise_multiplier, sample_rate, steps)]
+    planned = [Release(SGD, server_round, settings.noise_multiplier, sample_rate, steps, run)]
     if prototypes:
         planned.append(
             Release(
-                PROTOTYPES, server_round, release_noise_multiplier(settings.prototype_noise), 1.0, 1
+                PROTOTYPES,
+                server_round,
+                release_noise_multiplier(settings.prototype_noise),
+                1.0,
+                1,
+                run,
             )
         )
     return planned
