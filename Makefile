@@ -15,7 +15,7 @@ export FLWR_HOME := $(CURDIR)/outputs/flwr-home
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 export PPA_WORKDIR := $(CURDIR)
 
-.PHONY: setup demo test lint pose-setup synthetic system-deps deploy certs clean
+.PHONY: setup demo test lint pose-setup synthetic system-deps deploy certs bench clean
 
 setup: $(STAMP)
 
@@ -60,6 +60,10 @@ $(POSE_STAMP): constraints-pose.txt scripts/install_pose_env.sh
 # make deploy ARGS="--rounds 2 --tls --auth"
 deploy: setup
 	$(PY) scripts/run_deployment.py $(ARGS)
+
+# Speed and memory ratios (docs/benchmarks.md); make bench ARGS=--quick
+bench: setup
+	$(PY) scripts/bench.py $(ARGS)
 
 certs:
 	bash scripts/make_certs.sh -o outputs/certs cam1 cam2 cam3 cam4 cam5 cam6

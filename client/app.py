@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 
 from flwr.app import (
     Array,
@@ -27,17 +28,24 @@ logger = logging.getLogger(__name__)
 app = ClientApp()
 
 # SiteTrainers live as long as the process (a Ray actor in simulation, the SuperNode's
-# ClientApp process in deployment), so data indexes and models are built once per run.
-_TRAINERS: dict[tuple, SiteTrainer] = {}
+# ClientApp process in deployment), so data indexes and models are built once per run. A
+# simulation actor serves many sites in turn: the cache keeps the most recently used ones
+# (federation.trainers_per_process), so memory follows concurrency, not the number of sites.
+_TRAINERS: OrderedDict[tuple, SiteTrainer] = OrderedDict()
 
 
 def _trainer(context: Context) -> SiteTrainer:
     overrides = tuple(overrides_from_run_config(context.run_config))
     key = (context.run_id, context.node_id, overrides)
-    if key not in _TRAINERS:
-        cfg = load_run_config(context.run_config)
-        _TRAINERS[key] = SiteTrainer(cfg, site_spec(context.node_config, cfg))
-    return _TRAINERS[key]
+    if key in _TRAINERS:
+        _TRAINERS.move_to_end(key)
+        return _TRAINERS[key]
+    cfg = load_run_config(context.run_config)
+    trainer = SiteTrainer(cfg, site_spec(context.node_config, cfg))
+    _TRAINERS[key] = trainer
+    while len(_TRAINERS) > max(int(cfg.federation.trainers_per_process), 1):
+        _TRAINERS.popitem(last=False)
+    return trainer
 
 
 @app.train()

@@ -189,7 +189,7 @@ class SiteTrainer:
             if needs_pose
             else None
         )
-        self.model = create_model(cfg.model, self.num_classes).to(self.device.device)
+        self.model = self.device.place(create_model(cfg.model, self.num_classes))
         self.anonymizer = (
             KprAnonymizer.from_config(cfg).to(self.device.device) if needs_pose else None
         )

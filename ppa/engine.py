@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 from omegaconf import DictConfig
+from torch import nn
 from tqdm.auto import tqdm
 
 from ppa import losses
@@ -62,6 +63,7 @@ class DeviceSettings:
     amp_dtype: torch.dtype | None = None
     channels_last: bool = False
     non_blocking: bool = False
+    compile: bool = False
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> DeviceSettings:
@@ -81,6 +83,16 @@ class DeviceSettings:
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def place(self, model: nn.Module) -> nn.Module:
+        """Move a model to the device, channels-last when configured, and optionally compile
+        its forward (the module and its state-dict keys stay as they are)."""
+        model.to(self.device)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        if self.compile:
+            model.forward = torch.compile(model.forward)
+        return model
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         return (

@@ -1490,8 +1490,13 @@ def bench_upload_ratio(ctx: BenchContext) -> dict[str, Any]:
                 met=met,
                 note=(
                     f"fp32 {100 * a['mAP']:.2f} %, fp16 {100 * b['mAP']:.2f} % after round "
-                    f"{map32['round']}; {noise_text}; standard error over the test trials "
-                    f"{100 * a.get('mAP_standard_error', float('nan')):.2f} pt"
+                    f"{map32['round']}; {noise_text}"
+                    + (
+                        f"; standard error over the test trials "
+                        f"{100 * a['mAP_standard_error']:.2f} pt"
+                        if "mAP_standard_error" in a
+                        else ""
+                    )
                 ),
             )
         )

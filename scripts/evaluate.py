@@ -95,7 +95,7 @@ def run(cfg: DictConfig) -> Path:
     model, payload = model_from_checkpoint(resolve_path(cfg.checkpoint))
     cfg = effective_config(cfg, payload.get("config"))
     device = DeviceSettings.from_config(cfg)
-    model.to(device.device)
+    device.place(model)
     protocols = list(cfg.eval.protocols)
     needs_anon = any("anon" in PRIVACY_PROTOCOLS[p] for p in protocols if p in PRIVACY_PROTOCOLS)
     root = dataset_root(cfg.dataset)

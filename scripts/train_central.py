@@ -70,7 +70,7 @@ def train(cfg: DictConfig) -> Path:
         seed=int(cfg.seed),
         on_bad_image=str(cfg.dataset.on_bad_image),
     )
-    model = create_model(cfg.model, train_set.num_classes).to(device.device)
+    model = device.place(create_model(cfg.model, train_set.num_classes))
     optimizer = create_optimizer(model, cfg.train.optimizer)
     anonymizer = KprAnonymizer.from_config(cfg).to(device.device) if needs_pose else None
     anonymizer_optimizer = None

@@ -19,14 +19,9 @@ class AnomalyReport:
     flagged: list[str] = field(default_factory=list)
 
 
-def detect_anomalies(
-    sites: Sequence[str],
-    updates: Sequence[Mapping[str, np.ndarray]],
-    current: Mapping[str, np.ndarray],
-    keys: Sequence[str],
-    *,
-    threshold: float | None = 3.0,
-) -> AnomalyReport:
+def detect_anomalies(sites: Sequence[str], updates: Sequence[Mapping[str, np.ndarray]],
+                     current: Mapping[str, np.ndarray], keys: Sequence[str], *,
+                     threshold: float | None = 3.0) -> AnomalyReport:
     """Flag sites whose update (update - current global) is far from the others'.
 
     Two robust scores per site: the norm's z-score against the median/MAD of all norms (a
@@ -35,32 +30,32 @@ def detect_anomalies(
     huge update from defining the reference direction). A site is flagged when its norm
     z-score exceeds `threshold` or its cosine is negative. Needs three sites; fewer give
     scores but no flags.
+
+    Works key by key, so memory is (sites x largest array), never (sites x model).
     """
     report = AnomalyReport()
     n = len(sites)
     if n == 0:
         return report
-    deltas = []
-    for u in updates:
-        deltas.append(
-            np.concatenate(
-                [
-                    (np.asarray(u[k], np.float64) - np.asarray(current[k], np.float64)).ravel()
-                    for k in keys
-                ]
-            )
-        )
-    stack = np.stack(deltas)
-    norms = np.linalg.norm(stack, axis=1)
-    median = float(np.median(norms))
-    mad = float(np.median(np.abs(norms - median)))
-    scale = MAD_TO_STD * mad + 1e-12 + 1e-6 * median
-    direction = np.median(stack, axis=0)
-    direction_norm = float(np.linalg.norm(direction))
+    sq_norms = np.zeros(n)
+    dots = np.zeros(n)  # delta_i . median direction
+    direction_sq = 0.0
+    for k in keys:
+        ref = np.asarray(current[k], np.float64).ravel()
+        deltas = np.stack([np.asarray(u[k], np.float64).ravel() - ref for u in updates])
+        median = np.median(deltas, axis=0)
+        sq_norms += (deltas ** 2).sum(axis=1)
+        dots += deltas @ median
+        direction_sq += float(median @ median)
+    norms = np.sqrt(sq_norms)
+    median_norm = float(np.median(norms))
+    mad = float(np.median(np.abs(norms - median_norm)))
+    scale = MAD_TO_STD * mad + 1e-12 + 1e-6 * median_norm
+    direction_norm = direction_sq ** 0.5
     for i, site in enumerate(sites):
         denom = direction_norm * float(norms[i])
-        cosine = float(stack[i] @ direction / denom) if denom > 0 else 1.0
-        z = float((norms[i] - median) / scale)
+        cosine = float(dots[i] / denom) if denom > 0 else 1.0
+        z = float((norms[i] - median_norm) / scale)
         report.scores[site] = {"norm": float(norms[i]), "norm_z": z, "cosine": cosine}
         if threshold is not None and n >= 3 and (z > threshold or cosine < 0.0):
             report.flagged.append(site)

@@ -65,7 +65,7 @@ class FederatedRun:
         # The label space comes from the split files; the server needs no training images.
         num_classes = len(load_label_space(cfg.dataset))
         self.model = create_model(cfg.model, num_classes)
-        self.model.to(self.device.device)
+        self.device.place(self.model)
         state = self.model.state_dict()
         self.arrays = pack(state, global_keys(state))
         self.strategy = build_strategy(cfg, self.model)

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import load_script
 from omegaconf import OmegaConf
+
+from conftest import load_script
 
 bench = load_script("bench")
 

@@ -87,7 +87,7 @@ def train_central_private(cfg: DictConfig) -> Path:
         on_bad_image=str(cfg.dataset.on_bad_image),
     )
     sampler = loader.batch_sampler
-    model = create_model(cfg.model, train_set.num_classes).to(device.device)
+    model = device.place(create_model(cfg.model, train_set.num_classes))
     grads = PerSampleGradients(model)
     optimizer = create_optimizer(model, cfg.train.optimizer)
     anonymizer = (
