@@ -240,13 +240,16 @@ def ppa_step(ctx: StepContext, batch: Batch) -> tuple[torch.Tensor, dict[str, fl
         terms["kpr"] = losses.kpr_loss(out.parts[n:], out.parts[:n], confidence)
     if obj.uses("dc"):
         terms["dc"] = losses.dc_loss(out.pooled[n:], out.pooled[:n], model.offsets(batch.modality))
+    # Alignment and prototypes live in the BNNeck space, the retrieval space: the pooled
+    # features are non-negative (ReLU + GeM), so any two of them have a high cosine and a
+    # cosine pull toward a prototype there carries almost no signal.
     if obj.uses("align") and ctx.prototypes is not None and ctx.prototypes.valid.any():
         terms["align"] = losses.align_loss(
-            out.corrected, labels, modality, ctx.prototypes.means, ctx.prototypes.valid
+            out.neck, labels, modality, ctx.prototypes.means, ctx.prototypes.valid
         )
     total = sum(obj.weights[k] * v for k, v in terms.items())
 
-    feats = out.corrected.detach().float()
+    feats = out.neck.detach().float()
     if ctx.accumulator is not None:
         ctx.accumulator.add(feats, labels, modality)
     if ctx.prototype_momentum is not None and ctx.prototypes is not None:

@@ -1,8 +1,9 @@
 """Identity prototypes released under DP: per-record clipping + the Gaussian mechanism.
 
 Mechanism (one release per round, over every record of the site exactly once): record r with
-label y and views v contributes ``u_r = mean_v clip_C(g_v)`` (each corrected feature clipped to
-L2 norm C, then averaged over the record's views, so ||u_r|| <= C) to its identity's sum, and 1
+label y and views v contributes ``u_r = mean_v clip_C(g_v)`` (each view's BNNeck feature of its
+corrected feature, clipped to L2 norm C, then averaged over the record's views, so
+||u_r|| <= C) to its identity's sum, and 1
 to its count. The site releases ``S + N(0, (sigma C)^2)`` for every (identity, channel) and
 ``c + N(0, sigma^2)`` for every identity, identities it does not hold included (noisy counts
 are then clamped at 0: post-processing).
@@ -79,7 +80,7 @@ def clipped_sums(
     """Per-identity sums of per-record clipped features, and counts (before any noise).
 
     A record's feature is the mean over its views (raw, and anonymised when `anonymizer` is
-    given, corrected by its modality's offset) of the corrected features, each clipped to
+    given, corrected by its modality's offset) of the BNNeck features, each clipped to
     `clip`: the same features the non-DP accumulator sums, bounded per record.
     """
     was_training = model.training
@@ -101,7 +102,7 @@ def clipped_sums(
                 x = device.prepare(normalize(images, mean, std))
                 with device.autocast():
                     out = model(x, batch.modality, anonymized=flags)
-                feature += clip_rows(out.corrected.float(), clip)
+                feature += clip_rows(out.neck.float(), clip)
             feature /= len(views)
             flat = batch.modality.long() * num_classes + batch.labels.long()
             sums.view(-1, dim).index_add_(0, flat, feature)

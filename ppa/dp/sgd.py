@@ -164,7 +164,7 @@ def per_record_losses(
         terms["dc"] = diff.float().pow(2).mean(dim=-1)
     if obj.uses("align") and ctx.prototypes is not None and ctx.prototypes.valid.any():
         terms["align"] = over_views(
-            _row_align(out.corrected, labels, modality, ctx.prototypes.means, ctx.prototypes.valid)
+            _row_align(out.neck, labels, modality, ctx.prototypes.means, ctx.prototypes.valid)
         )
     total = sum(obj.weights[k] * v for k, v in terms.items())
     assert isinstance(total, torch.Tensor)
