@@ -82,3 +82,27 @@ def train(msg: Message, context: Context) -> Message:
         }
     )
     return Message(content=content, reply_to=msg)
+
+
+@app.evaluate()
+def measure_statistics(msg: Message, context: Context) -> Message:
+    """The statistics round (ppa/norm_calibration.py): BatchNorm statistics of the global
+    model on a sample of the site's images. Test metrics are central (server/evaluation.py)."""
+    trainer = _trainer(context)
+    config = msg.content.config_records["config"]
+    arrays = {k: v.numpy() for k, v in msg.content.array_records["arrays"].items()}
+    stats, images = trainer.measure_norm_statistics(
+        arrays,
+        server_round=int(config["server-round"]),
+        images=int(config["calibration-images"]),
+    )
+    content = RecordDict(
+        {
+            "statistics": ArrayRecord({k: Array(v) for k, v in stats.items()}),
+            "metrics": MetricRecord({"num-examples": float(images)}),
+            "site": ConfigRecord(
+                {"site": trainer.site.name, "modality": trainer.site.modality.value}
+            ),
+        }
+    )
+    return Message(content=content, reply_to=msg)

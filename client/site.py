@@ -18,7 +18,7 @@ from client.private import PrivateTraining
 from ppa.anonymize import KprAnonymizer
 from ppa.config import resolve_path
 from ppa.data.keypoints import load_dataset_keypoints
-from ppa.data.loader import create_train_loader
+from ppa.data.loader import create_eval_loader, create_train_loader
 from ppa.data.partition import Site, partition_sites, site_layout
 from ppa.data.protocols import load_train_set, protocol_of
 from ppa.data.records import Modality
@@ -33,6 +33,7 @@ from ppa.engine import (
 )
 from ppa.federation import PROTO_COUNT, PROTO_SUM, pack, site_keys, unpack_into
 from ppa.model import create_model
+from ppa.norm_calibration import measure_norm_statistics
 from ppa.prototypes import IdentityPrototypes, PrototypeAccumulator
 from ppa.runtime import derive_seed, seed_everything
 
@@ -115,8 +116,8 @@ def _check_layout(spec: SiteSpec, cfg: DictConfig) -> None:
         )
     if layout[spec.name] != spec.modality:
         raise NodeConfigError(
-            f"site {spec.name!r} is a {layout[spec.name].value} site, its "
-            f"node config says modality={spec.modality.value}"
+            f"site {spec.name!r} holds {layout[spec.name].value} images in the "
+            f"{fed.partition} partition, its node config says modality={spec.modality.value}"
         )
 
 
@@ -307,12 +308,12 @@ class SiteTrainer:
         for key, value in arrays.items():
             if key not in own:
                 raise ValueError(
-                    f"site {self.site.name}: the server sent {key!r}, which this "
+                    f"site {self.site.name!r}: the server sent {key!r}, which this "
                     "model does not have (another model or label space?)"
                 )
             if tuple(np.shape(value)) != tuple(own[key].shape):
                 raise ValueError(
-                    f"site {self.site.name}: the server's {key!r} has shape "
+                    f"site {self.site.name!r}: the server's {key!r} has shape "
                     f"{tuple(np.shape(value))}, this model's {tuple(own[key].shape)}"
                 )
 
@@ -372,6 +373,35 @@ class SiteTrainer:
                 )
             )
         return epochs
+
+    def measure_norm_statistics(
+        self, global_arrays: Mapping[str, np.ndarray], *, server_round: int, images: int
+    ) -> tuple[dict[str, np.ndarray], int]:
+        """BatchNorm statistics of the global model over up to `images` of this site's raw
+        images (a seeded sample per round and site)."""
+        cfg = self.cfg
+        self._check_arrays(global_arrays)
+        self.model.load_state_dict(unpack_into(self.model.state_dict(), global_arrays))
+        rng = np.random.default_rng(derive_seed(int(cfg.seed), server_round, self.site.name))
+        count = min(int(images), len(self.site.records))
+        chosen = sorted(rng.choice(len(self.site.records), size=count, replace=False).tolist())
+        loader = create_eval_loader(
+            [self.site.records[i] for i in chosen],
+            self.root,
+            input_cfg=cfg.input,
+            batch_size=int(cfg.train.num_ids) * int(cfg.train.num_instances),
+            num_workers=0,
+            pose_cfg=cfg.pose,
+            keypoints=None,  # raw images only: no anonymisation, no keypoints
+            on_bad_image=str(cfg.dataset.on_bad_image),
+        )
+        return measure_norm_statistics(
+            self.model,
+            loader,
+            mean=tuple(cfg.input.mean),
+            std=tuple(cfg.input.std),
+            device=self.device.device,
+        )
 
     def package(
         self, global_arrays: Mapping[str, np.ndarray], half_precision: bool

@@ -113,6 +113,9 @@ def model_from_checkpoint(
     # The weights come from the checkpoint: never download pretrained ones to rebuild.
     model_cfg.pretrained = False
     model_cfg.pretrained_path = None
+    if "neck_stats" not in model_cfg and "neck.running_mean" in payload["state_dict"]:
+        # Written before the BNNeck kept per-modality statistics: one shared set.
+        model_cfg.neck_stats = "shared"
     model = create_model(model_cfg, int(payload["num_classes"]))
     load_state_strict(model, payload["state_dict"], path)
     return model, payload

@@ -38,6 +38,7 @@ class PPAObjective:
     offsets: bool
     weights: Mapping[str, float]
     label_smoothing: float = 0.1
+    align_temperature: float | None = None
 
     @classmethod
     def from_config(cls, ppa_cfg: DictConfig) -> PPAObjective:
@@ -49,6 +50,11 @@ class PPAObjective:
             offsets=bool(ppa_cfg.offsets),
             weights=weights,
             label_smoothing=float(ppa_cfg.label_smoothing),
+            align_temperature=(
+                float(ppa_cfg.align_temperature)
+                if ppa_cfg.get("align_temperature") is not None
+                else None
+            ),
         )
 
     def uses(self, term: str) -> bool:
@@ -245,7 +251,12 @@ def ppa_step(ctx: StepContext, batch: Batch) -> tuple[torch.Tensor, dict[str, fl
     # cosine pull toward a prototype there carries almost no signal.
     if obj.uses("align") and ctx.prototypes is not None and ctx.prototypes.valid.any():
         terms["align"] = losses.align_loss(
-            out.neck, labels, modality, ctx.prototypes.means, ctx.prototypes.valid
+            out.neck,
+            labels,
+            modality,
+            ctx.prototypes.means,
+            ctx.prototypes.valid,
+            obj.align_temperature,
         )
     total = sum(obj.weights[k] * v for k, v in terms.items())
 

@@ -22,7 +22,8 @@ import torch
 from ppa.data.records import Modality
 
 SHARED = "shared"
-STEM = "stem"
+STEM = "stem"  # modality-specific parts: the stems and the BNNeck's per-modality statistics
+NECK_STATS_PREFIX = "neck.stats."
 OFFSET = "offset"
 PROTO_SUM = "proto-sum"
 PROTO_COUNT = "proto-count"
@@ -49,6 +50,9 @@ def parameter_group(name: str) -> ParameterGroup:
     if head in ("stems", "offsets") and rest:
         modality = Modality.parse(rest.split(".", 1)[0])
         return ParameterGroup(STEM if head == "stems" else OFFSET, modality)
+    if name.startswith(NECK_STATS_PREFIX):
+        # The BNNeck's per-modality statistics (ppa/model/neck.py): aggregated like a stem.
+        return ParameterGroup(STEM, Modality.parse(name[len(NECK_STATS_PREFIX) :].split(".")[0]))
     return ParameterGroup(SHARED)
 
 

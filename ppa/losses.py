@@ -75,33 +75,57 @@ def dc_loss(feat_anon: torch.Tensor, feat_raw: torch.Tensor, offsets: torch.Tens
     return (d - offsets.float()).pow(2).mean()
 
 
+def align_rows(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    modality: torch.Tensor,
+    prototypes: torch.Tensor,
+    valid: torch.Tensor,
+    temperature: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample L_align toward the identity prototypes of the OTHER modality.
+
+    prototypes: (M, C, D) global per-modality identity prototypes; valid: (M, C) which exist.
+    Without `temperature` a sample's term is the cosine distance ``1 - cos(f, p_y)``; with it,
+    the prototypes of the other modality act as a classifier and the term is
+    ``-log softmax(cos(f, p) / temperature)[y]`` over the valid ones: the pull toward p_y
+    then also pushes away from other identities' prototypes, so features cannot meet their
+    prototype by collapsing onto a common direction. Returns (rows (N,), count (N,)): the term
+    averaged over the other modalities that have the sample's prototype, and how many did
+    (rows are 0 where count is 0).
+    """
+    x = F.normalize(features.float(), dim=-1)
+    protos = F.normalize(prototypes.float(), dim=-1)
+    total = x.new_zeros(len(labels))
+    count = x.new_zeros(len(labels))
+    for m in range(prototypes.shape[0]):
+        has = (modality != m) & valid[m, labels]
+        if not has.any():
+            continue
+        if temperature is None:
+            term = 1.0 - (x * protos[m, labels]).sum(dim=-1)
+        else:
+            logits = (x @ protos[m].T) / temperature
+            logits = logits.masked_fill(~valid[m].unsqueeze(0), float("-inf"))
+            term = -logits.log_softmax(dim=-1).gather(1, labels.unsqueeze(1)).squeeze(1)
+        total = total + torch.where(has, term, torch.zeros_like(term))
+        count = count + has.to(x.dtype)
+    rows = torch.where(count > 0, total / count.clamp(min=1.0), torch.zeros_like(total))
+    return rows, count
+
+
 def align_loss(
     features: torch.Tensor,
     labels: torch.Tensor,
     modality: torch.Tensor,
     prototypes: torch.Tensor,
     valid: torch.Tensor,
+    temperature: float | None = None,
 ) -> torch.Tensor:
-    """L_align: pull features toward their identity's prototype in the OTHER modality.
-
-    prototypes: (M, C, D) global per-modality identity prototypes; valid: (M, C) which exist.
-    The cosine distance 1 - cos(f, p) is averaged over samples that have at least one
-    other-modality prototype (averaged over those modalities).
-    """
-    num_modalities = prototypes.shape[0]
-    x = F.normalize(features.float(), dim=-1)
-    protos = F.normalize(prototypes.float(), dim=-1)
-    total = x.new_zeros(len(labels))
-    count = x.new_zeros(len(labels))
-    for m in range(num_modalities):
-        other = modality != m
-        has = other & valid[m, labels]
-        if not has.any():
-            continue
-        cos = (x * protos[m, labels]).sum(dim=-1)
-        total = total + torch.where(has, 1.0 - cos, torch.zeros_like(cos))
-        count = count + has.to(x.dtype)
+    """L_align (see `align_rows`), averaged over samples that have an other-modality
+    prototype."""
+    rows, count = align_rows(features, labels, modality, prototypes, valid, temperature)
     used = count > 0
     if not used.any():
         return features.sum() * 0.0
-    return (total[used] / count[used]).mean()
+    return rows[used].mean()

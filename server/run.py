@@ -23,7 +23,9 @@ from ppa.data.protocols import load_label_space
 from ppa.engine import DeviceSettings
 from ppa.federation import check_global, global_keys, pack, unpack_into
 from ppa.model import PPAEncoder, create_model
+from ppa.norm_calibration import norm_statistics_keys
 from ppa.runtime import seed_everything
+from server.calibration import NormCalibration
 from server.checkpoints import CheckpointStore, ServerCheckpoint, capture_rng, restore_rng
 from server.evaluation import CentralEvaluator, MetricsHistory, headline_numbers
 from server.strategy import ModalityAwareFedAvg, NoSitesLeftError, RoundReport
@@ -49,6 +51,8 @@ def build_strategy(cfg: DictConfig, model: PPAEncoder) -> ModalityAwareFedAvg:
         clip_norm=float(agg.clip_norm) if agg.clip_norm else None,
         anomaly_threshold=float(agg.anomaly_threshold) if agg.anomaly_threshold else None,
         exclude_anomalies=bool(agg.exclude_anomalies),
+        server_lr=float(agg.server_lr),
+        server_momentum=float(agg.server_momentum),
         seed=int(cfg.seed),
     )
 
@@ -69,6 +73,13 @@ class FederatedRun:
         state = self.model.state_dict()
         self.arrays = pack(state, global_keys(state))
         self.strategy = build_strategy(cfg, self.model)
+        # The statistics round (server/calibration.py); a GroupNorm model has nothing to measure.
+        stats_keys = norm_statistics_keys(self.model)
+        self.calibration = (
+            NormCalibration(stats_keys, int(cfg.federation.calibration_images))
+            if cfg.federation.calibrate_norm_statistics and stats_keys
+            else None
+        )
         self.store = CheckpointStore(
             self.out / "checkpoints", keep=int(cfg.federation.keep_checkpoints)
         )
@@ -158,6 +169,10 @@ class FederatedRun:
                 self.strategy.current = dict(self.arrays)
             else:
                 self.arrays = candidate
+        evaluating = server_round % int(fed.evaluate_every) == 0 or server_round == rounds
+        calibration = None
+        if evaluating and self.calibration is not None and aggregated is not None:
+            calibration = self._calibrate(grid, server_round)
         record = {
             "round": server_round,
             "train": dict(metrics) if metrics is not None else {},
@@ -170,12 +185,38 @@ class FederatedRun:
             "anomalies": report.anomalies.scores if report.anomalies else {},
             "flagged": report.anomalies.flagged if report.anomalies else [],
         }
-        if server_round % int(fed.evaluate_every) == 0 or server_round == rounds:
+        if calibration is not None:
+            record["calibration"] = calibration
+        if evaluating:
             self._evaluate_and_record(server_round, record)
         else:
             self.history.append(record)
         record["seconds"] = time.perf_counter() - start
         self._export(server_round, record, report)
+
+    def _calibrate(self, grid: Grid, server_round: int) -> dict:
+        """The statistics round: the sites re-measure the new global model's BatchNorm
+        statistics, which replace the averaged ones (ppa/norm_calibration.py says why)."""
+        assert self.calibration is not None
+        nodes = [n for n in sorted(grid.get_node_ids()) if n not in self.strategy.exhausted_nodes]
+        messages = self.calibration.messages(server_round, self.arrays, nodes)
+        replies = grid.send_and_receive(
+            messages, timeout=float(self.cfg.federation.round_timeout)
+        )
+        result = self.calibration.combine(replies, self.arrays)
+        if result.statistics:
+            self.arrays.update(
+                {k: v.astype(self.arrays[k].dtype) for k, v in result.statistics.items()}
+            )
+            self.strategy.current = dict(self.arrays)
+        logger.info(
+            "round %d statistics round: %d site(s), %d images, %d failed",
+            server_round,
+            len(result.sites),
+            result.images,
+            len(result.failed),
+        )
+        return result.summary()
 
     def _evaluate_and_record(self, server_round: int, record: dict) -> None:
         evaluation = self.evaluator(self.global_model())

@@ -82,6 +82,14 @@ class RoundReport:
     seconds: float = 0.0
 
 
+_STATISTICS = ("running_mean", "running_var")
+
+
+def _is_trainable(name: str) -> bool:
+    """Parameters, as opposed to normalisation running statistics."""
+    return not name.endswith(_STATISTICS)
+
+
 class ModalityAwareFedAvg(Strategy):
     """Modality-aware aggregation for the PPA encoder.
 
@@ -89,7 +97,9 @@ class ModalityAwareFedAvg(Strategy):
       (weighted FedAvg or a robust rule) after optional per-update norm clipping;
     - stems and DCMA offsets: weighted mean within each modality;
     - identity prototypes: per-modality sums / counts, so each identity's prototype is the
-      mean over every image of that modality that any site saw.
+      mean over every image of that modality that any site saw;
+    - optionally a server optimiser step on the aggregate (``server_lr``, ``server_momentum``:
+      FedAvgM), applied to parameters, not to normalisation statistics.
     Replies are validated (names, shapes, dtypes, finite values) and a malformed one is
     dropped with its site named; aggregation is over replies sorted by site name so the
     result does not depend on arrival order.
@@ -110,6 +120,8 @@ class ModalityAwareFedAvg(Strategy):
         clip_norm: float | None = None,
         anomaly_threshold: float | None = 3.0,
         exclude_anomalies: bool = False,
+        server_lr: float = 1.0,
+        server_momentum: float = 0.0,
         seed: int = 0,
     ):
         # The current global arrays: the validation reference and the clipping anchor.
@@ -128,6 +140,15 @@ class ModalityAwareFedAvg(Strategy):
         self.clip_norm = clip_norm
         self.anomaly_threshold = anomaly_threshold
         self.exclude_anomalies = exclude_anomalies
+        if server_lr <= 0 or not 0.0 <= server_momentum < 1.0:
+            raise ValueError(
+                f"server_lr must be > 0 and server_momentum in [0, 1), got {server_lr}, "
+                f"{server_momentum}"
+            )
+        self.server_lr = server_lr
+        self.server_momentum = server_momentum
+        # FedAvgM: the server's momentum buffer of the aggregated update, per array.
+        self.velocity: dict[str, np.ndarray] = {}
         self.rng = random.Random(seed)
         self.proto_sums = np.zeros((len(MODALITIES), num_classes, self.dim), np.float64)
         self.proto_counts = np.zeros((len(MODALITIES), num_classes), np.float64)
@@ -143,6 +164,8 @@ class ModalityAwareFedAvg(Strategy):
             "rng": self.rng.getstate(),
             "proto_sums": self.proto_sums.copy(),
             "proto_counts": self.proto_counts.copy(),
+            "exhausted_nodes": sorted(self.exhausted_nodes),
+            "velocity": {k: v.copy() for k, v in self.velocity.items()},
         }
 
     def load_state_dict(self, state: Mapping) -> None:
@@ -150,6 +173,7 @@ class ModalityAwareFedAvg(Strategy):
         self.proto_sums = np.asarray(state["proto_sums"], np.float64).copy()
         self.proto_counts = np.asarray(state["proto_counts"], np.float64).copy()
         self.exhausted_nodes = set(state.get("exhausted_nodes", []))
+        self.velocity = {k: np.asarray(v).copy() for k, v in state.get("velocity", {}).items()}
 
     def prototype_record(self) -> ArrayRecord:
         """The global prototypes as sent to sites: per-modality sums and counts."""
@@ -309,6 +333,7 @@ class ModalityAwareFedAvg(Strategy):
                 r.arrays = clip_update(r.arrays, current, list(r.arrays), self.clip_norm)
 
         new = dict(current)
+        aggregated = set(shared_keys)
         new.update(
             aggregate_updates(
                 [r.arrays for r in voters],
@@ -329,6 +354,7 @@ class ModalityAwareFedAvg(Strategy):
                 if parameter_group(k).kind in (STEM, OFFSET)
                 and parameter_group(k).modality == modality
             ]
+            aggregated.update(keys)
             # The same rule within the modality (it reduces to the weighted mean below three
             # sites of that modality).
             new.update(
@@ -342,11 +368,37 @@ class ModalityAwareFedAvg(Strategy):
                 )
             )
         self._aggregate_prototypes(voters)
+        new = self._server_step(new, sorted(aggregated))
         new = {k: np.asarray(v, dtype=current[k].dtype) for k, v in new.items()}
         self.current = new
         report.seconds = time.perf_counter() - start
         record = ArrayRecord({k: Array(v) for k, v in new.items()})
         return record, self._aggregate_metrics(voters)
+
+    def _server_step(
+        self, new: dict[str, np.ndarray], keys: list[str]
+    ) -> dict[str, np.ndarray]:
+        """FedAvgM (Hsu et al., 2019): treat the aggregated change as a pseudo-gradient,
+        ``v <- beta v + (aggregate - current)``, ``global <- current + server_lr * v``.
+
+        One aggregate is one optimiser step, however many local steps the sites took, so
+        with many sites in parallel a federated run takes far fewer sequential steps than
+        central training over the same epochs; server momentum recovers part of that.
+        Normalisation statistics are averaged, never extrapolated. Keys no site updated this
+        round (a modality without a site) keep their value and their velocity.
+        """
+        if self.server_lr == 1.0 and self.server_momentum == 0.0:
+            return new
+        out = dict(new)
+        for k in keys:
+            if not _is_trainable(k) or not np.issubdtype(self.current[k].dtype, np.floating):
+                continue
+            base = np.asarray(self.current[k], np.float64)
+            delta = np.asarray(new[k], np.float64) - base
+            velocity = self.server_momentum * self.velocity.get(k, 0.0) + delta
+            self.velocity[k] = velocity.astype(np.float32)
+            out[k] = base + self.server_lr * velocity
+        return out
 
     def _aggregate_prototypes(self, replies: list[SiteReply]) -> None:
         with_protos = [r for r in replies if r.proto_sum is not None]

@@ -29,7 +29,8 @@ pytestmark = [
 ]
 
 # Small and fast: every override is a real key of configs/.
-OVERRIDES = ["dataset=synthetic_regdb", "input.height=64", "input.width=32"]
+OVERRIDES = ["dataset=synthetic_regdb", "input.height=64", "input.width=32",
+             "federation.local_epochs=1", "federation.evaluate_every=1"]
 
 
 def load_launcher():

@@ -95,3 +95,27 @@ def test_align_loss_by_hand() -> None:
     assert feats.grad[2].abs().sum() == 0
     none_valid = losses.align_loss(feats, labels, modality, protos, torch.zeros_like(valid))
     assert none_valid.item() == 0.0
+
+
+def test_contrastive_align_by_hand() -> None:
+    """With a temperature the other modality's prototypes are a classifier: the term is the
+    cross-entropy of cos / T over the valid prototypes (invalid ones take no part)."""
+    protos = torch.zeros(2, 3, 2)
+    protos[1, 0] = torch.tensor([1.0, 0.0])  # infrared prototypes of ids 0 and 1
+    protos[1, 1] = torch.tensor([0.0, 1.0])
+    protos[1, 2] = torch.tensor([-1.0, 0.0])  # id 2: marked invalid below
+    valid = torch.tensor([[False, False, False], [True, True, False]])
+    feats = torch.tensor([[3.0, 0.0], [1.0, 1.0]])
+    labels = torch.tensor([0, 1])
+    modality = torch.tensor([0, 0])  # two visible samples
+    rows, count = losses.align_rows(feats, labels, modality, protos, valid, temperature=0.5)
+    # sample 0: cos = (1, 0) -> logits (2, 0): -log(e^2 / (e^2 + 1))
+    # sample 1: cos = (s, s), s = 1/sqrt(2) -> equal logits: log 2
+    assert rows[0].item() == pytest.approx(math.log1p(math.exp(-2.0)), rel=1e-5)
+    assert rows[1].item() == pytest.approx(math.log(2.0), rel=1e-5)
+    assert count.tolist() == [1.0, 1.0]
+    loss = losses.align_loss(feats, labels, modality, protos, valid, temperature=0.5)
+    assert loss.item() == pytest.approx(rows.mean().item())
+    # Without a temperature the same rows are cosine distances.
+    plain, _ = losses.align_rows(feats, labels, modality, protos, valid)
+    assert plain.tolist() == pytest.approx([0.0, 1.0 - 2**-0.5])

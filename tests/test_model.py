@@ -102,3 +102,42 @@ def test_factory_errors_name_the_problem(tmp_path) -> None:
                                        "pretrained": False, "last_stride": 1}), 3)
     with pytest.raises(ValueError, match="num_classes"):
         create_model(model_cfg("tiny"), 0)
+
+
+def test_modality_neck_keeps_statistics_per_modality() -> None:
+    """Training on one modality moves only that modality's BNNeck statistics; at test time
+    each sample is normalised with its own modality's statistics; the keys aggregate per
+    modality."""
+    torch.manual_seed(0)
+    model = create_model(load_config(["model=tiny"]).model, 3)
+    neck = model.neck
+    x = torch.randn(8, model.num_features) * 3.0 + 5.0
+    visible = torch.zeros(8, dtype=torch.long)
+    neck.train()
+    neck(x, visible)
+    stats = {m: neck.stats[m] for m in ("visible", "infrared")}
+    assert stats["visible"].num_batches_tracked.item() == 1
+    assert stats["infrared"].num_batches_tracked.item() == 0
+    assert torch.allclose(stats["infrared"].running_mean, torch.zeros(model.num_features))
+    # A mixed batch: each half normalised by its own batch statistics.
+    y = torch.cat([x, -x])
+    both = neck(y, torch.tensor([0] * 8 + [1] * 8))
+    alone = neck(-x, torch.ones(8, dtype=torch.long))
+    torch.testing.assert_close(both[8:], alone)
+    neck.eval()
+    out = neck(x[:1], torch.ones(1, dtype=torch.long))
+    ir = stats["infrared"]
+    expected = (x[:1] - ir.running_mean) / torch.sqrt(ir.running_var + ir.eps) * neck.weight
+    torch.testing.assert_close(out, expected)
+    groups = {k: parameter_group(k) for k in model.state_dict() if k.startswith("neck.")}
+    assert groups["neck.weight"].kind == SHARED
+    stem = parameter_group("stems.infrared.conv1.weight")
+    assert groups["neck.stats.infrared.running_var"] == stem
+
+
+def test_shared_neck_statistics_on_request() -> None:
+    cfg = load_config(["model=tiny", "model.neck_stats=shared"]).model
+    model = create_model(cfg, 3)
+    assert isinstance(model.neck, torch.nn.BatchNorm1d)
+    with pytest.raises(ValueError, match="neck_stats"):
+        create_model(load_config(["model=tiny", "model.neck_stats=other"]).model, 3)

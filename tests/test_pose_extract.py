@@ -276,7 +276,7 @@ def test_script_on_a_synthetic_sysu_set_reproduces_its_ground_truth(tmp_path: Pa
     write_synthetic_sysu(
         root,
         num_train_ids=3,
-        num_val_ids=0,
+        num_val_ids=1,
         num_test_ids=2,
         images_per_camera=1,
         image_height=64,

@@ -185,7 +185,7 @@ def test_synthetic_sysu_detection_rate_is_reported(tmp_path: Path):
     write_synthetic_sysu(
         root,
         num_train_ids=3,
-        num_val_ids=0,
+        num_val_ids=1,
         num_test_ids=2,
         images_per_camera=1,
         image_height=128,

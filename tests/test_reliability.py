@@ -2,9 +2,7 @@
 
 Every bad input gets a clear error naming the file / site / key, or (where configured by
 ``dataset.on_bad_image=skip`` / ``pose.missing=skip|center_prior``) a skip with a warning; never
-a crash deep inside torch. Rows that still need a change outside ppa/data are
-``xfail(strict=True)`` with the change they wait for; the fix turns them into failures (XPASS)
-that say the marker can go.
+a crash deep inside torch.
 """
 
 from __future__ import annotations
@@ -257,18 +255,6 @@ def test_keypoints_outside_the_image_or_not_finite_are_missing_joints(
 
 
 # --------------------------------------------------------------------------- sites
-def test_one_identity_site_is_a_clear_error(tiny_sysu_root: Path, tmp_path: Path,
-                                            cfg_for) -> None:
-    root = site_root(tiny_sysu_root, tmp_path / "data", cams=(3,), ids=1)
-    cfg = cfg_for(root)
-    # Today the loader refuses at the first round; the open change refuses at start-up.
-    with pytest.raises(ValueError, match=rf"1 identit.* under {re.escape(str(root))}"):
-        train_round(SiteTrainer(cfg, site_spec(node("cam3", "infrared", root), cfg)))
-
-
-@pytest.mark.xfail(strict=True, reason="client/site.py: SiteTrainer does not check the number "
-                   "of identities of its site; the error comes from the sampler at the first "
-                   "round and does not name the site")
 def test_one_identity_site_error_names_the_site(tiny_sysu_root: Path, tmp_path: Path,
                                                 cfg_for) -> None:
     root = site_root(tiny_sysu_root, tmp_path / "data", cams=(3,), ids=1)
@@ -310,9 +296,6 @@ def test_simulation_partition_count_mismatch_is_named(tiny_sysu_root: Path, cfg_
         SiteTrainer(cfg, site_spec({"partition-id": 0, "num-partitions": 3}, cfg))
 
 
-@pytest.mark.xfail(strict=True, reason="client/site.py site_spec: partition-id is not checked "
-                   "(int() error without the key; 7 of 6 -> IndexError; -1 silently picks "
-                   "the last site)")
 @pytest.mark.parametrize("partition_id", ["abc", 7, -1])
 def test_partition_id_out_of_range_is_named(tiny_sysu_root: Path, cfg_for,
                                             partition_id: object) -> None:
@@ -321,9 +304,6 @@ def test_partition_id_out_of_range_is_named(tiny_sysu_root: Path, cfg_for,
         site_spec({"partition-id": partition_id, "num-partitions": 6}, cfg)
 
 
-@pytest.mark.xfail(strict=True, reason="client/site.py: the site name and its modality are not "
-                   "checked against the partition's site_layout before the data is read; the "
-                   "errors come from the readers and do not name the site")
 @pytest.mark.parametrize(("site", "modality"), [("cam3", "visible"), ("cam9", "infrared")])
 def test_site_not_in_the_partition_or_of_another_modality(tiny_sysu_root: Path, cfg_for,
                                                           site: str, modality: str) -> None:
@@ -396,9 +376,6 @@ def test_server_resume_refuses_arrays_of_another_architecture(tiny_sysu_root: Pa
         FederatedRun(cfg, resume=True)
 
 
-@pytest.mark.xfail(strict=True, reason="server/run.py _resume compares array names only; a "
-                   "checkpoint with other shapes (another label space) fails later inside "
-                   "torch's load_state_dict")
 def test_server_resume_refuses_arrays_of_other_shapes(tiny_sysu_root: Path, cfg_for) -> None:
     cfg = cfg_for(tiny_sysu_root)
     store_foreign_round(cfg, 7)  # the tiny set has 12 classes
@@ -406,9 +383,6 @@ def test_server_resume_refuses_arrays_of_other_shapes(tiny_sysu_root: Path, cfg_
         FederatedRun(cfg, resume=True)
 
 
-@pytest.mark.xfail(strict=True, reason="client/site.py train_round: global arrays that do not "
-                   "fit the site's model (e.g. another label space) fail inside torch's "
-                   "load_state_dict, without naming the site")
 def test_site_refuses_global_arrays_of_another_model(tiny_sysu_root: Path, tmp_path: Path,
                                                      cfg_for) -> None:
     root = site_root(tiny_sysu_root, tmp_path / "cam1", cams=(1,))

@@ -275,6 +275,9 @@ def test_simulation_runs_six_sites_through_flwr_run(clean: Path) -> None:
             assert 0.0 < numbers["mAP"] <= 1.0 and 0.0 <= numbers["rank1"] <= 1.0
     for record in rounds[1:]:
         assert record["replied"] == SITES and record["failed"] == []
+        # The statistics round before each evaluation heard from every site.
+        assert sorted(record["calibration"]["sites"]) == SITES
+        assert record["calibration"]["failed"] == [] and record["calibration"]["images"] > 0
     assert {p.name for p in (clean / "checkpoints").glob("round_*.pt")} == {
         "round_0001.pt",
         "round_0002.pt",

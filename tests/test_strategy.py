@@ -240,3 +240,46 @@ def test_pack_half_precision_halves_float_bytes(reference) -> None:
     half_bytes = sum(v.nbytes for v in half.values())
     assert half_bytes < 0.55 * full_bytes
     assert half["classifier.weight"].dtype == np.float16
+
+
+def test_server_momentum_is_fedavgm_by_hand(reference) -> None:
+    """Two rounds of FedAvgM (lr 0.5, momentum 0.9) against the update rule computed by hand;
+    running statistics are averaged, never extrapolated; the velocity survives a checkpoint."""
+    strategy = make_strategy(reference, server_lr=0.5, server_momentum=0.9)
+    w0 = reference["classifier.weight"].numpy().astype(np.float64)
+    rv0 = reference["trunk.layer1.0.bn1.running_var"].numpy().astype(np.float64)
+
+    def one_round(number: int, value: float) -> dict[str, np.ndarray]:
+        strategy._sampled[number] = 2
+        record, _ = strategy.aggregate_train(number, [
+            reply(1, "cam1", Modality.VISIBLE, site_arrays(reference, Modality.VISIBLE, value), 1),
+            reply(2, "cam3", Modality.INFRARED, site_arrays(reference, Modality.INFRARED, value),
+                  1),
+        ])
+        return as_numpy(record)
+
+    first = one_round(1, 2.0)
+    v1 = 2.0 - w0  # velocity = the first aggregated change
+    w1 = w0 + 0.5 * v1
+    np.testing.assert_allclose(first["classifier.weight"], w1, rtol=1e-5, atol=1e-6)
+    stats = "trunk.layer1.0.bn1.running_var"
+    assert first[stats] == pytest.approx(np.full_like(rv0, 2.0))  # plain mean
+    saved = strategy.state_dict()
+
+    second = one_round(2, 3.0)
+    v2 = 0.9 * v1 + (3.0 - w1)
+    np.testing.assert_allclose(second["classifier.weight"], w1 + 0.5 * v2, rtol=1e-5, atol=1e-6)
+
+    # A resumed strategy (state from the checkpoint) takes the same second step.
+    resumed = make_strategy(reference, server_lr=0.5, server_momentum=0.9)
+    resumed.current = {k: v.copy() for k, v in first.items()}
+    resumed.load_state_dict(saved)
+    strategy = resumed
+    again = one_round(2, 3.0)
+    np.testing.assert_array_equal(again["classifier.weight"], second["classifier.weight"])
+
+
+@pytest.mark.parametrize(("lr", "momentum"), [(0.0, 0.0), (1.0, 1.0), (1.0, -0.1)])
+def test_server_optimiser_settings_are_checked(reference, lr: float, momentum: float) -> None:
+    with pytest.raises(ValueError, match="server_lr"):
+        make_strategy(reference, server_lr=lr, server_momentum=momentum)

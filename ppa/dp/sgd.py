@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from opacus.grad_sample import GradSampleHooks, register_grad_sampler
 from torch import nn
 
+from ppa import losses
 from ppa.data.loader import Batch
 from ppa.data.records import Modality
 from ppa.data.transforms import normalize
@@ -86,26 +87,6 @@ def freeze_other_modalities(model: PPAEncoder, keep: Modality) -> list[str]:
     return frozen
 
 
-def _row_align(
-    features: torch.Tensor,
-    labels: torch.Tensor,
-    modality: torch.Tensor,
-    prototypes: torch.Tensor,
-    valid: torch.Tensor,
-) -> torch.Tensor:
-    """L_align of each row: mean over the other modalities' prototypes of 1 - cos (0 if none)."""
-    x = F.normalize(features.float(), dim=-1)
-    protos = F.normalize(prototypes.float(), dim=-1)
-    total = x.new_zeros(len(labels))
-    count = x.new_zeros(len(labels))
-    for m in range(prototypes.shape[0]):
-        has = (modality != m) & valid[m, labels]
-        cos = (x * protos[m, labels]).sum(dim=-1)
-        total = total + torch.where(has, 1.0 - cos, torch.zeros_like(cos))
-        count = count + has.to(x.dtype)
-    return torch.where(count > 0, total / count.clamp(min=1.0), torch.zeros_like(total))
-
-
 def per_record_losses(
     ctx: StepContext, batch: Batch
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
@@ -164,7 +145,14 @@ def per_record_losses(
         terms["dc"] = diff.float().pow(2).mean(dim=-1)
     if obj.uses("align") and ctx.prototypes is not None and ctx.prototypes.valid.any():
         terms["align"] = over_views(
-            _row_align(out.neck, labels, modality, ctx.prototypes.means, ctx.prototypes.valid)
+            losses.align_rows(
+                out.neck,
+                labels,
+                modality,
+                ctx.prototypes.means,
+                ctx.prototypes.valid,
+                obj.align_temperature,
+            )[0]
         )
     total = sum(obj.weights[k] * v for k, v in terms.items())
     assert isinstance(total, torch.Tensor)

@@ -57,4 +57,5 @@ def create_model(model_cfg: DictConfig | Mapping[str, Any], num_classes: int) ->
         gem_p=float(cfg.get("gem_p", 3.0)),
         learn_gem_p=bool(cfg.get("learn_gem_p", True)),
         norm=norm,
+        neck_stats=str(cfg.get("neck_stats", "modality")),
     )

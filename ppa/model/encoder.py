@@ -16,6 +16,7 @@ from timm.models.resnet import BasicBlock, Bottleneck
 from torch import nn
 
 from ppa.data.records import MODALITIES, Modality
+from ppa.model.neck import ModalityBatchNorm1d
 from ppa.model.pooling import GeM, keypoint_pool
 
 logger = logging.getLogger(__name__)
@@ -25,6 +26,8 @@ TRUNK_LAYERS = ("layer1", "layer2", "layer3", "layer4")
 # model.norm: "batch" (the reference recipe) or "group" (per-sample normalisation: what DP-SGD
 # needs, since BatchNorm mixes the records of a batch; see docs/privacy.md).
 NORMS = ("batch", "group")
+# model.neck_stats: BNNeck statistics per modality ("modality") or one set ("shared").
+NECK_STATS = ("modality", "shared")
 
 
 @dataclass
@@ -84,8 +87,11 @@ class PPAEncoder(nn.Module):
         learn_gem_p: bool = True,
         modalities: Sequence[Modality] = MODALITIES,
         norm: str = "batch",
+        neck_stats: str = "modality",
     ):
         super().__init__()
+        if neck_stats not in NECK_STATS:
+            raise ValueError(f"model.neck_stats must be one of {NECK_STATS}, got {neck_stats!r}")
         if norm not in NORMS:
             raise ValueError(f"model.norm must be one of {NORMS}, got {norm!r}")
         missing = [n for n in (*STEM_LAYERS, *TRUNK_LAYERS) if not hasattr(backbone, n)]
@@ -106,7 +112,15 @@ class PPAEncoder(nn.Module):
         # With norm="group" the neck normalises each sample over all its channels (one group,
         # a LayerNorm with per-channel affine): no batch statistics, so per-sample gradients
         # exist.
-        self.neck: nn.Module = nn.BatchNorm1d(dim) if norm == "batch" else nn.GroupNorm(1, dim)
+        # With norm="batch" and neck_stats="modality" the BNNeck keeps its statistics per
+        # modality (ppa/model/neck.py says why).
+        self.neck: nn.Module
+        if norm == "group":
+            self.neck = nn.GroupNorm(1, dim)
+        elif neck_stats == "modality":
+            self.neck = ModalityBatchNorm1d(dim, self.modalities)
+        else:
+            self.neck = nn.BatchNorm1d(dim)
         # BNNeck: the bias is frozen at 0 so the pre-BN (triplet) and post-BN (identity)
         # spaces stay aligned.
         self.neck.bias.requires_grad_(False)
@@ -149,7 +163,10 @@ class PPAEncoder(nn.Module):
         if anonymized is not None:
             shift = self.offsets(modality) * anonymized.to(pooled.dtype).unsqueeze(-1)
             corrected = pooled - shift
-        neck = self.neck(corrected)
+        if isinstance(self.neck, ModalityBatchNorm1d):
+            neck = self.neck(corrected, modality)
+        else:
+            neck = self.neck(corrected)
         logits = self.classifier(neck)
         parts = keypoint_pool(feature_map, heatmaps) if heatmaps is not None else None
         return EncoderOutput(feature_map, pooled, corrected, neck, logits, parts)

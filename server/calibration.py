@@ -1,0 +1,126 @@
+"""The statistics round: re-measure the global model's BatchNorm statistics at the sites.
+
+See ppa/norm_calibration.py for why. After a round's aggregate is accepted and before it is
+evaluated, the server sends the global arrays to the connected sites as an EVALUATE message;
+each replies with the BatchNorm statistics of that model on a sample of its images; the
+server pools them (shared BatchNorms over all sites, a modality's stem and BNNeck statistics
+over that modality's sites) and they replace the averaged statistics in the global model.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+
+from ppa.data.records import Modality
+from ppa.federation import SHARED, MalformedUpdateError, parameter_group
+from ppa.norm_calibration import VAR_SUFFIX, pool_norm_statistics
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class CalibrationReport:
+    """What one statistics round produced."""
+
+    statistics: dict[str, np.ndarray] = field(default_factory=dict)
+    sites: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    images: int = 0
+
+    def summary(self) -> dict:
+        return {"sites": self.sites, "failed": self.failed, "images": self.images}
+
+
+class NormCalibration:
+    """Builds the statistics-round messages and pools the replies."""
+
+    def __init__(self, statistics_keys: Iterable[str], images_per_site: int):
+        self.keys = list(statistics_keys)
+        if images_per_site < 2:
+            raise ValueError(
+                f"federation.calibration_images must be >= 2 (BatchNorm needs two samples "
+                f"per batch), got {images_per_site}"
+            )
+        self.images_per_site = int(images_per_site)
+
+    def expected_keys(self, modality: Modality) -> set[str]:
+        """Statistics a site of `modality` measures: shared ones and its own modality's."""
+        out = set()
+        for k in self.keys:
+            group = parameter_group(k)
+            if group.kind == SHARED or group.modality == modality:
+                out.add(k)
+        return out
+
+    def messages(
+        self, server_round: int, arrays: Mapping[str, np.ndarray], nodes: Iterable[int]
+    ) -> list[Message]:
+        content = RecordDict(
+            {
+                "arrays": ArrayRecord({k: Array(np.asarray(v)) for k, v in arrays.items()}),
+                "config": ConfigRecord(
+                    {"server-round": server_round, "calibration-images": self.images_per_site}
+                ),
+            }
+        )
+        return [
+            Message(content=content, message_type=MessageType.EVALUATE, dst_node_id=n)
+            for n in nodes
+        ]
+
+    def combine(
+        self, replies: Iterable[Message], current: Mapping[str, np.ndarray]
+    ) -> CalibrationReport:
+        """Validate each reply (names, shapes, finite values, variances >= 0) and pool the
+        valid ones per BatchNorm; a malformed or failed reply is dropped with its site named."""
+        report = CalibrationReport()
+        parts: list[tuple[dict[str, np.ndarray], float]] = []
+        for msg in replies:
+            if msg.has_error():
+                report.failed.append(f"node {msg.metadata.src_node_id}: {msg.error.reason}")
+                continue
+            try:
+                site, stats, images = self._parse(msg, current)
+            except (MalformedUpdateError, KeyError, ValueError, TypeError) as err:
+                report.failed.append(str(err))
+                continue
+            parts.append((stats, float(images)))
+            report.sites.append(site)
+            report.images += images
+        for reason in report.failed:
+            logger.warning("statistics round: dropped %s", reason)
+        if parts:
+            report.statistics = pool_norm_statistics(parts)
+        return report
+
+    def _parse(
+        self, msg: Message, current: Mapping[str, np.ndarray]
+    ) -> tuple[str, dict[str, np.ndarray], int]:
+        info = msg.content.config_records["site"]
+        site = str(info["site"])
+        modality = Modality.parse(str(info["modality"]))
+        images = int(msg.content.metric_records["metrics"]["num-examples"])
+        if images < 1:
+            raise MalformedUpdateError(f"site {site!r}: statistics over {images} images")
+        stats = {k: v.numpy() for k, v in msg.content.array_records["statistics"].items()}
+        expected = self.expected_keys(modality)
+        if set(stats) != expected:
+            raise MalformedUpdateError(
+                f"site {site!r} ({modality.value}): wrong statistics names (missing "
+                f"{sorted(expected - set(stats))[:3]}, unexpected "
+                f"{sorted(set(stats) - expected)[:3]})"
+            )
+        for k, arr in stats.items():
+            if arr.shape != np.shape(current[k]) or not np.isfinite(arr).all():
+                raise MalformedUpdateError(
+                    f"site {site!r}: statistics {k!r} of shape {arr.shape} (expected "
+                    f"{np.shape(current[k])}) or not finite"
+                )
+            if k.endswith(VAR_SUFFIX) and (arr < 0).any():
+                raise MalformedUpdateError(f"site {site!r}: statistics {k!r} are negative")
+        return site, stats, images
