@@ -27,8 +27,9 @@ def http_healthy(port: int) -> bool:
     unverified.verify_mode = ssl.CERT_NONE
     for scheme, context in (("http", None), ("https", unverified)):
         try:
-            with urllib.request.urlopen(f"{scheme}://{LOOPBACK}:{port}/health",
-                                        timeout=TIMEOUT_S, context=context) as answer:
+            with urllib.request.urlopen(
+                f"{scheme}://{LOOPBACK}:{port}/health", timeout=TIMEOUT_S, context=context
+            ) as answer:
                 if answer.status == HTTPStatus.OK:
                     return True
         except (OSError, ValueError):

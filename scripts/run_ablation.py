@@ -36,23 +36,28 @@ def method_config(cfg: DictConfig, method: str) -> DictConfig:
     base = OmegaConf.to_container(cfg, resolve=False)
     base.pop("ablation", None)
     method_ppa = load_config([f"ppa={method}"]).ppa
-    merged = OmegaConf.merge(OmegaConf.create(base), {"ppa": method_ppa,
-                                                      "run_name": f"{cfg.run_name}_{method}",
-                                                      "checkpoint": None})
+    merged = OmegaConf.merge(
+        OmegaConf.create(base),
+        {"ppa": method_ppa, "run_name": f"{cfg.run_name}_{method}", "checkpoint": None},
+    )
     merged.output_dir = f"{Path(str(cfg.output_dir)).parent}/{merged.run_name}"
     return merged
 
 
 def table(rows: dict[str, dict]) -> str:
-    header = ("| method | " + " | ".join(f"{p} mAP / R1 / mINP" for p in PROTOCOLS)
-              + " | head SSIM |")
+    header = (
+        "| method | " + " | ".join(f"{p} mAP / R1 / mINP" for p in PROTOCOLS) + " | head SSIM |"
+    )
     lines = [header, "|" + "---|" * (len(PROTOCOLS) + 2)]
     for method, row in rows.items():
         cells = []
         for p in PROTOCOLS:
             v = row["results"].get(p)
-            cells.append(f"{100 * v['mAP']:.2f} / {100 * v['rank1']:.2f} / {100 * v['mINP']:.2f}"
-                         if v else "-")
+            cells.append(
+                f"{100 * v['mAP']:.2f} / {100 * v['rank1']:.2f} / {100 * v['mINP']:.2f}"
+                if v
+                else "-"
+            )
         head = row.get("head_ssim")
         head_cell = f"{head:.3f}" if head is not None else "-"
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {head_cell} |")
@@ -71,8 +76,10 @@ def run(cfg: DictConfig) -> Path:
         metrics_path = evaluate_checkpoint(mcfg)
         report = json.loads(Path(metrics_path).read_text())
         rows[method] = {
-            "results": {p: {k: v for k, v in next(iter(g.values()))["mean"].items()
-                            if k != "cmc"} for p, g in report["results"].items()},
+            "results": {
+                p: {k: v for k, v in next(iter(g.values()))["mean"].items() if k != "cmc"}
+                for p, g in report["results"].items()
+            },
             "head_ssim": report.get("anonymization", {}).get("head_ssim"),
             "metrics": str(metrics_path),
             "checkpoint": str(checkpoint),

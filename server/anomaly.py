@@ -19,9 +19,14 @@ class AnomalyReport:
     flagged: list[str] = field(default_factory=list)
 
 
-def detect_anomalies(sites: Sequence[str], updates: Sequence[Mapping[str, np.ndarray]],
-                     current: Mapping[str, np.ndarray], keys: Sequence[str], *,
-                     threshold: float | None = 3.0) -> AnomalyReport:
+def detect_anomalies(
+    sites: Sequence[str],
+    updates: Sequence[Mapping[str, np.ndarray]],
+    current: Mapping[str, np.ndarray],
+    keys: Sequence[str],
+    *,
+    threshold: float | None = 3.0,
+) -> AnomalyReport:
     """Flag sites whose update (update - current global) is far from the others'.
 
     Two robust scores per site: the norm's z-score against the median/MAD of all norms (a
@@ -44,14 +49,14 @@ def detect_anomalies(sites: Sequence[str], updates: Sequence[Mapping[str, np.nda
         ref = np.asarray(current[k], np.float64).ravel()
         deltas = np.stack([np.asarray(u[k], np.float64).ravel() - ref for u in updates])
         median = np.median(deltas, axis=0)
-        sq_norms += (deltas ** 2).sum(axis=1)
+        sq_norms += (deltas**2).sum(axis=1)
         dots += deltas @ median
         direction_sq += float(median @ median)
     norms = np.sqrt(sq_norms)
     median_norm = float(np.median(norms))
     mad = float(np.median(np.abs(norms - median_norm)))
     scale = MAD_TO_STD * mad + 1e-12 + 1e-6 * median_norm
-    direction_norm = direction_sq ** 0.5
+    direction_norm = direction_sq**0.5
     for i, site in enumerate(sites):
         denom = direction_norm * float(norms[i])
         cosine = float(dots[i] / denom) if denom > 0 else 1.0

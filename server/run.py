@@ -163,8 +163,11 @@ class FederatedRun:
             if problems:
                 # A poisoned aggregate must never become the global model: keep the previous
                 # one, tell the strategy, and record why.
-                logger.error("round %d: aggregate rejected (%s); keeping the previous model",
-                             server_round, "; ".join(problems[:3]))
+                logger.error(
+                    "round %d: aggregate rejected (%s); keeping the previous model",
+                    server_round,
+                    "; ".join(problems[:3]),
+                )
                 report.failed.append(f"aggregate rejected: {'; '.join(problems[:3])}")
                 self.strategy.current = dict(self.arrays)
             else:
@@ -200,9 +203,7 @@ class FederatedRun:
         assert self.calibration is not None
         nodes = [n for n in sorted(grid.get_node_ids()) if n not in self.strategy.exhausted_nodes]
         messages = self.calibration.messages(server_round, self.arrays, nodes)
-        replies = grid.send_and_receive(
-            messages, timeout=float(self.cfg.federation.round_timeout)
-        )
+        replies = grid.send_and_receive(messages, timeout=float(self.cfg.federation.round_timeout))
         result = self.calibration.combine(replies, self.arrays)
         if result.statistics:
             self.arrays.update(

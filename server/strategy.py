@@ -212,8 +212,9 @@ class ModalityAwareFedAvg(Strategy):
             raise NoSitesLeftError(
                 f"all {len(nodes)} connected site(s) have exhausted their DP budget"
             )
-        size = min(len(candidates),
-                   max(int(len(candidates) * self.fraction_train), self.min_train_nodes))
+        size = min(
+            len(candidates), max(int(len(candidates) * self.fraction_train), self.min_train_nodes)
+        )
         return sorted(self.rng.sample(candidates, size))
 
     def configure_train(
@@ -281,8 +282,11 @@ class ModalityAwareFedAvg(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         start = time.perf_counter()
-        report = RoundReport(server_round, sampled=self._sampled.get(server_round, 0),
-                             excluded=self._excluded.get(server_round, 0))
+        report = RoundReport(
+            server_round,
+            sampled=self._sampled.get(server_round, 0),
+            excluded=self._excluded.get(server_round, 0),
+        )
         parsed: list[SiteReply] = []
         for msg in replies:
             if msg.has_error():
@@ -303,8 +307,9 @@ class ModalityAwareFedAvg(Strategy):
         for reason in report.failed:
             logger.warning("round %d: dropped %s", server_round, reason)
         for reason in report.exhausted:
-            logger.warning("round %d: out of DP budget, no longer sampled: %s", server_round,
-                           reason)
+            logger.warning(
+                "round %d: out of DP budget, no longer sampled: %s", server_round, reason
+            )
         parsed.sort(key=lambda r: (r.site, r.node_id))
         report.replied = [r.site for r in parsed]
         report.bytes_received = sum(r.nbytes for r in parsed)
@@ -375,9 +380,7 @@ class ModalityAwareFedAvg(Strategy):
         record = ArrayRecord({k: Array(v) for k, v in new.items()})
         return record, self._aggregate_metrics(voters)
 
-    def _server_step(
-        self, new: dict[str, np.ndarray], keys: list[str]
-    ) -> dict[str, np.ndarray]:
+    def _server_step(self, new: dict[str, np.ndarray], keys: list[str]) -> dict[str, np.ndarray]:
         """FedAvgM (Hsu et al., 2019): treat the aggregated change as a pseudo-gradient,
         ``v <- beta v + (aggregate - current)``, ``global <- current + server_lr * v``.
 

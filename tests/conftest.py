@@ -23,9 +23,17 @@ TINY_INPUT = ["input.height=64", "input.width=32"]
 def tiny_sysu_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small synthetic SYSU-MM01 (10 train, 2 val, 6 test ids; 64 x 32 images)."""
     root = tmp_path_factory.mktemp("data") / "tiny_sysu"
-    write_synthetic_sysu(root, num_train_ids=10, num_val_ids=2, num_test_ids=6,
-                         images_per_camera=3, image_height=64, image_width=32,
-                         camera_coverage=0.9, seed=0)
+    write_synthetic_sysu(
+        root,
+        num_train_ids=10,
+        num_val_ids=2,
+        num_test_ids=6,
+        images_per_camera=3,
+        image_height=64,
+        image_width=32,
+        camera_coverage=0.9,
+        seed=0,
+    )
     return root
 
 
@@ -33,23 +41,36 @@ def tiny_sysu_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_regdb_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small synthetic RegDB (12 ids, 4 images per modality; 64 x 32 images)."""
     root = tmp_path_factory.mktemp("data") / "tiny_regdb"
-    write_synthetic_regdb(root, num_ids=12, images_per_modality=4, image_height=64,
-                          image_width=32, seed=0)
+    write_synthetic_regdb(
+        root, num_ids=12, images_per_modality=4, image_height=64, image_width=32, seed=0
+    )
     return root
 
 
-def tiny_overrides(root: Path, tmp_path: Path, *extra: str, dataset: str = "synthetic_sysu"
-                   ) -> list[str]:
+def tiny_overrides(
+    root: Path, tmp_path: Path, *extra: str, dataset: str = "synthetic_sysu"
+) -> list[str]:
     """Overrides for fast CPU runs on a tiny set: tiny model, 64 x 32 input, few trials."""
     trials = "dataset.test.trials=2" if dataset == "synthetic_sysu" else "dataset.test.trials=[1]"
     return [
-        f"dataset={dataset}", f"dataset.root={root}", f"output_dir={tmp_path / 'out'}",
-        "model=tiny", *TINY_INPUT, trials, "train.num_ids=4", "train.num_instances=2",
-        "train.num_workers=0", "eval.num_workers=0", "eval.batch_size=64",
-        "train.warmup_epochs=0", "eval.privacy_images=16",
+        f"dataset={dataset}",
+        f"dataset.root={root}",
+        f"output_dir={tmp_path / 'out'}",
+        "model=tiny",
+        *TINY_INPUT,
+        trials,
+        "train.num_ids=4",
+        "train.num_instances=2",
+        "train.num_workers=0",
+        "eval.num_workers=0",
+        "eval.batch_size=64",
+        "train.warmup_epochs=0",
+        "eval.privacy_images=16",
         # Explicit, so runs through scripts/run_simulation.py (whose default experiment is the
         # demo) train and evaluate the same way as direct calls.
-        "federation.local_epochs=1", "federation.evaluate_every=1", *extra,
+        "federation.local_epochs=1",
+        "federation.evaluate_every=1",
+        *extra,
     ]
 
 
@@ -65,8 +86,9 @@ def load_script(name: str):
     """Import scripts/<name>.py as a module (scripts/ is not a package)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(f"scripts_{name}", REPO / "scripts" /
-                                                  f"{name}.py")
+    spec = importlib.util.spec_from_file_location(
+        f"scripts_{name}", REPO / "scripts" / f"{name}.py"
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses in the script look their module up
     spec.loader.exec_module(module)

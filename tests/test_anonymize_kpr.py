@@ -58,7 +58,8 @@ def test_composition_follows_the_masks():
     # Strong skeleton pixels are mostly the weak anonymisation: closer to the raw image.
     on_limb = (skeleton > 0.99).expand_as(images)
     assert float((result.images - images)[on_limb].abs().mean()) < float(
-        (medium - images)[on_limb].abs().mean())
+        (medium - images)[on_limb].abs().mean()
+    )
 
 
 def test_not_pose_guided_is_medium_everywhere_but_returns_masks():
@@ -74,8 +75,8 @@ def test_missing_keypoints_anonymise_everything_at_medium():
     anonymizer = MosaicAnonymizer(8, reference_height=64)
     kpr = KprAnonymizer(anonymizer, LEVELS, POSE, pose_guided=True)
     images, kp, seeds = batch(2)
-    kp[1] = 0.0                                   # second image: no joints at all
-    kp[0, :, 2] = 0.1                             # first: all below min_confidence
+    kp[1] = 0.0  # second image: no joints at all
+    kp[0, :, 2] = 0.1  # first: all below min_confidence
     result = kpr(images, kp, seeds)
     assert torch.allclose(result.images, anonymizer(images, LEVELS.medium), atol=1e-6)
 

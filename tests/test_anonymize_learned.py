@@ -10,8 +10,7 @@ from ppa.pose.heatmaps import kpr_masks
 from ppa.pose.prior import canonical_keypoints
 from ppa.privacy import ssim
 
-SETTINGS = GeneratorSettings(width=8, depth=2, lr=1e-3, privacy_weight=1.0,
-                             structure_weight=1.0)
+SETTINGS = GeneratorSettings(width=8, depth=2, lr=1e-3, privacy_weight=1.0, structure_weight=1.0)
 MASKS = {"min_confidence": 0.3, "head_scale": 0.55, "limb_width": 0.05, "smooth_sigma": 1.5}
 
 
@@ -39,10 +38,10 @@ def test_output_is_bounded_by_level_and_deterministic():
     assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
     assert float((out - images).abs().max()) <= 0.2 * 0.5 + 1e-6
     assert float((out - images).abs().max()) > 0.0
-    assert torch.equal(out, anonymizer(images, 0.5))                 # same weights, same output
+    assert torch.equal(out, anonymizer(images, 0.5))  # same weights, same output
     # Independent of the rest of the batch (up to the convolution's float summation order).
     assert torch.allclose(out[1:], anonymizer(images[1:], 0.5), atol=1e-6)
-    assert torch.equal(anonymizer(images, 0.0), images)               # level 0: untouched
+    assert torch.equal(anonymizer(images, 0.0), images)  # level 0: untouched
     strong, weak = anonymizer.forward_levels(images, [1.5, 0.35])
     assert torch.equal(strong, anonymizer(images, 1.5))
     assert torch.equal(weak, anonymizer(images, 0.35))
@@ -71,13 +70,14 @@ def test_objective_terms_hand_checked():
     anonymizer = make()
     images, masks = person_batch()
     same = anonymizer.objective(images, images, masks)
-    assert float(same["privacy"]) == pytest.approx(1.0, abs=1e-5)   # SSIM 1 -> 1
+    assert float(same["privacy"]) == pytest.approx(1.0, abs=1e-5)  # SSIM 1 -> 1
     assert float(same["structure"]) == 0.0
     # A constant shift of 0.1 survives the low-pass: the layout error is 0.01 everywhere.
     uniform = anonymizer.objective(images, images + 0.1, masks)
     assert float(uniform["structure"]) == pytest.approx(0.01, rel=1e-4)
     assert float(uniform["total"]) == pytest.approx(
-        float(uniform["privacy"]) + float(uniform["structure"]), rel=1e-6)
+        float(uniform["privacy"]) + float(uniform["structure"]), rel=1e-6
+    )
     empty = type(masks)(head=torch.zeros_like(masks.head), skeleton=torch.zeros_like(masks.head))
     nothing = anonymizer.objective(images, images, empty)
     assert float(nothing["privacy"]) == 0.0 and float(nothing["structure"]) == 0.0
@@ -110,5 +110,6 @@ def test_settings_are_validated():
     with pytest.raises(ValueError, match="width"):
         GeneratorSettings(width=0, depth=1, lr=1e-3, privacy_weight=1, structure_weight=1)
     with pytest.raises(KeyError, match=r"anonymizer\.generator\.lr"):
-        GeneratorSettings.from_config({"width": 4, "depth": 1, "privacy_weight": 1,
-                                       "structure_weight": 1})
+        GeneratorSettings.from_config(
+            {"width": 4, "depth": 1, "privacy_weight": 1, "structure_weight": 1}
+        )

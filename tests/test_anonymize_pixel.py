@@ -56,11 +56,11 @@ def test_mosaic_block_scales_with_height_and_level():
     assert anonymizer.block_size(1.0, 288) == 24
     assert anonymizer.block_size(1.0, 96) == 8
     assert anonymizer.block_size(1.5, 96) == 12
-    assert anonymizer.block_size(0.35, 128) == 4          # 3.73 -> 4
-    assert anonymizer.block_size(0.01, 64) == 1           # at least one pixel
+    assert anonymizer.block_size(0.35, 128) == 4  # 3.73 -> 4
+    assert anonymizer.block_size(0.01, 64) == 1  # at least one pixel
     images = random_images(2, 3, 96, 48)
     out = anonymizer(images, 1.0)
-    blocks = out.view(2, 3, 12, 8, 6, 8)                  # 12 x 6 blocks of 8 x 8
+    blocks = out.view(2, 3, 12, 8, 6, 8)  # 12 x 6 blocks of 8 x 8
     assert torch.all(blocks == blocks[:, :, :, :1, :, :1])
     means = images.view(2, 3, 12, 8, 6, 8).mean(dim=(3, 5))
     assert torch.allclose(blocks[:, :, :, 0, :, 0], means, atol=1e-6)
@@ -79,8 +79,9 @@ def test_blur_matches_gaussian_with_sigma_scaled_by_height():
     for height, sigma in ((32, 2.0), (64, 4.0)):
         images = random_images(1, 3, height, 24, dtype=torch.float64)
         out = anonymizer(images, 1.0)
-        expected = ndimage.gaussian_filter(images.numpy(), (0, 0, sigma, sigma), mode="mirror",
-                                           truncate=3.0)
+        expected = ndimage.gaussian_filter(
+            images.numpy(), (0, 0, sigma, sigma), mode="mirror", truncate=3.0
+        )
         np.testing.assert_allclose(out.numpy(), expected, atol=1e-10)
 
 
@@ -131,7 +132,7 @@ def test_noise_is_deterministic_per_seed_and_independent_of_the_batch():
     unclipped = (out[0] > 0) & (out[0] < 1) & (out[2] > 0) & (out[2] < 1)
     assert torch.allclose(noise0[unclipped], noise2[unclipped], atol=1e-6)  # same seed
     other = anonymizer(images, 1.0, torch.tensor([13, 12, 11]))
-    assert not torch.equal(other[0], out[0])                                 # other seed
+    assert not torch.equal(other[0], out[0])  # other seed
 
 
 def test_noise_levels_share_one_draw():

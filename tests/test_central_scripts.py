@@ -21,8 +21,14 @@ from conftest import REPO, load_script, tiny_overrides
 
 def run_script(name: str, overrides: list[str], timeout: int = 600) -> list[str]:
     env = dict(os.environ, PPA_WORKDIR=str(REPO), OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / f"{name}.py"), *overrides],
-                          capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / f"{name}.py"), *overrides],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=REPO,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout.strip().splitlines()
 
@@ -30,8 +36,13 @@ def run_script(name: str, overrides: list[str], timeout: int = 600) -> list[str]
 @pytest.fixture(scope="module")
 def trained(tiny_sysu_root: Path, tmp_path_factory) -> tuple[Path, list[str]]:
     out = tmp_path_factory.mktemp("central")
-    overrides = tiny_overrides(tiny_sysu_root, out, "train.epochs=2",
-                               "train.max_batches_per_epoch=3", "train.checkpoint_every=1")
+    overrides = tiny_overrides(
+        tiny_sysu_root,
+        out,
+        "train.epochs=2",
+        "train.max_batches_per_epoch=3",
+        "train.checkpoint_every=1",
+    )
     lines = run_script("train_central", overrides)
     return Path(lines[-1]), overrides
 
@@ -106,9 +117,15 @@ def test_evaluate_errors_are_clear(tiny_sysu_root: Path, tmp_path: Path) -> None
 
 @pytest.mark.slow
 def test_ablation_ladder_writes_one_table(tiny_sysu_root: Path, tmp_path: Path) -> None:
-    overrides = tiny_overrides(tiny_sysu_root, tmp_path, "train.epochs=1",
-                               "train.max_batches_per_epoch=2", "run_name=abl",
-                               f"output_dir={tmp_path / 'abl'}", "+ablation=[baseline,full]")
+    overrides = tiny_overrides(
+        tiny_sysu_root,
+        tmp_path,
+        "train.epochs=1",
+        "train.max_batches_per_epoch=2",
+        "run_name=abl",
+        f"output_dir={tmp_path / 'abl'}",
+        "+ablation=[baseline,full]",
+    )
     lines = run_script("run_ablation", overrides)
     table = Path(lines[-1])
     assert table.name == "ablation.md"

@@ -122,8 +122,9 @@ def test_keypoint_modes(data, tmp_path, caplog):
         root, records, ReidTransform(16, 8), keypoints=cache, pose_missing="center_prior"
     )
     np.testing.assert_allclose(prior[4].keypoints.numpy(), canonical_keypoints(16, 8))
-    plain = ReidImageDataset(root, records, ReidTransform(16, 8), keypoints=cache,
-                             pose_missing="skip")
+    plain = ReidImageDataset(
+        root, records, ReidTransform(16, 8), keypoints=cache, pose_missing="skip"
+    )
     assert plain.records[3] == records[4] and torch.count_nonzero(plain[3].keypoints) == 0
 
 

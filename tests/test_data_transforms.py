@@ -178,8 +178,13 @@ def test_grayscale_replaces_colour_by_luma_and_keeps_keypoints():
     kept, _ = ReidTransform(4, 2, grayscale=0.0)(image, points)
     assert kept[0].max() == pytest.approx(200 / 255) and kept[1].max() == 0
     # Half of the draws turn grey, reproducibly per seed.
-    grey = [bool(ReidTransform(4, 2, grayscale=0.5)(image, points, np.random.default_rng(s))[0]
-                 [1].max() > 0) for s in range(40)]
+    grey = [
+        bool(
+            ReidTransform(4, 2, grayscale=0.5)(image, points, np.random.default_rng(s))[0][1].max()
+            > 0
+        )
+        for s in range(40)
+    ]
     assert 10 < sum(grey) < 30
     with pytest.raises(ValueError, match="grayscale"):
         ReidTransform(4, 2, grayscale=1.5)

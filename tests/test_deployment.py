@@ -48,18 +48,30 @@ launcher = load_launcher()
 
 def test_sysu_by_camera_layout_is_six_camera_sites() -> None:
     assert launcher.site_layout("sysu", "by_camera") == [
-        ("cam1", "visible"), ("cam2", "visible"), ("cam3", "infrared"),
-        ("cam4", "visible"), ("cam5", "visible"), ("cam6", "infrared")]
+        ("cam1", "visible"),
+        ("cam2", "visible"),
+        ("cam3", "infrared"),
+        ("cam4", "visible"),
+        ("cam5", "visible"),
+        ("cam6", "infrared"),
+    ]
 
 
 def test_regdb_and_other_partitions_layouts() -> None:
-    assert launcher.site_layout("regdb", "by_camera") == [("thermal", "infrared"),
-                                                         ("visible", "visible")]
-    assert launcher.site_layout("sysu", "by_modality") == [("infrared", "infrared"),
-                                                          ("visible", "visible")]
+    assert launcher.site_layout("regdb", "by_camera") == [
+        ("thermal", "infrared"),
+        ("visible", "visible"),
+    ]
+    assert launcher.site_layout("sysu", "by_modality") == [
+        ("infrared", "infrared"),
+        ("visible", "visible"),
+    ]
     assert launcher.site_layout("regdb", "by_identity", 2) == [
-        ("infrared-0", "infrared"), ("infrared-1", "infrared"),
-        ("visible-0", "visible"), ("visible-1", "visible")]
+        ("infrared-0", "infrared"),
+        ("infrared-1", "infrared"),
+        ("visible-0", "visible"),
+        ("visible-1", "visible"),
+    ]
     with pytest.raises(ValueError, match="partition strategy"):
         launcher.site_layout("sysu", "by_weather")
     with pytest.raises(ValueError, match="protocol must be one of"):
@@ -68,22 +80,34 @@ def test_regdb_and_other_partitions_layouts() -> None:
         launcher.site_layout("sysu", "by_identity", 0)
 
 
-@pytest.mark.parametrize(("protocol", "strategy"), [
-    ("regdb", "by_camera"), ("regdb", "by_modality"), ("regdb", "by_identity")])
-def test_layout_names_match_the_partitioner(protocol: str, strategy: str,
-                                            tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("protocol", "strategy"),
+    [("regdb", "by_camera"), ("regdb", "by_modality"), ("regdb", "by_identity")],
+)
+def test_layout_names_match_the_partitioner(protocol: str, strategy: str, tmp_path: Path) -> None:
     """The launcher names sites without reading data; the ClientApp's partitioner reads the
     data: both must agree, or a SuperNode would ask for a site that does not exist."""
     from ppa.data import regdb
     from ppa.data.partition import partition_sites
     from ppa.data.synthetic import write_synthetic_regdb
 
-    write_synthetic_regdb(tmp_path / "regdb", num_ids=8, images_per_modality=2,
-                          image_height=32, image_width=16, seed=0)
-    sites = partition_sites(regdb.load_train_set(tmp_path / "regdb", trial=1), strategy,
-                            protocol=protocol, sites_per_modality=2)
-    assert [(s.name, s.modality.value) for s in sites] == \
-        launcher.site_layout(protocol, strategy, 2)
+    write_synthetic_regdb(
+        tmp_path / "regdb",
+        num_ids=8,
+        images_per_modality=2,
+        image_height=32,
+        image_width=16,
+        seed=0,
+    )
+    sites = partition_sites(
+        regdb.load_train_set(tmp_path / "regdb", trial=1),
+        strategy,
+        protocol=protocol,
+        sites_per_modality=2,
+    )
+    assert [(s.name, s.modality.value) for s in sites] == launcher.site_layout(
+        protocol, strategy, 2
+    )
 
 
 def test_sites_from_config_use_the_dataset_root(tmp_path: Path) -> None:
@@ -92,20 +116,28 @@ def test_sites_from_config_use_the_dataset_root(tmp_path: Path) -> None:
     cfg = load_config(["experiment=demo", "dataset=synthetic_regdb"])
     sites = launcher.sites_from_config(cfg, tmp_path)
     assert [(s.name, s.modality, s.dataset) for s in sites] == [
-        ("thermal", "infrared", "regdb"), ("visible", "visible", "regdb")]
+        ("thermal", "infrared", "regdb"),
+        ("visible", "visible", "regdb"),
+    ]
     assert {s.data_root for s in sites} == {tmp_path / "data" / "synthetic_regdb"}
 
 
 def test_parse_site_spec(tmp_path: Path) -> None:
-    site = launcher.parse_site("cam3:ir", dataset="sysu", default_root=Path("/data/sysu"),
-                               workdir=tmp_path)
+    site = launcher.parse_site(
+        "cam3:ir", dataset="sysu", default_root=Path("/data/sysu"), workdir=tmp_path
+    )
     assert site == launcher.SiteSpec("cam3", "infrared", Path("/data/sysu"), "sysu")
-    relative = launcher.parse_site("cam1:rgb:sites/cam1", dataset="sysu",
-                                   default_root=Path("/x"), workdir=tmp_path)
+    relative = launcher.parse_site(
+        "cam1:rgb:sites/cam1", dataset="sysu", default_root=Path("/x"), workdir=tmp_path
+    )
     assert relative.data_root == tmp_path / "sites" / "cam1"
     assert relative.modality == "visible"
-    for bad, message in [("cam1", "NAME:MODALITY"), (":visible", "NAME:MODALITY"),
-                         ("cam1:sonar", "unknown modality"), ("a b:visible", "spaces")]:
+    for bad, message in [
+        ("cam1", "NAME:MODALITY"),
+        (":visible", "NAME:MODALITY"),
+        ("cam1:sonar", "unknown modality"),
+        ("a b:visible", "spaces"),
+    ]:
         with pytest.raises(ValueError, match=message):
             launcher.parse_site(bad, dataset="sysu", default_root=Path("/x"), workdir=tmp_path)
 
@@ -115,8 +147,9 @@ def test_node_config_string_is_what_flower_parses() -> None:
 
     site = launcher.SiteSpec("cam3", "infrared", Path("/data/with space/sysu"), "sysu")
     text = launcher.format_node_config(site.node_config())
-    assert text == ('site="cam3" modality="infrared" data-root="/data/with space/sysu" '
-                    'dataset="sysu"')
+    assert text == (
+        'site="cam3" modality="infrared" data-root="/data/with space/sysu" dataset="sysu"'
+    )
     # flower-supernode hands --node-config to this parser.
     assert parse_config_args([text]) == site.node_config()
     assert launcher.format_node_config({"k": 3, "b": True}) == "k=3 b=true"
@@ -128,10 +161,12 @@ def test_node_config_string_is_what_flower_parses() -> None:
 
 def test_run_config_file_round_trips(tmp_path: Path) -> None:
     config = launcher.build_run_config("demo", ["model=tiny", "federation.rounds=2"], True)
-    assert config == {"experiment": "demo", "overrides": "model=tiny federation.rounds=2",
-                      "resume": True}
-    path = write_flat_toml(tmp_path / "run.toml",
-                           {**config, "path": 'C:\\odd "name"', "n": 3})
+    assert config == {
+        "experiment": "demo",
+        "overrides": "model=tiny federation.rounds=2",
+        "resume": True,
+    }
+    path = write_flat_toml(tmp_path / "run.toml", {**config, "path": 'C:\\odd "name"', "n": 3})
     assert tomli.loads(path.read_text()) == {**config, "path": 'C:\\odd "name"', "n": 3}
     with pytest.raises(ValueError, match="whitespace"):
         launcher.build_run_config("demo", ["dataset.root=/a b"], False)
@@ -141,13 +176,25 @@ def test_run_config_file_round_trips(tmp_path: Path) -> None:
 
 
 def run_launcher(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True,
-                          text=True, timeout=120, cwd=cwd, check=False)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+        check=False,
+    )
 
 
 def test_cli_rejects_a_missing_data_root_before_starting_anything(tmp_path: Path) -> None:
-    done = run_launcher("--workdir", str(tmp_path), "--output-dir", str(tmp_path / "out"),
-                        "dataset=synthetic_regdb", cwd=tmp_path)
+    done = run_launcher(
+        "--workdir",
+        str(tmp_path),
+        "--output-dir",
+        str(tmp_path / "out"),
+        "dataset=synthetic_regdb",
+        cwd=tmp_path,
+    )
     assert done.returncode == 2
     assert "data root of site 'thermal' does not exist" in done.stderr
     assert str(tmp_path / "data" / "synthetic_regdb") in done.stderr
@@ -155,13 +202,19 @@ def test_cli_rejects_a_missing_data_root_before_starting_anything(tmp_path: Path
 
 
 def test_cli_rejects_bad_overrides_and_duplicate_sites(tmp_path: Path) -> None:
-    bad_key = run_launcher("--workdir", str(tmp_path), "federation.no_such_key=1",
-                           cwd=tmp_path)
+    bad_key = run_launcher("--workdir", str(tmp_path), "federation.no_such_key=1", cwd=tmp_path)
     assert bad_key.returncode == 2
     assert "no_such_key" in bad_key.stderr
-    duplicate = run_launcher("--workdir", str(tmp_path), "--no-data-check",
-                             "--site", "cam1:visible", "--site", "cam1:infrared",
-                             cwd=tmp_path)
+    duplicate = run_launcher(
+        "--workdir",
+        str(tmp_path),
+        "--no-data-check",
+        "--site",
+        "cam1:visible",
+        "--site",
+        "cam1:infrared",
+        cwd=tmp_path,
+    )
     assert duplicate.returncode == 2
     assert "repeated: cam1" in duplicate.stderr
     rounds = run_launcher("--workdir", str(tmp_path), "--rounds", "0", cwd=tmp_path)
@@ -187,8 +240,9 @@ def test_stop_ends_the_whole_tree_including_new_sessions(tmp_path: Path) -> None
         f"open({str(pids)!r}, 'w').write(f'{{a.pid}} {{b.pid}}')\n"
         "time.sleep(300)\n"
     )
-    process = launcher.ManagedProcess("tree", [sys.executable, "-c", code],
-                                      tmp_path / "tree.log", dict(os.environ)).start()
+    process = launcher.ManagedProcess(
+        "tree", [sys.executable, "-c", code], tmp_path / "tree.log", dict(os.environ)
+    ).start()
     deadline = time.monotonic() + 30
     while not (pids.exists() and pids.read_text()):
         assert time.monotonic() < deadline
@@ -205,10 +259,13 @@ def test_stop_ends_the_whole_tree_including_new_sessions(tmp_path: Path) -> None
 
 def test_stop_kills_what_ignores_sigterm(tmp_path: Path) -> None:
     # The marker is split in the source: the log's first line repeats the command.
-    code = ("import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-            "print('ign' 'oring', flush=True)\ntime.sleep(300)\n")
-    process = launcher.ManagedProcess("stubborn", [sys.executable, "-c", code],
-                                      tmp_path / "stubborn.log", dict(os.environ)).start()
+    code = (
+        "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "print('ign' 'oring', flush=True)\ntime.sleep(300)\n"
+    )
+    process = launcher.ManagedProcess(
+        "stubborn", [sys.executable, "-c", code], tmp_path / "stubborn.log", dict(os.environ)
+    ).start()
     deadline = time.monotonic() + 30
     while "ignoring" not in process.log_text():
         assert time.monotonic() < deadline
@@ -229,35 +286,46 @@ def test_health_check_is_not_fooled_by_another_listener() -> None:
 
 
 def make_certs(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(MAKE_CERTS), *args], capture_output=True, text=True,
-                          timeout=60, check=False)
+    return subprocess.run(
+        ["bash", str(MAKE_CERTS), *args], capture_output=True, text=True, timeout=60, check=False
+    )
 
 
 def test_make_certs_writes_a_ca_a_server_certificate_and_node_keys(tmp_path: Path) -> None:
     out = tmp_path / "certs"
-    done = make_certs("-o", str(out), "-s", "DNS:link.example.org", "-s", "IP:10.0.0.5",
-                      "cam1", "cam3")
+    done = make_certs(
+        "-o", str(out), "-s", "DNS:link.example.org", "-s", "IP:10.0.0.5", "cam1", "cam3"
+    )
     assert done.returncode == 0, done.stderr
-    verify = subprocess.run(["openssl", "verify", "-CAfile", str(out / "ca.crt"),
-                             str(out / "server.crt")], capture_output=True, text=True,
-                            check=False)
+    verify = subprocess.run(
+        ["openssl", "verify", "-CAfile", str(out / "ca.crt"), str(out / "server.crt")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert verify.returncode == 0 and "OK" in verify.stdout
 
     cert = x509.load_pem_x509_certificate((out / "server.crt").read_bytes())
     names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert set(names.get_values_for_type(x509.DNSName)) == {
-        "localhost", "superlink", "link.example.org"}
+        "localhost",
+        "superlink",
+        "link.example.org",
+    }
     assert {str(ip) for ip in names.get_values_for_type(x509.IPAddress)} == {
-        "127.0.0.1", "::1", "10.0.0.5"}
+        "127.0.0.1",
+        "::1",
+        "10.0.0.5",
+    }
     usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert x509.oid.ExtendedKeyUsageOID.SERVER_AUTH in usage
 
     for name in ("cam1", "cam3"):
         # The formats Flower reads: OpenSSH private key, OpenSSH public key, NIST P-384.
-        key = serialization.load_ssh_private_key((out / "supernodes" / name).read_bytes(),
-                                                 None)
+        key = serialization.load_ssh_private_key((out / "supernodes" / name).read_bytes(), None)
         public = serialization.load_ssh_public_key(
-            (out / "supernodes" / f"{name}.pub").read_bytes())
+            (out / "supernodes" / f"{name}.pub").read_bytes()
+        )
         assert isinstance(key, ec.EllipticCurvePrivateKey)
         assert isinstance(key.curve, ec.SECP384R1)
         assert key.public_key().public_numbers() == public.public_numbers()
@@ -281,14 +349,16 @@ def test_make_certs_keeps_existing_files_unless_forced(tmp_path: Path) -> None:
     assert (out / "supernodes" / "cam1").read_bytes() != before["cam1"]
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["-d", "zero"], "positive number of days"),
-    (["-s", "example.org"], "DNS:<name> or IP:<address>"),
-    (["bad/name"], "invalid SuperNode name"),
-    (["-x"], "unknown option"),
-])
-def test_make_certs_rejects_bad_arguments(args: list[str], message: str,
-                                          tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-d", "zero"], "positive number of days"),
+        (["-s", "example.org"], "DNS:<name> or IP:<address>"),
+        (["bad/name"], "invalid SuperNode name"),
+        (["-x"], "unknown option"),
+    ],
+)
+def test_make_certs_rejects_bad_arguments(args: list[str], message: str, tmp_path: Path) -> None:
     done = make_certs("-o", str(tmp_path / "certs"), *args)
     assert done.returncode == 2
     assert message in done.stderr

@@ -23,14 +23,20 @@ SCRIPT = ROOT / "scripts" / "run_deployment.py"
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.integration,
-    pytest.mark.skipif(not (ROOT / "server" / "app.py").exists()
-                       or not (ROOT / "client" / "app.py").exists(),
-                       reason="the ServerApp/ClientApp are not there yet"),
+    pytest.mark.skipif(
+        not (ROOT / "server" / "app.py").exists() or not (ROOT / "client" / "app.py").exists(),
+        reason="the ServerApp/ClientApp are not there yet",
+    ),
 ]
 
 # Small and fast: every override is a real key of configs/.
-OVERRIDES = ["dataset=synthetic_regdb", "input.height=64", "input.width=32",
-             "federation.local_epochs=1", "federation.evaluate_every=1"]
+OVERRIDES = [
+    "dataset=synthetic_regdb",
+    "input.height=64",
+    "input.width=32",
+    "federation.local_epochs=1",
+    "federation.evaluate_every=1",
+]
 
 
 def load_launcher():
@@ -49,8 +55,9 @@ def regdb_root(tmp_path_factory) -> Path:
     from ppa.data.synthetic import write_synthetic_regdb
 
     root = tmp_path_factory.mktemp("data") / "regdb"
-    write_synthetic_regdb(root, num_ids=8, images_per_modality=4, image_height=64,
-                          image_width=32, seed=0)
+    write_synthetic_regdb(
+        root, num_ids=8, images_per_modality=4, image_height=64, image_width=32, seed=0
+    )
     return root
 
 
@@ -70,24 +77,43 @@ def wait_until(predicate, timeout: float, what: str, poll: float = 0.5):
 
 
 def sites(launcher, root: Path) -> dict:
-    return {"visible": launcher.SiteSpec("visible", "visible", root, "regdb"),
-            "thermal": launcher.SiteSpec("thermal", "infrared", root, "regdb")}
+    return {
+        "visible": launcher.SiteSpec("visible", "visible", root, "regdb"),
+        "thermal": launcher.SiteSpec("thermal", "infrared", root, "regdb"),
+    }
 
 
-def test_launcher_runs_the_real_app_two_sites_two_rounds(regdb_root: Path,
-                                                         tmp_path: Path) -> None:
+def test_launcher_runs_the_real_app_two_sites_two_rounds(regdb_root: Path, tmp_path: Path) -> None:
     workdir, out = tmp_path / "work", tmp_path / "out"
     workdir.mkdir()
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--workdir", str(workdir), "--output-dir", str(out),
-         "--rounds", "2", "--timeout", "900", *OVERRIDES, f"dataset.root={regdb_root}"],
-        capture_output=True, text=True, timeout=1200, check=False)
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--workdir",
+            str(workdir),
+            "--output-dir",
+            str(out),
+            "--rounds",
+            "2",
+            "--timeout",
+            "900",
+            *OVERRIDES,
+            f"dataset.root={regdb_root}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout + done.stderr[-4000:]
     summary = json.loads((out / "deployment.json").read_text())
     assert summary["status"] == "finished:completed"
     # Sites came from the config: RegDB by_camera = a visible and a thermal site.
     assert sorted((s["site"], s["modality"], s["dataset"]) for s in summary["sites"]) == [
-        ("thermal", "infrared", "regdb"), ("visible", "visible", "regdb")]
+        ("thermal", "infrared", "regdb"),
+        ("visible", "visible", "regdb"),
+    ]
 
     rounds = history(workdir)
     assert [r["round"] for r in rounds] == [0, 1, 2]
@@ -101,15 +127,21 @@ def test_launcher_runs_the_real_app_two_sites_two_rounds(regdb_root: Path,
 
 
 def test_real_app_supernode_killed_mid_round_completes_and_rejoins(
-        regdb_root: Path, tmp_path: Path) -> None:
+    regdb_root: Path, tmp_path: Path
+) -> None:
     launcher = load_launcher()
     workdir = tmp_path / "work"
     workdir.mkdir()
-    settings = launcher.DeploymentSettings(output_dir=tmp_path / "out", workdir=workdir,
-                                           startup_timeout=90, stop_grace=15)
+    settings = launcher.DeploymentSettings(
+        output_dir=tmp_path / "out", workdir=workdir, startup_timeout=90, stop_grace=15
+    )
     site = sites(launcher, regdb_root)
-    overrides = [*OVERRIDES, f"dataset.root={regdb_root}", "federation.rounds=3",
-                 "federation.round_timeout=45"]
+    overrides = [
+        *OVERRIDES,
+        f"dataset.root={regdb_root}",
+        "federation.rounds=3",
+        "federation.round_timeout=45",
+    ]
     with launcher.Deployment(settings) as deployment:
         deployment.start_superlink()
         for spec in site.values():
@@ -118,8 +150,11 @@ def test_real_app_supernode_killed_mid_round_completes_and_rejoins(
         run_id = deployment.submit(launcher.build_run_config("demo", overrides, False))
         deployment.follow(run_id)
         visible = deployment.supernodes["visible"]
-        wait_until(lambda: "Start `flwr-clientapp`" in visible.log_text(), 300,
-                   "the visible site to start training round 1")
+        wait_until(
+            lambda: "Start `flwr-clientapp`" in visible.log_text(),
+            300,
+            "the visible site to start training round 1",
+        )
         deployment.stop_supernode("visible", kill=True)  # a crash mid-round
         assert not history(workdir)[1:]  # round 1 was not finished when the site died
         deployment.start_supernode(site["visible"])  # the site comes back
@@ -132,12 +167,14 @@ def test_real_app_supernode_killed_mid_round_completes_and_rejoins(
 
 
 def test_real_app_server_killed_mid_run_resumes_with_nothing_lost(
-        regdb_root: Path, tmp_path: Path) -> None:
+    regdb_root: Path, tmp_path: Path
+) -> None:
     launcher = load_launcher()
     workdir = tmp_path / "work"
     workdir.mkdir()
-    settings = launcher.DeploymentSettings(output_dir=tmp_path / "out", workdir=workdir,
-                                           startup_timeout=90, stop_grace=15)
+    settings = launcher.DeploymentSettings(
+        output_dir=tmp_path / "out", workdir=workdir, startup_timeout=90, stop_grace=15
+    )
     site = sites(launcher, regdb_root)
     overrides = [*OVERRIDES, f"dataset.root={regdb_root}", "federation.rounds=3"]
     checkpoints = workdir / "outputs" / "demo" / "checkpoints"
@@ -148,8 +185,7 @@ def test_real_app_server_killed_mid_run_resumes_with_nothing_lost(
         deployment.wait_for_nodes(list(site))
         first = deployment.submit(launcher.build_run_config("demo", overrides, False))
         deployment.follow(first)
-        wait_until(lambda: (checkpoints / "round_0001.pt").exists(), 600,
-                   "the round-1 checkpoint")
+        wait_until(lambda: (checkpoints / "round_0001.pt").exists(), 600, "the round-1 checkpoint")
         # The whole server side dies: SuperLink, SuperExec and the ServerApp, SIGKILL.
         deployment.stop_superlink(kill=True)
         before = {r["round"]: r for r in history(workdir)}

@@ -238,15 +238,30 @@ def probe(tmp_path: Path) -> dict:
         roots[site].mkdir(parents=True)
     workdir = tmp_path / "work"
     workdir.mkdir()
-    return {"app": write_probe_app(tmp_path / "app"), "workdir": workdir, "roots": roots,
-            "out": tmp_path / "out"}
+    return {
+        "app": write_probe_app(tmp_path / "app"),
+        "workdir": workdir,
+        "roots": roots,
+        "out": tmp_path / "out",
+    }
 
 
 def launcher_argv(probe: dict, *extra: str) -> list[str]:
-    return [sys.executable, str(SCRIPT), "--app", str(probe["app"]),
-            "--workdir", str(probe["workdir"]), "--output-dir", str(probe["out"]),
-            "--site", f"cam1:visible:{probe['roots']['cam1']}",
-            "--site", f"cam3:infrared:{probe['roots']['cam3']}", *extra]
+    return [
+        sys.executable,
+        str(SCRIPT),
+        "--app",
+        str(probe["app"]),
+        "--workdir",
+        str(probe["workdir"]),
+        "--output-dir",
+        str(probe["out"]),
+        "--site",
+        f"cam1:visible:{probe['roots']['cam1']}",
+        "--site",
+        f"cam3:infrared:{probe['roots']['cam3']}",
+        *extra,
+    ]
 
 
 # --------------------------------------------------------------------------- tests
@@ -265,21 +280,29 @@ def test_launcher_runs_two_sites_two_rounds(probe: dict, secure: bool) -> None:
     summary = json.loads((out / "deployment.json").read_text())
     assert summary["status"] == "finished:completed"
     assert summary["tls"] is secure and summary["auth"] is secure
-    assert summary["run_config"] == {"experiment": "demo",
-                                     "overrides": "+probe.delay=0 federation.rounds=2",
-                                     "resume": False}
+    assert summary["run_config"] == {
+        "experiment": "demo",
+        "overrides": "+probe.delay=0 federation.rounds=2",
+        "resume": False,
+    }
 
     server = read_server_record(probe["workdir"])
     assert server["final"] == [2.0, 2.0, 2.0]  # two rounds, every site replied
-    assert server["rounds"] == [{"round": 1, "replies": 2, "errors": 0},
-                                {"round": 2, "replies": 2, "errors": 0}]
+    assert server["rounds"] == [
+        {"round": 1, "replies": 2, "errors": 0},
+        {"round": 2, "replies": 2, "errors": 0},
+    ]
     assert server["run_config"] == summary["run_config"]
     assert server["workdir"] == str(probe["workdir"].resolve())
     assert server["runtime_install_disabled"] == "1"
 
     done_events = [r for r in read_client_records(probe["workdir"]) if r["event"] == "done"]
     assert sorted((r["site"], r["round"]) for r in done_events) == [
-        ("cam1", 1), ("cam1", 2), ("cam3", 1), ("cam3", 2)]
+        ("cam1", 1),
+        ("cam1", 2),
+        ("cam3", 1),
+        ("cam3", 2),
+    ]
     by_site = {r["site"]: r for r in done_events}
     assert by_site["cam1"]["modality"] == "visible"
     assert by_site["cam3"]["modality"] == "infrared"
@@ -308,17 +331,27 @@ def test_launcher_runs_two_sites_two_rounds(probe: dict, secure: bool) -> None:
 def test_unregistered_supernode_is_refused_and_never_gets_the_model(probe: dict) -> None:
     launcher = load_launcher()
     settings = launcher.DeploymentSettings(
-        output_dir=probe["out"], app_dir=probe["app"], workdir=probe["workdir"],
-        tls=True, auth=True, startup_timeout=60, stop_grace=10)
-    sites = [launcher.SiteSpec("cam1", "visible", probe["roots"]["cam1"], "sysu"),
-             launcher.SiteSpec("cam3", "infrared", probe["roots"]["cam3"], "sysu")]
+        output_dir=probe["out"],
+        app_dir=probe["app"],
+        workdir=probe["workdir"],
+        tls=True,
+        auth=True,
+        startup_timeout=60,
+        stop_grace=10,
+    )
+    sites = [
+        launcher.SiteSpec("cam1", "visible", probe["roots"]["cam1"], "sysu"),
+        launcher.SiteSpec("cam3", "infrared", probe["roots"]["cam3"], "sysu"),
+    ]
     rogue_site = launcher.SiteSpec("rogue", "visible", probe["roots"]["cam1"], "sysu")
     with launcher.Deployment(settings) as deployment:
         deployment.start_superlink()
         # TLS really is on, with a certificate for 127.0.0.1 issued by our CA.
         context = ssl.create_default_context(cafile=str(probe["out"] / "certs" / "ca.crt"))
-        with socket.create_connection(("127.0.0.1", deployment.port), timeout=5) as raw, \
-                context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        with (
+            socket.create_connection(("127.0.0.1", deployment.port), timeout=5) as raw,
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+        ):
             assert tls.version() in ("TLSv1.2", "TLSv1.3")
 
         for site in sites:
@@ -329,8 +362,8 @@ def test_unregistered_supernode_is_refused_and_never_gets_the_model(probe: dict)
         assert rogue.wait(timeout=60) != 0  # refused: the SuperNode gives up
 
         result = deployment.run(
-            {"experiment": "demo", "overrides": "federation.rounds=2", "resume": False},
-            timeout=180)
+            {"experiment": "demo", "overrides": "federation.rounds=2", "resume": False}, timeout=180
+        )
         nodes = deployment.list_nodes()
         registered = dict(deployment.node_ids)
     assert result.completed, result.details
@@ -354,8 +387,12 @@ def test_unregistered_supernode_is_refused_and_never_gets_the_model(probe: dict)
 def test_supernode_killed_mid_round_run_completes_and_node_rejoins(probe: dict) -> None:
     launcher = load_launcher()
     settings = launcher.DeploymentSettings(
-        output_dir=probe["out"], app_dir=probe["app"], workdir=probe["workdir"],
-        startup_timeout=60, stop_grace=10)
+        output_dir=probe["out"],
+        app_dir=probe["app"],
+        workdir=probe["workdir"],
+        startup_timeout=60,
+        stop_grace=10,
+    )
     cam1 = launcher.SiteSpec("cam1", "visible", probe["roots"]["cam1"], "sysu")
     cam3 = launcher.SiteSpec("cam3", "infrared", probe["roots"]["cam3"], "sysu")
     with launcher.Deployment(settings) as deployment:
@@ -363,14 +400,21 @@ def test_supernode_killed_mid_round_run_completes_and_node_rejoins(probe: dict) 
         deployment.start_supernode(cam1)
         deployment.start_supernode(cam3)
         deployment.wait_for_nodes(["cam1", "cam3"])
-        run_id = deployment.submit({
-            "experiment": "demo", "resume": False,
-            "overrides": "federation.rounds=3 federation.round_timeout=20 +probe.delay=5"})
+        run_id = deployment.submit(
+            {
+                "experiment": "demo",
+                "resume": False,
+                "overrides": "federation.rounds=3 federation.round_timeout=20 +probe.delay=5",
+            }
+        )
         deployment.follow(run_id)
 
         def cam3_training_round_1():
-            return [r for r in read_client_records(probe["workdir"])
-                    if r["site"] == "cam3" and r["round"] == 1 and r["event"] == "start"]
+            return [
+                r
+                for r in read_client_records(probe["workdir"])
+                if r["site"] == "cam3" and r["round"] == 1 and r["event"] == "start"
+            ]
 
         killed = wait_until(cam3_training_round_1, 120, "cam3 to start round 1")[0]
         deployment.stop_supernode("cam3", kill=True)  # SIGKILL: a crash, no goodbye
@@ -405,8 +449,9 @@ def test_launcher_timeout_stops_the_run_and_every_process(probe: dict) -> None:
 
 def test_superlink_that_cannot_start_is_reported_with_its_log(probe: dict) -> None:
     launcher = load_launcher()
-    settings = launcher.DeploymentSettings(output_dir=probe["out"], app_dir=probe["app"],
-                                           workdir=probe["workdir"], startup_timeout=30)
+    settings = launcher.DeploymentSettings(
+        output_dir=probe["out"], app_dir=probe["app"], workdir=probe["workdir"], startup_timeout=30
+    )
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -422,16 +467,21 @@ def test_superlink_that_cannot_start_is_reported_with_its_log(probe: dict) -> No
 def test_processes_do_not_outlive_a_killed_launcher(probe: dict) -> None:
     """SIGKILL leaves the launcher no chance to clean up: its children must go by themselves."""
     argv = launcher_argv(probe, "--rounds", "1", "--timeout", "300", "+probe.delay=10")
-    launcher_process = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL)
+    launcher_process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_until(lambda: [r for r in read_client_records(probe["workdir"])
-                            if r["event"] == "start"], 120, "a site to start training")
+        wait_until(
+            lambda: [r for r in read_client_records(probe["workdir"]) if r["event"] == "start"],
+            120,
+            "a site to start training",
+        )
         assert live_processes_mentioning(str(probe["out"]))
     finally:
         launcher_process.kill()
         launcher_process.wait()
     # SuperLink and SuperNodes get SIGTERM from the kernel (PR_SET_PDEATHSIG) and take their
     # SuperExecs along; a ClientApp in the middle of its 10 s train step finishes it and exits.
-    wait_until(lambda: not live_processes_mentioning(str(probe["out"])), 90,
-               "the deployment's processes to exit after the launcher died")
+    wait_until(
+        lambda: not live_processes_mentioning(str(probe["out"])),
+        90,
+        "the deployment's processes to exit after the launcher died",
+    )

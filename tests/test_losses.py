@@ -26,10 +26,12 @@ def test_weighted_triplet_by_hand() -> None:
     feats = torch.tensor([[0.0], [1.0], [3.0], [5.0]], requires_grad=True)
     labels = torch.tensor([0, 0, 1, 1])
     loss = losses.weighted_triplet_loss(feats, labels)
+
     # Each anchor has one positive; negatives weighted by softmax(-d).
     def neg(ds):
         w = [math.exp(-d) for d in ds]
         return sum(d * x for d, x in zip(ds, w, strict=True)) / sum(w)
+
     per_anchor = [
         1.0 - neg([3.0, 5.0]),
         1.0 - neg([2.0, 4.0]),

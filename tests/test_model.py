@@ -84,8 +84,9 @@ def test_parameter_groups_for_the_federation() -> None:
 
 def test_pretrained_path_loads_local_weights(tmp_path) -> None:
     torch.manual_seed(1)
-    source = timm.create_model("resnet18", pretrained=False, layers=[1, 1, 1, 1],
-                               channels=[16, 32, 64, 128], stem_width=16)
+    source = timm.create_model(
+        "resnet18", pretrained=False, layers=[1, 1, 1, 1], channels=[16, 32, 64, 128], stem_width=16
+    )
     path = tmp_path / "weights.pth"
     torch.save(source.state_dict(), path)
     model = create_model(model_cfg("tiny", pretrained_path=str(path)), num_classes=3)
@@ -98,8 +99,17 @@ def test_factory_errors_name_the_problem(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match=r"missing\.pth"):
         create_model(model_cfg("tiny", pretrained_path=str(tmp_path / "missing.pth")), 3)
     with pytest.raises(ValueError, match="not a ResNet-family"):
-        create_model(OmegaConf.create({"arch": "vit_tiny_patch16_224", "arch_kwargs": {},
-                                       "pretrained": False, "last_stride": 1}), 3)
+        create_model(
+            OmegaConf.create(
+                {
+                    "arch": "vit_tiny_patch16_224",
+                    "arch_kwargs": {},
+                    "pretrained": False,
+                    "last_stride": 1,
+                }
+            ),
+            3,
+        )
     with pytest.raises(ValueError, match="num_classes"):
         create_model(model_cfg("tiny"), 0)
 

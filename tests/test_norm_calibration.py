@@ -43,8 +43,15 @@ def tiny_model(num_classes: int = 3):
 def batch(images: torch.Tensor, modality: int) -> Batch:
     n = images.shape[0]
     zeros = torch.zeros(n, dtype=torch.long)
-    return Batch(images, torch.zeros(n, 17, 3), zeros, torch.full((n,), modality), zeros,
-                 zeros, torch.arange(n))
+    return Batch(
+        images,
+        torch.zeros(n, 17, 3),
+        zeros,
+        torch.full((n,), modality),
+        zeros,
+        zeros,
+        torch.arange(n),
+    )
 
 
 def test_pooling_is_the_statistics_of_all_images() -> None:
@@ -92,18 +99,32 @@ def test_a_group_norm_model_has_no_statistics() -> None:
     assert norm_statistics_keys(create_model(cfg, 3)) == []
 
 
-def reply(node: int, site: str, modality: Modality, stats: dict, images: int,
-          error: str | None = None) -> Message:
-    meta = Metadata(run_id=1, message_id=f"m{node}", src_node_id=node, dst_node_id=0,
-                    reply_to_message_id="x", group_id="1", created_at=time.time(), ttl=60.0,
-                    message_type=MessageType.EVALUATE)
+def reply(
+    node: int, site: str, modality: Modality, stats: dict, images: int, error: str | None = None
+) -> Message:
+    meta = Metadata(
+        run_id=1,
+        message_id=f"m{node}",
+        src_node_id=node,
+        dst_node_id=0,
+        reply_to_message_id="x",
+        group_id="1",
+        created_at=time.time(),
+        ttl=60.0,
+        message_type=MessageType.EVALUATE,
+    )
     if error is not None:
         return Message(error=Error(code=1, reason=error), metadata=meta)
-    return Message(content=RecordDict({
-        "statistics": ArrayRecord({k: Array(np.asarray(v)) for k, v in stats.items()}),
-        "metrics": MetricRecord({"num-examples": float(images)}),
-        "site": ConfigRecord({"site": site, "modality": modality.value}),
-    }), metadata=meta)
+    return Message(
+        content=RecordDict(
+            {
+                "statistics": ArrayRecord({k: Array(np.asarray(v)) for k, v in stats.items()}),
+                "metrics": MetricRecord({"num-examples": float(images)}),
+                "site": ConfigRecord({"site": site, "modality": modality.value}),
+            }
+        ),
+        metadata=meta,
+    )
 
 
 def test_server_pools_per_group_and_names_bad_replies() -> None:
@@ -119,23 +140,28 @@ def test_server_pools_per_group_and_names_bad_replies() -> None:
         )
     vis, ir = measured[Modality.VISIBLE], measured[Modality.INFRARED]
     negative = {k: (-np.abs(v) - 1 if k.endswith("running_var") else v) for k, v in vis.items()}
-    report = calibration.combine([
-        reply(1, "cam1", Modality.VISIBLE, vis, 4),
-        reply(2, "cam3", Modality.INFRARED, ir, 12),
-        reply(3, "cam2", Modality.VISIBLE, ir, 4),  # infrared statistics from a visible site
-        reply(4, "cam4", Modality.VISIBLE, negative, 4),
-        reply(5, "cam5", Modality.VISIBLE, {}, 0, error="ClientApp raised"),
-    ], current)
+    report = calibration.combine(
+        [
+            reply(1, "cam1", Modality.VISIBLE, vis, 4),
+            reply(2, "cam3", Modality.INFRARED, ir, 12),
+            reply(3, "cam2", Modality.VISIBLE, ir, 4),  # infrared statistics from a visible site
+            reply(4, "cam4", Modality.VISIBLE, negative, 4),
+            reply(5, "cam5", Modality.VISIBLE, {}, 0, error="ClientApp raised"),
+        ],
+        current,
+    )
     assert report.sites == ["cam1", "cam3"] and report.images == 16
     failed = " | ".join(report.failed)
     for expected in ("'cam2'", "wrong statistics names", "'cam4'", "negative", "node 5"):
         assert expected in failed
     out = report.statistics
     # A modality's own statistics come from its sites only.
-    np.testing.assert_allclose(out["neck.stats.visible.running_mean"],
-                               vis["neck.stats.visible.running_mean"], rtol=1e-6)
-    np.testing.assert_allclose(out["stems.infrared.bn1.running_var"],
-                               ir["stems.infrared.bn1.running_var"], rtol=1e-6)
+    np.testing.assert_allclose(
+        out["neck.stats.visible.running_mean"], vis["neck.stats.visible.running_mean"], rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        out["stems.infrared.bn1.running_var"], ir["stems.infrared.bn1.running_var"], rtol=1e-6
+    )
     # Shared ones pool both, weighted by images (1:3).
     key = "trunk.layer1.0.bn1.running_mean"
     np.testing.assert_allclose(out[key], 0.25 * vis[key] + 0.75 * ir[key], rtol=1e-5, atol=1e-6)

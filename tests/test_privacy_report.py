@@ -29,8 +29,10 @@ ASTRONAUT_HEAD = privacy_report.SAMPLE_PHOTO_JOINTS["astronaut"]
 
 def strict_json(path: Path) -> dict:
     """The report must be strict JSON: no NaN / Infinity literals."""
+
     def refuse(constant: str):
         raise ValueError(f"non-standard JSON constant {constant} in {path}")
+
     return json.loads(path.read_text(), parse_constant=refuse)
 
 
@@ -48,8 +50,15 @@ def report_cfg(root: Path, tmp: Path, *overrides: str, **report) -> DictConfig:
 def trained(tiny_sysu_root: Path, tmp_path_factory) -> dict[str, Path]:
     """A tiny PPA model (mosaic, pose-guided) after 1 and 2 short epochs."""
     out = tmp_path_factory.mktemp("trained")
-    cfg = load_config(tiny_overrides(tiny_sysu_root, out, "train.epochs=2",
-                                     "train.max_batches_per_epoch=2", "train.checkpoint_every=1"))
+    cfg = load_config(
+        tiny_overrides(
+            tiny_sysu_root,
+            out,
+            "train.epochs=2",
+            "train.max_batches_per_epoch=2",
+            "train.checkpoint_every=1",
+        )
+    )
     last = load_script("train_central").train(cfg)
     return {"last": last, "epoch1": last.parent / "epoch_0001.pt"}
 
@@ -59,13 +68,19 @@ def rows_by_label(report: dict) -> dict[str, dict]:
 
 
 @pytest.mark.slow
-def test_command_line_writes_the_table_json_plot_and_grids(tiny_sysu_root: Path,
-                                                           tmp_path: Path, trained) -> None:
+def test_command_line_writes_the_table_json_plot_and_grids(
+    tiny_sysu_root: Path, tmp_path: Path, trained
+) -> None:
     env = dict(os.environ, PPA_WORKDIR=str(REPO), OMP_NUM_THREADS="1")
     overrides = tiny_overrides(tiny_sysu_root, tmp_path, f"checkpoint={trained['last']}")
-    done = subprocess.run([sys.executable, str(REPO / "scripts" / "privacy_report.py"),
-                           *overrides], capture_output=True, text=True, timeout=900, env=env,
-                          cwd=REPO)
+    done = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "privacy_report.py"), *overrides],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+        cwd=REPO,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.strip().splitlines()
     path = Path(lines[-1])
@@ -78,8 +93,14 @@ def test_command_line_writes_the_table_json_plot_and_grids(tiny_sysu_root: Path,
             assert image.format == "PNG" and min(image.size) > 100
     # The configured anonymisers at their configured strengths, pose-guided and whole-image.
     rows = rows_by_label(report)
-    assert list(rows) == ["mosaic 24 KPR", "mosaic 24 whole", "blur 12 KPR", "blur 12 whole",
-                          "noise 0.5 KPR", "noise 0.5 whole"]
+    assert list(rows) == [
+        "mosaic 24 KPR",
+        "mosaic 24 whole",
+        "blur 12 KPR",
+        "blur 12 whole",
+        "noise 0.5 KPR",
+        "noise 0.5 whole",
+    ]
     table = Path(report["files"]["markdown"]).read_text()
     assert any(line.startswith("| setting | head PSNR") for line in lines)  # printed
     for label, row in rows.items():
@@ -101,18 +122,25 @@ def test_command_line_writes_the_table_json_plot_and_grids(tiny_sysu_root: Path,
 
 
 def test_numbers_are_consistent_and_per_setting_checkpoints_are_used(
-        tiny_sysu_root: Path, tmp_path: Path, trained) -> None:
+    tiny_sysu_root: Path, tmp_path: Path, trained
+) -> None:
     settings = [
         {"anonymizer": "mosaic", "pose_guided": True},
         {"anonymizer": "mosaic", "pose_guided": False},
         {"anonymizer": "mosaic", "pose_guided": True, "strength": 4, "label": "weak mosaic"},
         {"anonymizer": "blur", "pose_guided": True, "checkpoint": str(trained["epoch1"])},
         {"anonymizer": "blur", "pose_guided": False, "checkpoint": str(trained["epoch1"])},
-        {"anonymizer": "blur", "pose_guided": True, "strength": 2,
-         "levels": {"strong": 1.0}, "label": "weak blur"},
+        {
+            "anonymizer": "blur",
+            "pose_guided": True,
+            "strength": 2,
+            "levels": {"strong": 1.0},
+            "label": "weak blur",
+        },
     ]
-    cfg = report_cfg(tiny_sysu_root, tmp_path, f"checkpoint={trained['last']}",
-                     settings=settings, grid_samples=4)
+    cfg = report_cfg(
+        tiny_sysu_root, tmp_path, f"checkpoint={trained['last']}", settings=settings, grid_samples=4
+    )
     report = strict_json(privacy_report.run(cfg))
     rows = rows_by_label(report)
     assert rows["weak blur"]["levels"] == {"strong": 1.0, "medium": 1.0, "weak": 0.35}
@@ -131,8 +159,9 @@ def test_numbers_are_consistent_and_per_setting_checkpoints_are_used(
     assert set(report["reference"]) == {str(trained["last"]), str(trained["epoch1"])}
     assert rows["blur 12 KPR"]["trained_with"]["epochs"] == 1
     assert rows["mosaic 24 KPR"]["trained_with"]["epochs"] == 2
-    last, first = (report["reference"][str(trained[k])]["raw-raw"]["all"]
-                   for k in ("last", "epoch1"))
+    last, first = (
+        report["reference"][str(trained[k])]["raw-raw"]["all"] for k in ("last", "epoch1")
+    )
     assert last != first
     markdown = Path(report["files"]["markdown"]).read_text()
     assert markdown.count("raw-raw reference of") == 2
@@ -152,12 +181,18 @@ def write_photo_folder(folder: Path) -> dict[str, str]:
     return {"cached.jpg": "cache", "no_entry.png": "prior"}
 
 
-def test_photo_folder_uses_its_keypoint_cache_else_the_prior(tiny_sysu_root: Path,
-                                                             tmp_path: Path, caplog) -> None:
+def test_photo_folder_uses_its_keypoint_cache_else_the_prior(
+    tiny_sysu_root: Path, tmp_path: Path, caplog
+) -> None:
     expected = write_photo_folder(tmp_path / "photos")
-    common = {"photos": str(tmp_path / "photos"), "photos_keypoints": "kp.npz",
-              "sample_photos": False, "utility": False, "images": 0,
-              "settings": [{"anonymizer": "mosaic", "pose_guided": True}]}
+    common = {
+        "photos": str(tmp_path / "photos"),
+        "photos_keypoints": "kp.npz",
+        "sample_photos": False,
+        "utility": False,
+        "images": 0,
+        "settings": [{"anonymizer": "mosaic", "pose_guided": True}],
+    }
     with pytest.raises(CorruptImageError, match=r"broken\.jpg"):
         privacy_report.run(report_cfg(tiny_sysu_root, tmp_path, **common))
     cfg = report_cfg(tiny_sysu_root, tmp_path, "dataset.on_bad_image=skip", **common)
@@ -175,18 +210,27 @@ def test_photo_folder_uses_its_keypoint_cache_else_the_prior(tiny_sysu_root: Pat
 
 def test_bad_report_settings_are_named(tiny_sysu_root: Path, tmp_path: Path, trained) -> None:
     with pytest.raises(ValueError, match=r"settings\[0\]: anonymizer='pixelate' is not one of"):
-        privacy_report.run(report_cfg(tiny_sysu_root, tmp_path,
-                                      settings=[{"anonymizer": "pixelate"}]))
+        privacy_report.run(
+            report_cfg(tiny_sysu_root, tmp_path, settings=[{"anonymizer": "pixelate"}])
+        )
     with pytest.raises(ValueError, match=r"settings\[0\]: unknown key\(s\) \['strenght'\]"):
-        privacy_report.run(report_cfg(tiny_sysu_root, tmp_path,
-                                      settings=[{"anonymizer": "blur", "strenght": 3}]))
+        privacy_report.run(
+            report_cfg(tiny_sysu_root, tmp_path, settings=[{"anonymizer": "blur", "strenght": 3}])
+        )
     with pytest.raises(ValueError, match=r"checkpoint=<\.pt>"):
         privacy_report.run(report_cfg(tiny_sysu_root, tmp_path))
     with pytest.raises(ValueError, match="settings is empty"):
         privacy_report.run(report_cfg(tiny_sysu_root, tmp_path, settings=[]))
     with pytest.raises(ValueError, match=r"learned anonymiser needs the generator.*holds none"):
-        privacy_report.run(report_cfg(tiny_sysu_root, tmp_path, f"checkpoint={trained['last']}",
-                                      settings=[{"anonymizer": "learned"}]))
+        privacy_report.run(
+            report_cfg(
+                tiny_sysu_root,
+                tmp_path,
+                f"checkpoint={trained['last']}",
+                settings=[{"anonymizer": "learned"}],
+            )
+        )
     with pytest.raises(FileNotFoundError, match="not a folder"):
-        privacy_report.run(report_cfg(tiny_sysu_root, tmp_path, photos=str(tmp_path / "none"),
-                                      utility=False))
+        privacy_report.run(
+            report_cfg(tiny_sysu_root, tmp_path, photos=str(tmp_path / "none"), utility=False)
+        )

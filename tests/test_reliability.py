@@ -65,8 +65,7 @@ def node(site: str, modality: str, root: Path, **extra: str) -> dict[str, str]:
 def train_round(trainer: SiteTrainer, arrays: dict | None = None):
     state = trainer.model.state_dict()
     arrays = arrays if arrays is not None else pack(state, global_keys(state))
-    return trainer.train_round(arrays, None, server_round=1, local_epochs=1,
-                               half_precision=False)
+    return trainer.train_round(arrays, None, server_round=1, local_epochs=1, half_precision=False)
 
 
 def truncate(path: Path) -> None:
@@ -78,6 +77,7 @@ def truncate(path: Path) -> None:
 def cfg_for(tmp_path: Path):
     def make(root: Path, *extra: str, dataset: str = "synthetic_sysu") -> DictConfig:
         return load_config(tiny_overrides(root, tmp_path, *FAST, *extra, dataset=dataset))
+
     return make
 
 
@@ -92,15 +92,23 @@ def random_checkpoint(tiny_sysu_root: Path, tmp_path_factory) -> Path:
 
 # --------------------------------------------------------------------------- images
 def test_corrupt_or_empty_image_names_the_file_even_from_a_loader_worker(
-        tiny_sysu_root: Path, tmp_path: Path, cfg_for) -> None:
+    tiny_sysu_root: Path, tmp_path: Path, cfg_for
+) -> None:
     root = copy_root(tiny_sysu_root, tmp_path / "root")
     cfg = cfg_for(root)
     records = load_train_set(cfg.dataset).records
     truncate(root / records[0].path)
     (root / records[1].path).write_bytes(b"")
     for workers in (0, 1):
-        loader = create_eval_loader(records[:4], root, input_cfg=cfg.input, batch_size=4,
-                                    num_workers=workers, pose_cfg=cfg.pose, keypoints=None)
+        loader = create_eval_loader(
+            records[:4],
+            root,
+            input_cfg=cfg.input,
+            batch_size=4,
+            num_workers=workers,
+            pose_cfg=cfg.pose,
+            keypoints=None,
+        )
         # The worker's error keeps its type (not torch's generic RuntimeError) and its path.
         with pytest.raises(CorruptImageError, match=records[0].path) as info:
             next(iter(loader))
@@ -108,7 +116,8 @@ def test_corrupt_or_empty_image_names_the_file_even_from_a_loader_worker(
 
 
 def test_bad_images_skipped_with_a_warning_when_configured(
-        tiny_sysu_root: Path, tmp_path: Path, cfg_for, caplog) -> None:
+    tiny_sysu_root: Path, tmp_path: Path, cfg_for, caplog
+) -> None:
     root = site_root(tiny_sysu_root, tmp_path / "cam1", cams=(1,))
     cfg = cfg_for(root, "dataset.on_bad_image=skip")
     trainer = SiteTrainer(cfg, site_spec(node("cam1", "visible", root), cfg))
@@ -122,8 +131,9 @@ def test_bad_images_skipped_with_a_warning_when_configured(
     assert all(np.isfinite(v).all() for v in result.arrays.values())
 
 
-def test_every_image_bad_with_skip_is_a_clear_error(tiny_sysu_root: Path, tmp_path: Path,
-                                                    cfg_for) -> None:
+def test_every_image_bad_with_skip_is_a_clear_error(
+    tiny_sysu_root: Path, tmp_path: Path, cfg_for
+) -> None:
     root = site_root(tiny_sysu_root, tmp_path / "cam3", cams=(3,))
     cfg = cfg_for(root, "dataset.on_bad_image=skip")
     records = load_train_set(cfg.dataset, cameras=[3], require_complete=False).records
@@ -131,12 +141,21 @@ def test_every_image_bad_with_skip_is_a_clear_error(tiny_sysu_root: Path, tmp_pa
         (root / record.path).write_bytes(b"")
     where = re.escape(str(root))
     with pytest.raises(ValueError, match=f"no usable training images under {where}"):
-        create_train_loader(records, root, input_cfg=cfg.input, train_cfg=cfg.train,
-                            pose_cfg=cfg.pose, keypoints=None, seed=0, on_bad_image="skip")
+        create_train_loader(
+            records,
+            root,
+            input_cfg=cfg.input,
+            train_cfg=cfg.train,
+            pose_cfg=cfg.pose,
+            keypoints=None,
+            seed=0,
+            on_bad_image="skip",
+        )
 
 
-def test_wrong_image_modes_are_read_as_rgb_by_the_loader(tiny_sysu_root: Path, tmp_path: Path,
-                                                         cfg_for) -> None:
+def test_wrong_image_modes_are_read_as_rgb_by_the_loader(
+    tiny_sysu_root: Path, tmp_path: Path, cfg_for
+) -> None:
     root = copy_root(tiny_sysu_root, tmp_path / "root")
     cfg = cfg_for(root)
     records = load_train_set(cfg.dataset).records[:6]
@@ -154,8 +173,15 @@ def test_wrong_image_modes_are_read_as_rgb_by_the_loader(tiny_sysu_root: Path, t
     for record, image in zip(records, images.values(), strict=True):
         # PIL decodes by content: a PNG/TIFF written under the record's .jpg name.
         image.save(root / record.path, format="TIFF" if image.mode == "CMYK" else "PNG")
-    loader = create_eval_loader(records, root, input_cfg=cfg.input, batch_size=6, num_workers=0,
-                                pose_cfg=cfg.pose, keypoints=None)
+    loader = create_eval_loader(
+        records,
+        root,
+        input_cfg=cfg.input,
+        batch_size=6,
+        num_workers=0,
+        pose_cfg=cfg.pose,
+        keypoints=None,
+    )
     batch = next(iter(loader))
     assert batch.images.shape == (6, 3, 64, 32)
     assert torch.isfinite(batch.images).all()
@@ -166,12 +192,18 @@ def test_wrong_image_modes_are_read_as_rgb_by_the_loader(tiny_sysu_root: Path, t
     torch.testing.assert_close(batch.images[2], batch.images[3])
 
 
-def test_bad_test_image_is_an_error_even_with_skip(tiny_sysu_root: Path, tmp_path: Path,
-                                                   random_checkpoint: Path) -> None:
+def test_bad_test_image_is_an_error_even_with_skip(
+    tiny_sysu_root: Path, tmp_path: Path, random_checkpoint: Path
+) -> None:
     evaluate = load_script("evaluate")
     root = copy_root(tiny_sysu_root, tmp_path / "root")
-    overrides = tiny_overrides(root, tmp_path, f"checkpoint={random_checkpoint}",
-                               "dataset.on_bad_image=skip", "eval.privacy_images=0")
+    overrides = tiny_overrides(
+        root,
+        tmp_path,
+        f"checkpoint={random_checkpoint}",
+        "dataset.on_bad_image=skip",
+        "eval.privacy_images=0",
+    )
     query = protocols.test_settings(load_config(overrides).dataset)[0].split.query[0]
     (root / query.path).write_bytes(b"")
     # Dropping a test image would silently change the protocol: skip does not apply here.
@@ -184,12 +216,14 @@ def drop_keypoints(root: Path, keep: callable) -> list[str]:
     cache = KeypointCache.load(root / "keypoints.npz")
     dropped = [k for k in cache if not keep(k)]
     KeypointCache({k: v for k, v in cache.items() if keep(k)}, source="test").save(
-        root / "keypoints.npz")
+        root / "keypoints.npz"
+    )
     return dropped
 
 
 def test_missing_keypoints_error_skip_or_prior_at_the_train_loader(
-        tiny_sysu_root: Path, tmp_path: Path, cfg_for, caplog) -> None:
+    tiny_sysu_root: Path, tmp_path: Path, cfg_for, caplog
+) -> None:
     root = copy_root(tiny_sysu_root, tmp_path / "root")
     dropped = drop_keypoints(root, keep=lambda path: not path.startswith("cam1/0001/"))
     cfg = cfg_for(root)
@@ -198,8 +232,15 @@ def test_missing_keypoints_error_skip_or_prior_at_the_train_loader(
 
     def loader(missing: str):
         pose = OmegaConf.merge(cfg.pose, {"missing": missing})
-        return create_train_loader(train.records, root, input_cfg=cfg.input,
-                                   train_cfg=cfg.train, pose_cfg=pose, keypoints=cache, seed=0)
+        return create_train_loader(
+            train.records,
+            root,
+            input_cfg=cfg.input,
+            train_cfg=cfg.train,
+            pose_cfg=pose,
+            keypoints=cache,
+            seed=0,
+        )
 
     with pytest.raises(MissingKeypointsError) as info:
         loader("error")
@@ -215,13 +256,19 @@ def test_missing_keypoints_error_skip_or_prior_at_the_train_loader(
 
 
 def test_missing_test_keypoints_with_skip_fall_back_to_the_prior(
-        tiny_sysu_root: Path, tmp_path: Path, random_checkpoint: Path, caplog) -> None:
+    tiny_sysu_root: Path, tmp_path: Path, random_checkpoint: Path, caplog
+) -> None:
     evaluate = load_script("evaluate")
     root = copy_root(tiny_sysu_root, tmp_path / "root")
     drop_keypoints(root, keep=lambda path: not path.startswith("cam3/"))
-    overrides = tiny_overrides(root, tmp_path, f"checkpoint={random_checkpoint}",
-                               "pose.missing=skip", "eval.privacy_images=0",
-                               "eval.use_checkpoint_config=false")
+    overrides = tiny_overrides(
+        root,
+        tmp_path,
+        f"checkpoint={random_checkpoint}",
+        "pose.missing=skip",
+        "eval.privacy_images=0",
+        "eval.use_checkpoint_config=false",
+    )
     with caplog.at_level(logging.WARNING, logger="ppa.evaluation"):
         metrics = evaluate.run(load_config(overrides))
     assert "does not apply to test images; using center_prior" in caplog.text
@@ -229,7 +276,8 @@ def test_missing_test_keypoints_with_skip_fall_back_to_the_prior(
 
 
 def test_keypoints_outside_the_image_or_not_finite_are_missing_joints(
-        tiny_sysu_root: Path, tmp_path: Path, cfg_for) -> None:
+    tiny_sysu_root: Path, tmp_path: Path, cfg_for
+) -> None:
     root = copy_root(tiny_sysu_root, tmp_path / "root")
     cache = KeypointCache.load(root / "keypoints.npz")
     bad_values = (1e9, -50.0, np.nan, np.inf)
@@ -241,8 +289,15 @@ def test_keypoints_outside_the_image_or_not_finite_are_missing_joints(
     cache.save()
     cfg = cfg_for(root)
     train = load_train_set(cfg.dataset)
-    loader = create_train_loader(train.records, root, input_cfg=cfg.input, train_cfg=cfg.train,
-                                 pose_cfg=cfg.pose, keypoints=cache, seed=0)
+    loader = create_train_loader(
+        train.records,
+        root,
+        input_cfg=cfg.input,
+        train_cfg=cfg.train,
+        pose_cfg=cfg.pose,
+        keypoints=cache,
+        seed=0,
+    )
     batch = next(iter(loader))
     assert torch.isfinite(batch.keypoints).all()
     assert (batch.keypoints[:, :3, 2] == 0).all()  # every damaged joint is a missing joint
@@ -255,8 +310,9 @@ def test_keypoints_outside_the_image_or_not_finite_are_missing_joints(
 
 
 # --------------------------------------------------------------------------- sites
-def test_one_identity_site_error_names_the_site(tiny_sysu_root: Path, tmp_path: Path,
-                                                cfg_for) -> None:
+def test_one_identity_site_error_names_the_site(
+    tiny_sysu_root: Path, tmp_path: Path, cfg_for
+) -> None:
     root = site_root(tiny_sysu_root, tmp_path / "data", cams=(3,), ids=1)
     cfg = cfg_for(root)
     with pytest.raises(ValueError, match=r"site 'cam3'.*1 identit"):
@@ -269,68 +325,89 @@ def test_unknown_modality_in_node_config(tiny_sysu_root: Path, cfg_for) -> None:
         site_spec(node("cam3", "xyz", tiny_sysu_root), cfg)
 
 
-@pytest.mark.parametrize(("config", "message"), [
-    ({"site": "cam3", "data-root": "{root}"}, r"lacks \['modality'\]"),
-    ({"site": " ", "modality": "ir", "data-root": "{root}"}, r"lacks \['site'\]"),
-    ({"site": "cam3", "modality": "ir", "data-root": "{root}/exp/test_id.txt"},
-     r"test_id\.txt is not a directory"),
-    ({"site": "cam3", "modality": "ir", "data-root": "{root}/absent"},
-     r"absent is not a directory"),
-    ({"site": "cam3", "modality": "ir", "data-root": "{root}", "dataset": "regdb"},
-     r"dataset='regdb' but the run uses dataset.protocol='sysu'"),
-    ({"partition": 3}, r"names no site"),
-])
-def test_malformed_node_config_is_named(tiny_sysu_root: Path, cfg_for, config: dict,
-                                        message: str) -> None:
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"site": "cam3", "data-root": "{root}"}, r"lacks \['modality'\]"),
+        ({"site": " ", "modality": "ir", "data-root": "{root}"}, r"lacks \['site'\]"),
+        (
+            {"site": "cam3", "modality": "ir", "data-root": "{root}/exp/test_id.txt"},
+            r"test_id\.txt is not a directory",
+        ),
+        (
+            {"site": "cam3", "modality": "ir", "data-root": "{root}/absent"},
+            r"absent is not a directory",
+        ),
+        (
+            {"site": "cam3", "modality": "ir", "data-root": "{root}", "dataset": "regdb"},
+            r"dataset='regdb' but the run uses dataset.protocol='sysu'",
+        ),
+        ({"partition": 3}, r"names no site"),
+    ],
+)
+def test_malformed_node_config_is_named(
+    tiny_sysu_root: Path, cfg_for, config: dict, message: str
+) -> None:
     cfg = cfg_for(tiny_sysu_root)
-    config = {k: v.format(root=tiny_sysu_root) if isinstance(v, str) else v
-              for k, v in config.items()}
+    config = {
+        k: v.format(root=tiny_sysu_root) if isinstance(v, str) else v for k, v in config.items()
+    }
     with pytest.raises(NodeConfigError, match=message):
         site_spec(config, cfg)
 
 
 def test_simulation_partition_count_mismatch_is_named(tiny_sysu_root: Path, cfg_for) -> None:
     cfg = cfg_for(tiny_sysu_root)
-    with pytest.raises(NodeConfigError, match=r"6 sites .* runs 3 SuperNodes: set "
-                                              r"num-supernodes=6"):
+    with pytest.raises(
+        NodeConfigError,
+        match=r"6 sites .* runs 3 SuperNodes: set "
+        r"num-supernodes=6",
+    ):
         SiteTrainer(cfg, site_spec({"partition-id": 0, "num-partitions": 3}, cfg))
 
 
 @pytest.mark.parametrize("partition_id", ["abc", 7, -1])
-def test_partition_id_out_of_range_is_named(tiny_sysu_root: Path, cfg_for,
-                                            partition_id: object) -> None:
+def test_partition_id_out_of_range_is_named(
+    tiny_sysu_root: Path, cfg_for, partition_id: object
+) -> None:
     cfg = cfg_for(tiny_sysu_root)
     with pytest.raises(NodeConfigError, match="partition-id"):
         site_spec({"partition-id": partition_id, "num-partitions": 6}, cfg)
 
 
 @pytest.mark.parametrize(("site", "modality"), [("cam3", "visible"), ("cam9", "infrared")])
-def test_site_not_in_the_partition_or_of_another_modality(tiny_sysu_root: Path, cfg_for,
-                                                          site: str, modality: str) -> None:
+def test_site_not_in_the_partition_or_of_another_modality(
+    tiny_sysu_root: Path, cfg_for, site: str, modality: str
+) -> None:
     cfg = cfg_for(tiny_sysu_root)
     with pytest.raises(NodeConfigError, match=f"site '{site}'"):
         SiteTrainer(cfg, site_spec(node(site, modality, tiny_sysu_root), cfg))
 
 
 # --------------------------------------------------------------------------- dataset layout
-def test_regdb_root_given_as_sysu_and_back(tiny_sysu_root: Path, tiny_regdb_root: Path,
-                                           cfg_for) -> None:
+def test_regdb_root_given_as_sysu_and_back(
+    tiny_sysu_root: Path, tiny_regdb_root: Path, cfg_for
+) -> None:
     as_sysu = cfg_for(tiny_regdb_root)
-    for call in (lambda: load_train_set(as_sysu.dataset),
-                 lambda: protocols.test_settings(as_sysu.dataset),
-                 lambda: SiteTrainer(as_sysu, site_spec(node("cam3", "ir", tiny_regdb_root),
-                                                        as_sysu))):
+    for call in (
+        lambda: load_train_set(as_sysu.dataset),
+        lambda: protocols.test_settings(as_sysu.dataset),
+        lambda: SiteTrainer(as_sysu, site_spec(node("cam3", "ir", tiny_regdb_root), as_sysu)),
+    ):
         with pytest.raises(DatasetLayoutError, match=r"not a SYSU-MM01 root.*dataset=regdb"):
             call()
     as_regdb = cfg_for(tiny_sysu_root, dataset="synthetic_regdb")
-    for call in (lambda: load_train_set(as_regdb.dataset),
-                 lambda: protocols.test_settings(as_regdb.dataset)):
+    for call in (
+        lambda: load_train_set(as_regdb.dataset),
+        lambda: protocols.test_settings(as_regdb.dataset),
+    ):
         with pytest.raises(DatasetLayoutError, match=r"not a RegDB root.*dataset=sysu"):
             call()
 
 
-def test_empty_split_and_index_files_are_named(tiny_sysu_root: Path, tiny_regdb_root: Path,
-                                               tmp_path: Path, cfg_for) -> None:
+def test_empty_split_and_index_files_are_named(
+    tiny_sysu_root: Path, tiny_regdb_root: Path, tmp_path: Path, cfg_for
+) -> None:
     sysu = copy_root(tiny_sysu_root, tmp_path / "sysu")
     (sysu / "exp" / "test_id.txt").write_text("")
     (sysu / "exp" / "val_id.txt").write_text("\n\n")
@@ -347,10 +424,14 @@ def test_empty_split_and_index_files_are_named(tiny_sysu_root: Path, tiny_regdb_
 
 # --------------------------------------------------------------------------- checkpoints
 def test_train_central_refuses_a_checkpoint_of_another_model(
-        tiny_sysu_root: Path, tmp_path: Path, cfg_for) -> None:
+    tiny_sysu_root: Path, tmp_path: Path, cfg_for
+) -> None:
     train_central = load_script("train_central")
-    other = save_checkpoint(tmp_path / "other.pt", create_model(cfg_for(tiny_sysu_root).model, 5),
-                            cfg_for(tiny_sysu_root))
+    other = save_checkpoint(
+        tmp_path / "other.pt",
+        create_model(cfg_for(tiny_sysu_root).model, 5),
+        cfg_for(tiny_sysu_root),
+    )
     cfg = cfg_for(tiny_sysu_root, f"checkpoint={other}", "train.epochs=1")
     with pytest.raises(CheckpointError, match=r"other\.pt does not fit this model.*classifier"):
         train_central.train(cfg)
@@ -363,12 +444,18 @@ def store_foreign_round(cfg: DictConfig, num_classes: int, model_cfg=None) -> No
     model = create_model(model_cfg or cfg.model, num_classes)
     state = model.state_dict()
     CheckpointStore(Path(cfg.output_dir) / "checkpoints").save(
-        ServerCheckpoint(server_round=1, arrays=pack(state, global_keys(state)),
-                         strategy=strategy, history=[{"round": 1}]))
+        ServerCheckpoint(
+            server_round=1,
+            arrays=pack(state, global_keys(state)),
+            strategy=strategy,
+            history=[{"round": 1}],
+        )
+    )
 
 
-def test_server_resume_refuses_arrays_of_another_architecture(tiny_sysu_root: Path,
-                                                              cfg_for) -> None:
+def test_server_resume_refuses_arrays_of_another_architecture(
+    tiny_sysu_root: Path, cfg_for
+) -> None:
     cfg = cfg_for(tiny_sysu_root)
     other = load_config(["model=resnet18", "model.pretrained=false"]).model
     store_foreign_round(cfg, 12, model_cfg=other)
@@ -383,8 +470,9 @@ def test_server_resume_refuses_arrays_of_other_shapes(tiny_sysu_root: Path, cfg_
         FederatedRun(cfg, resume=True)
 
 
-def test_site_refuses_global_arrays_of_another_model(tiny_sysu_root: Path, tmp_path: Path,
-                                                     cfg_for) -> None:
+def test_site_refuses_global_arrays_of_another_model(
+    tiny_sysu_root: Path, tmp_path: Path, cfg_for
+) -> None:
     root = site_root(tiny_sysu_root, tmp_path / "cam1", cams=(1,))
     cfg = cfg_for(root)
     trainer = SiteTrainer(cfg, site_spec(node("cam1", "visible", root), cfg))

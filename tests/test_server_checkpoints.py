@@ -15,10 +15,12 @@ from server.checkpoints import CheckpointStore, ServerCheckpoint, capture_rng, r
 
 
 def ckpt(server_round: int) -> ServerCheckpoint:
-    return ServerCheckpoint(server_round=server_round,
-                            arrays={"w": np.full(3, float(server_round), np.float32)},
-                            strategy={"rng": random.Random(server_round).getstate()},
-                            history=[{"round": r} for r in range(server_round + 1)])
+    return ServerCheckpoint(
+        server_round=server_round,
+        arrays={"w": np.full(3, float(server_round), np.float32)},
+        strategy={"rng": random.Random(server_round).getstate()},
+        history=[{"round": r} for r in range(server_round + 1)],
+    )
 
 
 def test_store_saves_prunes_and_loads_latest(tmp_path) -> None:
@@ -26,8 +28,10 @@ def test_store_saves_prunes_and_loads_latest(tmp_path) -> None:
     assert store.load_latest() is None
     for r in (1, 2, 3):
         store.save(ckpt(r))
-    assert sorted(p.name for p in (tmp_path / "ck").glob("round_*.pt")) == \
-        ["round_0002.pt", "round_0003.pt"]
+    assert sorted(p.name for p in (tmp_path / "ck").glob("round_*.pt")) == [
+        "round_0002.pt",
+        "round_0003.pt",
+    ]
     latest = store.load_latest()
     assert latest.server_round == 3
     assert latest.arrays["w"].tolist() == [3.0, 3.0, 3.0]

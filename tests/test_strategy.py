@@ -50,22 +50,39 @@ def site_arrays(reference, modality: Modality, value: float) -> dict[str, np.nda
     return out
 
 
-def reply(node: int, site: str, modality: Modality, arrays: dict[str, np.ndarray],
-          examples: float, protos: tuple[np.ndarray, np.ndarray] | None = None,
-          error: str | None = None) -> Message:
-    meta = Metadata(run_id=1, message_id=f"m{node}", src_node_id=node, dst_node_id=0,
-                    reply_to_message_id="x", group_id="1", created_at=time.time(), ttl=60.0,
-                    message_type=MessageType.TRAIN)
+def reply(
+    node: int,
+    site: str,
+    modality: Modality,
+    arrays: dict[str, np.ndarray],
+    examples: float,
+    protos: tuple[np.ndarray, np.ndarray] | None = None,
+    error: str | None = None,
+) -> Message:
+    meta = Metadata(
+        run_id=1,
+        message_id=f"m{node}",
+        src_node_id=node,
+        dst_node_id=0,
+        reply_to_message_id="x",
+        group_id="1",
+        created_at=time.time(),
+        ttl=60.0,
+        message_type=MessageType.TRAIN,
+    )
     if error is not None:
         return Message(error=Error(code=1, reason=error), metadata=meta)
-    content = RecordDict({
-        "arrays": ArrayRecord({k: Array(v) for k, v in arrays.items()}),
-        "metrics": MetricRecord({"num-examples": float(examples), "loss": 1.0}),
-        "site": ConfigRecord({"site": site, "modality": modality.value}),
-    })
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord({k: Array(v) for k, v in arrays.items()}),
+            "metrics": MetricRecord({"num-examples": float(examples), "loss": 1.0}),
+            "site": ConfigRecord({"site": site, "modality": modality.value}),
+        }
+    )
     if protos is not None:
-        content["prototypes"] = ArrayRecord({PROTO_SUM: Array(protos[0]),
-                                             PROTO_COUNT: Array(protos[1])})
+        content["prototypes"] = ArrayRecord(
+            {PROTO_SUM: Array(protos[0]), PROTO_COUNT: Array(protos[1])}
+        )
     return Message(content=content, metadata=meta)
 
 
@@ -77,12 +94,30 @@ def test_modality_aware_weighted_aggregation(reference) -> None:
     strategy = make_strategy(reference)
     dim = strategy.dim
     replies = [
-        reply(1, "cam1", Modality.VISIBLE, site_arrays(reference, Modality.VISIBLE, 1.0), 10,
-              (np.ones((NUM_CLASSES, dim)), np.array([1.0, 0, 0, 0]))),
-        reply(2, "cam2", Modality.VISIBLE, site_arrays(reference, Modality.VISIBLE, 4.0), 30,
-              (3 * np.ones((NUM_CLASSES, dim)), np.array([3.0, 0, 0, 0]))),
-        reply(3, "cam3", Modality.INFRARED, site_arrays(reference, Modality.INFRARED, 8.0), 60,
-              (np.ones((NUM_CLASSES, dim)), np.array([0, 2.0, 0, 0]))),
+        reply(
+            1,
+            "cam1",
+            Modality.VISIBLE,
+            site_arrays(reference, Modality.VISIBLE, 1.0),
+            10,
+            (np.ones((NUM_CLASSES, dim)), np.array([1.0, 0, 0, 0])),
+        ),
+        reply(
+            2,
+            "cam2",
+            Modality.VISIBLE,
+            site_arrays(reference, Modality.VISIBLE, 4.0),
+            30,
+            (3 * np.ones((NUM_CLASSES, dim)), np.array([3.0, 0, 0, 0])),
+        ),
+        reply(
+            3,
+            "cam3",
+            Modality.INFRARED,
+            site_arrays(reference, Modality.INFRARED, 8.0),
+            60,
+            (np.ones((NUM_CLASSES, dim)), np.array([0, 2.0, 0, 0])),
+        ),
     ]
     strategy._sampled[1] = 3
     record, metrics = strategy.aggregate_train(1, replies)
@@ -115,25 +150,38 @@ def test_malformed_and_failed_replies_are_dropped_and_named(reference) -> None:
     extra = site_arrays(reference, Modality.INFRARED, 1.0)
     extra["stems.visible.conv1.weight"] = good["stems.visible.conv1.weight"]
     strategy._sampled[1] = 6
-    record, _ = strategy.aggregate_train(1, [
-        reply(1, "cam1", Modality.VISIBLE, good, 10),
-        reply(2, "cam2", Modality.VISIBLE, nan, 10),
-        reply(3, "cam4", Modality.VISIBLE, wrong_shape, 10),
-        reply(4, "cam3", Modality.INFRARED, extra, 10),
-        reply(5, "cam5", Modality.VISIBLE, good, 0),
-        reply(6, "cam6", Modality.INFRARED, {}, 10, error="ClientApp raised"),
-    ])
+    record, _ = strategy.aggregate_train(
+        1,
+        [
+            reply(1, "cam1", Modality.VISIBLE, good, 10),
+            reply(2, "cam2", Modality.VISIBLE, nan, 10),
+            reply(3, "cam4", Modality.VISIBLE, wrong_shape, 10),
+            reply(4, "cam3", Modality.INFRARED, extra, 10),
+            reply(5, "cam5", Modality.VISIBLE, good, 0),
+            reply(6, "cam6", Modality.INFRARED, {}, 10, error="ClientApp raised"),
+        ],
+    )
     failed = " | ".join(strategy.last_report.failed)
-    for expected in ("'cam2'", "NaN", "'cam4'", "shape", "'cam3'", "unexpected", "'cam5'",
-                     "node 6", "ClientApp raised"):
+    for expected in (
+        "'cam2'",
+        "NaN",
+        "'cam4'",
+        "shape",
+        "'cam3'",
+        "unexpected",
+        "'cam5'",
+        "node 6",
+        "ClientApp raised",
+    ):
         assert expected in failed
     assert strategy.last_report.replied == ["cam1"]
     out = as_numpy(record)
     assert all(np.isfinite(v).all() for v in out.values())
     assert out["classifier.weight"].flat[0] == 1.0
     # no infrared reply survived: the infrared stem keeps the global value
-    np.testing.assert_array_equal(out["stems.infrared.conv1.weight"],
-                                  reference["stems.infrared.conv1.weight"].numpy())
+    np.testing.assert_array_equal(
+        out["stems.infrared.conv1.weight"], reference["stems.infrared.conv1.weight"].numpy()
+    )
 
 
 def test_negative_variances_are_rejected(reference) -> None:
@@ -149,19 +197,29 @@ def test_negative_variances_are_rejected(reference) -> None:
 def test_no_usable_reply_keeps_the_global_model(reference) -> None:
     strategy = make_strategy(reference)
     strategy._sampled[2] = 1
-    record, metrics = strategy.aggregate_train(2, [reply(1, "cam1", Modality.VISIBLE, {}, 1,
-                                                         error="boom")])
+    record, metrics = strategy.aggregate_train(
+        2, [reply(1, "cam1", Modality.VISIBLE, {}, 1, error="boom")]
+    )
     assert record is None and metrics is None
 
 
 def test_result_does_not_depend_on_arrival_order(reference) -> None:
     rng = np.random.default_rng(0)
     msgs = []
-    for i, (site, mod) in enumerate([("cam1", Modality.VISIBLE), ("cam2", Modality.VISIBLE),
-                                     ("cam3", Modality.INFRARED), ("cam6", Modality.INFRARED)]):
-        arrays = {k: (np.abs(v) + rng.random(size=v.shape)).astype(v.dtype)
-                  if np.issubdtype(v.dtype, np.floating) else v
-                  for k, v in site_arrays(reference, mod, 0.0).items()}
+    for i, (site, mod) in enumerate(
+        [
+            ("cam1", Modality.VISIBLE),
+            ("cam2", Modality.VISIBLE),
+            ("cam3", Modality.INFRARED),
+            ("cam6", Modality.INFRARED),
+        ]
+    ):
+        arrays = {
+            k: (np.abs(v) + rng.random(size=v.shape)).astype(v.dtype)
+            if np.issubdtype(v.dtype, np.floating)
+            else v
+            for k, v in site_arrays(reference, mod, 0.0).items()
+        }
         msgs.append((i + 1, site, mod, arrays, 7 + 3 * i))
     a = as_numpy(make_strategy(reference).aggregate_train(1, [reply(*m) for m in msgs])[0])
     b = as_numpy(make_strategy(reference).aggregate_train(1, [reply(*m) for m in msgs[::-1]])[0])
@@ -175,19 +233,25 @@ def test_robust_rules_and_anomaly_flags(reference) -> None:
 
     def perturbed(delta_of) -> dict[str, np.ndarray]:
         # BatchNorm variances stay as they are: a negative one is rejected outright.
-        return {k: (base[k] + delta_of(k)).astype(base[k].dtype)
-                if np.issubdtype(base[k].dtype, np.floating) and not k.endswith("running_var")
-                else base[k] for k in keys}
+        return {
+            k: (base[k] + delta_of(k)).astype(base[k].dtype)
+            if np.issubdtype(base[k].dtype, np.floating) and not k.endswith("running_var")
+            else base[k]
+            for k in keys
+        }
 
     # Honest sites move the same way (one objective) with their own noise.
     common = {k: 0.01 * rng.normal(size=base[k].shape) for k in keys}
-    honest = [perturbed(lambda k: common[k] + 0.005 * rng.normal(size=base[k].shape))
-              for _ in range(5)]
+    honest = [
+        perturbed(lambda k: common[k] + 0.005 * rng.normal(size=base[k].shape)) for _ in range(5)
+    ]
     attacker = perturbed(lambda k: 100.0 * (honest[0][k] - base[k]))  # scaled update
     flipped = perturbed(lambda k: -5.0 * (honest[1][k] - base[k]))  # sign-flipped update
     msgs = [reply(i + 1, f"site{i}", Modality.VISIBLE, a, 10) for i, a in enumerate(honest)]
-    msgs += [reply(9, "evil", Modality.VISIBLE, attacker, 10),
-             reply(10, "flip", Modality.VISIBLE, flipped, 10)]
+    msgs += [
+        reply(9, "evil", Modality.VISIBLE, attacker, 10),
+        reply(10, "flip", Modality.VISIBLE, flipped, 10),
+    ]
     shared = [k for k in keys if k.startswith("trunk") and base[k].dtype == np.float32]
     clean = as_numpy(make_strategy(reference).aggregate_train(1, msgs[:5])[0])
     honest_norm = update_norm(honest[0], base, shared)  # one honest update's size
@@ -206,8 +270,12 @@ def test_robust_rules_and_anomaly_flags(reference) -> None:
 
 
 def test_aggregation_rules_by_hand() -> None:
-    ups = [{"w": np.array([1.0, 10.0])}, {"w": np.array([2.0, 20.0])},
-           {"w": np.array([3.0, 30.0])}, {"w": np.array([100.0, -100.0])}]
+    ups = [
+        {"w": np.array([1.0, 10.0])},
+        {"w": np.array([2.0, 20.0])},
+        {"w": np.array([3.0, 30.0])},
+        {"w": np.array([100.0, -100.0])},
+    ]
     mean = aggregate_updates(ups, [1, 1, 1, 1], ["w"], "fedavg")["w"]
     assert mean.tolist() == pytest.approx([26.5, -10.0])
     assert aggregate_updates(ups, [1, 1, 1, 1], ["w"], "median")["w"].tolist() == [2.5, 15.0]
@@ -251,11 +319,21 @@ def test_server_momentum_is_fedavgm_by_hand(reference) -> None:
 
     def one_round(number: int, value: float) -> dict[str, np.ndarray]:
         strategy._sampled[number] = 2
-        record, _ = strategy.aggregate_train(number, [
-            reply(1, "cam1", Modality.VISIBLE, site_arrays(reference, Modality.VISIBLE, value), 1),
-            reply(2, "cam3", Modality.INFRARED, site_arrays(reference, Modality.INFRARED, value),
-                  1),
-        ])
+        record, _ = strategy.aggregate_train(
+            number,
+            [
+                reply(
+                    1, "cam1", Modality.VISIBLE, site_arrays(reference, Modality.VISIBLE, value), 1
+                ),
+                reply(
+                    2,
+                    "cam3",
+                    Modality.INFRARED,
+                    site_arrays(reference, Modality.INFRARED, value),
+                    1,
+                ),
+            ],
+        )
         return as_numpy(record)
 
     first = one_round(1, 2.0)

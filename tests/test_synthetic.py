@@ -532,7 +532,8 @@ def test_infrared_luminance_share_controls_how_much_brightness_reaches_infrared(
     order = np.argsort(luma)
     assert np.all(np.diff(luminance_only[order]) >= 0)
     assert not np.all(np.diff(fabric_only[order]) >= 0)
-    np.testing.assert_allclose(garment_heat(0.5), 0.5 * luminance_only + 0.5 * fabric_only,
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        garment_heat(0.5), 0.5 * luminance_only + 0.5 * fabric_only, rtol=1e-6
+    )
     with pytest.raises(ValueError, match="share"):
         garment_heat(1.5)

@@ -23,11 +23,20 @@ def free_port() -> int:
 
 
 def record_example_round(t: Telemetry) -> None:
-    t.record_round(3, seconds=12.5, sampled=6, replied=5, failed=1, bytes_received=2_000_000,
-                   site_metrics={"cam1": {"loss": 1.25, "epsilon": 2.5}, "cam3": {"loss": 0.75}},
-                   flagged={"cam1": False, "cam3": True}, exhausted=2)
-    t.record_evaluation({"raw-raw": {"mAP": 0.42, "rank1": 0.5},
-                         "anon-anon": {"mAP": 0.3, "rank1": 0.35}})
+    t.record_round(
+        3,
+        seconds=12.5,
+        sampled=6,
+        replied=5,
+        failed=1,
+        bytes_received=2_000_000,
+        site_metrics={"cam1": {"loss": 1.25, "epsilon": 2.5}, "cam3": {"loss": 0.75}},
+        flagged={"cam1": False, "cam3": True},
+        exhausted=2,
+    )
+    t.record_evaluation(
+        {"raw-raw": {"mAP": 0.42, "rank1": 0.5}, "anon-anon": {"mAP": 0.3, "rank1": 0.35}}
+    )
 
 
 @pytest.fixture
@@ -42,8 +51,11 @@ def test_metrics_scraped_over_http(telemetry) -> None:
     t, port = telemetry
     record_example_round(t)
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    lines = {ln.split(" ")[0]: float(ln.split(" ")[1]) for ln in text.splitlines()
-             if ln.startswith("ppa_")}
+    lines = {
+        ln.split(" ")[0]: float(ln.split(" ")[1])
+        for ln in text.splitlines()
+        if ln.startswith("ppa_")
+    }
     assert lines["ppa_rounds_completed_total"] == 1
     assert lines["ppa_current_round"] == 3
     assert lines["ppa_round_duration_seconds"] == 12.5
@@ -64,8 +76,10 @@ def test_metrics_scraped_over_http(telemetry) -> None:
 def test_real_prometheus_scrapes_and_answers_queries(telemetry, tmp_path: Path) -> None:
     binary = shutil.which("prometheus")
     if binary is None:
-        pytest.fail("the Prometheus server is not installed: run `make system-deps` "
-                    "(Debian package `prometheus`)")
+        pytest.fail(
+            "the Prometheus server is not installed: run `make system-deps` "
+            "(Debian package `prometheus`)"
+        )
     t, port = telemetry
     record_example_round(t)
     web_port = free_port()
@@ -76,9 +90,15 @@ def test_real_prometheus_scrapes_and_answers_queries(telemetry, tmp_path: Path) 
         f"      - targets: ['127.0.0.1:{port}']\n"
     )
     proc = subprocess.Popen(
-        [binary, f"--config.file={config}", f"--web.listen-address=127.0.0.1:{web_port}",
-         f"--storage.tsdb.path={tmp_path / 'tsdb'}"],
-        stdout=subprocess.DEVNULL, stderr=(tmp_path / "prometheus.log").open("w"))
+        [
+            binary,
+            f"--config.file={config}",
+            f"--web.listen-address=127.0.0.1:{web_port}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "prometheus.log").open("w"),
+    )
     try:
         query = urllib.parse.urlencode({"query": 'ppa_central_map{protocol="raw-raw"}'})
         url = f"http://127.0.0.1:{web_port}/api/v1/query?{query}"

@@ -47,8 +47,9 @@ class Anonymizer(nn.Module, ABC):
         if not math.isfinite(strength) or strength < 0:
             raise ValueError(f"anonymizer.strength must be a finite number >= 0, got {strength}")
         if int(reference_height) <= 0:
-            raise ValueError(f"anonymizer.reference_height must be positive, got "
-                             f"{reference_height}")
+            raise ValueError(
+                f"anonymizer.reference_height must be positive, got {reference_height}"
+            )
         self.strength = float(strength)
         self.reference_height = int(reference_height)
 
@@ -60,8 +61,9 @@ class Anonymizer(nn.Module, ABC):
         self._check_call(images, (level,), seeds)
         return self.anonymize(images, float(level), seeds)
 
-    def forward_levels(self, images: Tensor, levels: Sequence[float],
-                       seeds: Tensor | None = None) -> list[Tensor]:
+    def forward_levels(
+        self, images: Tensor, levels: Sequence[float], seeds: Tensor | None = None
+    ) -> list[Tensor]:
         """The images anonymised at each of ``levels``, sharing work between levels where the
         anonymiser can (one noise draw, one generator pass)."""
         self._check_call(images, levels, seeds)
@@ -79,8 +81,9 @@ class Anonymizer(nn.Module, ABC):
     def anonymize(self, images: Tensor, level: float, seeds: Tensor | None) -> Tensor:
         """Anonymise validated images at ``level`` x the configured strength."""
 
-    def anonymize_levels(self, images: Tensor, levels: Sequence[float],
-                         seeds: Tensor | None) -> list[Tensor]:
+    def anonymize_levels(
+        self, images: Tensor, levels: Sequence[float], seeds: Tensor | None
+    ) -> list[Tensor]:
         """`anonymize` at several levels; override to share work between them."""
         return [self.anonymize(images, level, seeds) for level in levels]
 

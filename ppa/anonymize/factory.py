@@ -15,8 +15,7 @@ from ppa.anonymize.pixel import (
 )
 
 _FIXED: dict[str, type[Anonymizer]] = {
-    cls.name: cls
-    for cls in (IdentityAnonymizer, MosaicAnonymizer, BlurAnonymizer, NoiseAnonymizer)
+    cls.name: cls for cls in (IdentityAnonymizer, MosaicAnonymizer, BlurAnonymizer, NoiseAnonymizer)
 }
 ANONYMIZER_NAMES: tuple[str, ...] = (*_FIXED, LearnedAnonymizer.name)
 

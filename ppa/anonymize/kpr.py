@@ -26,8 +26,9 @@ class AnonymizationLevels:
         for key in ("strong", "medium", "weak"):
             value = getattr(self, key)
             if not math.isfinite(value) or value < 0:
-                raise ValueError(f"anonymizer.levels.{key} must be a finite number >= 0, "
-                                 f"got {value}")
+                raise ValueError(
+                    f"anonymizer.levels.{key} must be a finite number >= 0, got {value}"
+                )
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> AnonymizationLevels:
@@ -35,8 +36,9 @@ class AnonymizationLevels:
         missing = [k for k in ("strong", "medium", "weak") if k not in cfg]
         if missing:
             raise KeyError(f"missing config key(s) anonymizer.levels.{', '.join(missing)}")
-        return cls(strong=float(cfg["strong"]), medium=float(cfg["medium"]),
-                   weak=float(cfg["weak"]))
+        return cls(
+            strong=float(cfg["strong"]), medium=float(cfg["medium"]), weak=float(cfg["weak"])
+        )
 
 
 @dataclass(frozen=True)
@@ -56,8 +58,13 @@ class KprAnonymizer(nn.Module):
     strength everywhere.
     """
 
-    def __init__(self, anonymizer: Anonymizer, levels: AnonymizationLevels,
-                 mask_settings: MaskSettings, pose_guided: bool = True):
+    def __init__(
+        self,
+        anonymizer: Anonymizer,
+        levels: AnonymizationLevels,
+        mask_settings: MaskSettings,
+        pose_guided: bool = True,
+    ):
         super().__init__()
         self.anonymizer = anonymizer
         self.levels = levels
@@ -84,12 +91,19 @@ class KprAnonymizer(nn.Module):
     def masks(self, keypoints: Tensor, height: int, width: int) -> KprMasks:
         """The KPR masks for (height, width) images with these keypoints."""
         s = self.mask_settings
-        return kpr_masks(keypoints, height, width, min_confidence=s.min_confidence,
-                         head_scale=s.head_scale, limb_width=s.limb_width,
-                         smooth_sigma=s.smooth_sigma)
+        return kpr_masks(
+            keypoints,
+            height,
+            width,
+            min_confidence=s.min_confidence,
+            head_scale=s.head_scale,
+            limb_width=s.limb_width,
+            smooth_sigma=s.smooth_sigma,
+        )
 
-    def forward(self, images: Tensor, keypoints: Tensor,
-                seeds: Tensor | None = None) -> AnonymizedBatch:
+    def forward(
+        self, images: Tensor, keypoints: Tensor, seeds: Tensor | None = None
+    ) -> AnonymizedBatch:
         check_images(images)
         check_keypoints(keypoints)
         if keypoints.shape[0] != images.shape[0]:
@@ -98,16 +112,21 @@ class KprAnonymizer(nn.Module):
         masks = self.masks(keypoints.to(device=images.device, dtype=images.dtype), height, width)
 
         if not self.pose_guided:
-            return AnonymizedBatch(images=self.anonymizer(images, self.levels.medium, seeds),
-                                   masks=masks)
+            return AnonymizedBatch(
+                images=self.anonymizer(images, self.levels.medium, seeds), masks=masks
+            )
         # Each distinct level once (equal levels, e.g. the `none` config, share one output).
         levels = sorted({self.levels.strong, self.levels.medium, self.levels.weak})
-        outputs = dict(zip(levels, self.anonymizer.forward_levels(images, levels, seeds),
-                           strict=True))
+        outputs = dict(
+            zip(levels, self.anonymizer.forward_levels(images, levels, seeds), strict=True)
+        )
         if len(outputs) == 1:  # one level everywhere (e.g. `none`): the masks change nothing
             return AnonymizedBatch(images=outputs[levels[0]], masks=masks)
-        strong, medium, weak = (outputs[self.levels.strong], outputs[self.levels.medium],
-                                outputs[self.levels.weak])
+        strong, medium, weak = (
+            outputs[self.levels.strong],
+            outputs[self.levels.medium],
+            outputs[self.levels.weak],
+        )
         # In place after the first product: the same sums in the same order, two fewer
         # full-size temporaries.
         composed = masks.head * strong

@@ -31,22 +31,33 @@ class GeneratorSettings:
 
     def __post_init__(self) -> None:
         if self.width < 1 or self.depth < 0:
-            raise ValueError(f"anonymizer.generator needs width >= 1 and depth >= 0, got "
-                             f"width={self.width}, depth={self.depth}")
+            raise ValueError(
+                f"anonymizer.generator needs width >= 1 and depth >= 0, got "
+                f"width={self.width}, depth={self.depth}"
+            )
         if self.lr <= 0 or self.privacy_weight < 0 or self.structure_weight < 0:
-            raise ValueError(f"anonymizer.generator needs lr > 0 and weights >= 0, got lr="
-                             f"{self.lr}, privacy_weight={self.privacy_weight}, "
-                             f"structure_weight={self.structure_weight}")
+            raise ValueError(
+                f"anonymizer.generator needs lr > 0 and weights >= 0, got lr="
+                f"{self.lr}, privacy_weight={self.privacy_weight}, "
+                f"structure_weight={self.structure_weight}"
+            )
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> GeneratorSettings:
-        missing = [k for k in ("width", "depth", "lr", "privacy_weight", "structure_weight")
-                   if k not in cfg]
+        missing = [
+            k
+            for k in ("width", "depth", "lr", "privacy_weight", "structure_weight")
+            if k not in cfg
+        ]
         if missing:
             raise KeyError(f"missing config key(s) anonymizer.generator.{', '.join(missing)}")
-        return cls(width=int(cfg["width"]), depth=int(cfg["depth"]), lr=float(cfg["lr"]),
-                   privacy_weight=float(cfg["privacy_weight"]),
-                   structure_weight=float(cfg["structure_weight"]))
+        return cls(
+            width=int(cfg["width"]),
+            depth=int(cfg["depth"]),
+            lr=float(cfg["lr"]),
+            privacy_weight=float(cfg["privacy_weight"]),
+            structure_weight=float(cfg["structure_weight"]),
+        )
 
 
 class AnonymizationGenerator(nn.Module):
@@ -98,8 +109,14 @@ class LearnedAnonymizer(Anonymizer):
 
     name = "learned"
 
-    def __init__(self, strength: float, reference_height: int, settings: GeneratorSettings,
-                 channels: int = 3, layout_sigma: float = LAYOUT_SIGMA):
+    def __init__(
+        self,
+        strength: float,
+        reference_height: int,
+        settings: GeneratorSettings,
+        channels: int = 3,
+        layout_sigma: float = LAYOUT_SIGMA,
+    ):
         super().__init__(strength, reference_height)
         if layout_sigma <= 0:
             raise ValueError(f"layout_sigma must be positive, got {layout_sigma}")
@@ -110,8 +127,9 @@ class LearnedAnonymizer(Anonymizer):
     def anonymize(self, images: Tensor, level: float, seeds: Tensor | None) -> Tensor:
         return self.anonymize_levels(images, [level], seeds)[0]
 
-    def anonymize_levels(self, images: Tensor, levels: Sequence[float],
-                         seeds: Tensor | None) -> list[Tensor]:
+    def anonymize_levels(
+        self, images: Tensor, levels: Sequence[float], seeds: Tensor | None
+    ) -> list[Tensor]:
         steps = [self.strength * level for level in levels]
         if all(step == 0 for step in steps):
             return [images for _ in levels]
@@ -131,8 +149,10 @@ class LearnedAnonymizer(Anonymizer):
         """
         check_images(raw)
         if anon.shape != raw.shape:
-            raise ValueError(f"raw and anonymised images differ in shape: {tuple(raw.shape)} "
-                             f"vs {tuple(anon.shape)}")
+            raise ValueError(
+                f"raw and anonymised images differ in shape: {tuple(raw.shape)} "
+                f"vs {tuple(anon.shape)}"
+            )
         similarity = ssim_map(raw, anon).mean(dim=1, keepdim=True)
         r = SSIM_RADIUS
         head = masks.head[..., r:-r, r:-r]  # the SSIM map covers the valid interior only

@@ -88,13 +88,15 @@ class NoiseAnonymizer(Anonymizer):
     def anonymize(self, images: Tensor, level: float, seeds: Tensor | None) -> Tensor:
         return self.anonymize_levels(images, [level], seeds)[0]
 
-    def anonymize_levels(self, images: Tensor, levels: Sequence[float],
-                         seeds: Tensor | None) -> list[Tensor]:
+    def anonymize_levels(
+        self, images: Tensor, levels: Sequence[float], seeds: Tensor | None
+    ) -> list[Tensor]:
         # One draw serves every level: only its scale differs.
         if all(self.sigma(level) == 0 for level in levels):
             return [images for _ in levels]
         if seeds is None:
             raise ValueError("the noise anonymizer needs per-image seeds (B,), got seeds=None")
-        noise = seeded_standard_normal(seeds.to(images.device), images.shape[1:],
-                                       dtype=images.dtype)
+        noise = seeded_standard_normal(
+            seeds.to(images.device), images.shape[1:], dtype=images.dtype
+        )
         return [(images + self.sigma(level) * noise).clamp(0.0, 1.0) for level in levels]

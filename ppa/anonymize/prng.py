@@ -58,8 +58,9 @@ def _uniform_open(bits: Tensor, dtype: torch.dtype) -> Tensor:
     return (top + 0.5) / float(1 << _UNIFORM_BITS)
 
 
-def seeded_standard_normal(seeds: Tensor, shape: Sequence[int],
-                           dtype: torch.dtype = torch.float32) -> Tensor:
+def seeded_standard_normal(
+    seeds: Tensor, shape: Sequence[int], dtype: torch.dtype = torch.float32
+) -> Tensor:
     """Standard normal samples (B, *shape): row ``i`` depends only on ``seeds[i]`` and ``shape``.
 
     Lives on ``seeds.device``.

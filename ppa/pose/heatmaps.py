@@ -47,8 +47,13 @@ PaddingMode = Literal["reflect", "replicate", "valid"]
 # --------------------------------------------------------------------------------------------
 # Gaussian filtering
 # --------------------------------------------------------------------------------------------
-def gaussian_kernel1d(sigma: float, radius: int, *, device: torch.device | None = None,
-                      dtype: torch.dtype = torch.float32) -> Tensor:
+def gaussian_kernel1d(
+    sigma: float,
+    radius: int,
+    *,
+    device: torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
     """Normalised sampled Gaussian of standard deviation ``sigma`` with ``2 * radius + 1`` taps."""
     if sigma <= 0:
         raise ValueError(f"gaussian kernel sigma must be positive, got {sigma}")
@@ -72,8 +77,10 @@ def filter_matrix(kernel: Tensor, size: int, padding: PaddingMode = "reflect") -
     offsets = torch.arange(-radius, radius + 1, device=kernel.device)
     if padding == "valid":
         if size < kernel.numel():
-            raise ValueError(f"axis of length {size} is shorter than the {kernel.numel()}-tap "
-                             "kernel (padding='valid')")
+            raise ValueError(
+                f"axis of length {size} is shorter than the {kernel.numel()}-tap "
+                "kernel (padding='valid')"
+            )
         centres = torch.arange(radius, size - radius, device=kernel.device)
     else:
         centres = torch.arange(size, device=kernel.device)
@@ -90,8 +97,9 @@ def filter_matrix(kernel: Tensor, size: int, padding: PaddingMode = "reflect") -
     return matrix.scatter_add_(1, index, kernel.expand(centres.numel(), -1).contiguous())
 
 
-def separable_filter2d(images: Tensor, kernel_h: Tensor, kernel_w: Tensor,
-                       padding: PaddingMode = "reflect") -> Tensor:
+def separable_filter2d(
+    images: Tensor, kernel_h: Tensor, kernel_w: Tensor, padding: PaddingMode = "reflect"
+) -> Tensor:
     """Filter every channel of (B, C, H, W) with ``kernel_h`` along H and ``kernel_w`` along W.
 
     Computed as ``M_h @ x @ M_w^T`` with the banded matrices of `filter_matrix`: on CPU and GPU
@@ -107,8 +115,13 @@ def separable_filter2d(images: Tensor, kernel_h: Tensor, kernel_w: Tensor,
     return torch.matmul(torch.matmul(rows, images), cols.T)
 
 
-def gaussian_filter2d(images: Tensor, sigma: float, *, truncate: float = GAUSSIAN_TRUNCATE,
-                      padding: Literal["reflect", "replicate"] = "reflect") -> Tensor:
+def gaussian_filter2d(
+    images: Tensor,
+    sigma: float,
+    *,
+    truncate: float = GAUSSIAN_TRUNCATE,
+    padding: Literal["reflect", "replicate"] = "reflect",
+) -> Tensor:
     """Separable Gaussian blur of (B, C, H, W) with standard deviation ``sigma`` pixels.
 
     The kernel has radius ``round(truncate * sigma)`` (scipy's rule); ``sigma <= 0`` returns
@@ -184,9 +197,16 @@ def _pixel_centres(height: int, width: int, like: Tensor) -> tuple[Tensor, Tenso
 # --------------------------------------------------------------------------------------------
 # Masks
 # --------------------------------------------------------------------------------------------
-def head_mask(keypoints: Tensor, height: int, width: int, *, min_confidence: float,
-              head_scale: float, aspect: float = HEAD_ASPECT,
-              feather: float = HEAD_FEATHER) -> Tensor:
+def head_mask(
+    keypoints: Tensor,
+    height: int,
+    width: int,
+    *,
+    min_confidence: float,
+    head_scale: float,
+    aspect: float = HEAD_ASPECT,
+    feather: float = HEAD_FEATHER,
+) -> Tensor:
     """Soft head ellipse (B, 1, H, W) in [0, 1] over the confident nose/eyes/ears.
 
     Horizontal semi-axis ``head_scale`` x shoulder width (shoulder width estimated from the body
@@ -200,8 +220,10 @@ def head_mask(keypoints: Tensor, height: int, width: int, *, min_confidence: flo
     """
     _check_size(height, width)
     if head_scale <= 0 or aspect <= 0 or feather <= 0:
-        raise ValueError(f"head_scale, aspect and feather must be positive, got "
-                         f"{head_scale}, {aspect}, {feather}")
+        raise ValueError(
+            f"head_scale, aspect and feather must be positive, got "
+            f"{head_scale}, {aspect}, {feather}"
+        )
     xy, valid = confident_joints(keypoints, min_confidence)
     tiny = torch.finfo(xy.dtype).tiny
     head_idx = list(HEAD_JOINTS)
@@ -219,8 +241,9 @@ def head_mask(keypoints: Tensor, height: int, width: int, *, min_confidence: flo
     # Grow the ellipse (keeping its shape) until it contains every confident head joint.
     safe_x, safe_y = semi_x.clamp(min=tiny), semi_y.clamp(min=tiny)
     offset = head_xy - head_centre.unsqueeze(1)
-    joint_radius = torch.sqrt((offset[..., 0] / safe_x[:, None]) ** 2
-                              + (offset[..., 1] / safe_y[:, None]) ** 2)
+    joint_radius = torch.sqrt(
+        (offset[..., 0] / safe_x[:, None]) ** 2 + (offset[..., 1] / safe_y[:, None]) ** 2
+    )
     counted = head_valid & (semi_x > 0).unsqueeze(-1)  # no scale: nothing to grow (no mask)
     joint_radius = torch.where(counted, joint_radius, torch.zeros_like(joint_radius))
     grow = joint_radius.amax(dim=1).clamp(min=1.0)
@@ -256,8 +279,9 @@ def _segment_distance_sq(xs: Tensor, ys: Tensor, start: Tensor, end: Tensor) -> 
     return off_x * off_x + off_y * off_y
 
 
-def _limb_windows(xy: Tensor, valid: Tensor, reach: Tensor, height: int,
-                  width: int) -> list[tuple[int, int, int, int] | None]:
+def _limb_windows(
+    xy: Tensor, valid: Tensor, reach: Tensor, height: int, width: int
+) -> list[tuple[int, int, int, int] | None]:
     """Per `SKELETON` limb, the pixel window ``(row0, row1, col0, col1)`` (end-exclusive) that
     holds every pixel centre closer than ``reach`` (B,) to that limb in any image of the batch;
     None where no image has the limb. Costs one device-to-host copy of (14, 4) numbers.
@@ -282,9 +306,16 @@ def _limb_windows(xy: Tensor, valid: Tensor, reach: Tensor, height: int,
     return windows
 
 
-def skeleton_mask(keypoints: Tensor, height: int, width: int, *, min_confidence: float,
-                  limb_width: float, smooth_sigma: float,
-                  windowed: bool | None = None) -> Tensor:
+def skeleton_mask(
+    keypoints: Tensor,
+    height: int,
+    width: int,
+    *,
+    min_confidence: float,
+    limb_width: float,
+    smooth_sigma: float,
+    windowed: bool | None = None,
+) -> Tensor:
     """Limb mask (B, 1, H, W) in [0, 1]: COCO skeleton segments between confident joints.
 
     Each limb is a capsule of half-width ``limb_width`` x body height (see `body_height`), drawn
@@ -298,8 +329,9 @@ def skeleton_mask(keypoints: Tensor, height: int, width: int, *, min_confidence:
     """
     _check_size(height, width)
     if limb_width < 0 or smooth_sigma < 0:
-        raise ValueError(f"limb_width and smooth_sigma must be >= 0, got {limb_width}, "
-                         f"{smooth_sigma}")
+        raise ValueError(
+            f"limb_width and smooth_sigma must be >= 0, got {limb_width}, {smooth_sigma}"
+        )
     xy, valid = confident_joints(keypoints, min_confidence)
     half_width = limb_width * body_height(xy, valid)
     ys, xs = _pixel_centres(height, width, xy)
@@ -308,8 +340,11 @@ def skeleton_mask(keypoints: Tensor, height: int, width: int, *, min_confidence:
     if windowed is None:
         windowed = xy.device.type == "cpu"
     # A pixel at distance >= half_width + 0.5 from a limb gets nothing from it (see `mask`).
-    windows = (_limb_windows(xy, valid, half_width + 0.5, height, width) if windowed
-               else [(0, height, 0, width)] * len(SKELETON))
+    windows = (
+        _limb_windows(xy, valid, half_width + 0.5, height, width)
+        if windowed
+        else [(0, height, 0, width)] * len(SKELETON)
+    )
     # All limbs of an image share one half-width, so the union of the capsules is a function of
     # the distance to the nearest limb. A loop over the 14 limbs, each vectorised over batch and
     # pixels, keeps memory at one (B, H, W) map instead of (B, 14, H, W).
@@ -360,17 +395,30 @@ class MaskSettings:
         return cls(**values)
 
 
-def kpr_masks(keypoints: Tensor, height: int, width: int, *, min_confidence: float,
-              head_scale: float, limb_width: float, smooth_sigma: float) -> KprMasks:
+def kpr_masks(
+    keypoints: Tensor,
+    height: int,
+    width: int,
+    *,
+    min_confidence: float,
+    head_scale: float,
+    limb_width: float,
+    smooth_sigma: float,
+) -> KprMasks:
     """Head and skeleton masks of (height, width) images; the skeleton yields to the head.
 
     ``skeleton`` is reduced to ``min(skeleton, 1 - head)``, so the head is always anonymised
     at full strength and the masks sum to at most 1. All-missing keypoints give empty masks.
     """
-    head = head_mask(keypoints, height, width, min_confidence=min_confidence,
-                     head_scale=head_scale)
-    skeleton = skeleton_mask(keypoints, height, width, min_confidence=min_confidence,
-                             limb_width=limb_width, smooth_sigma=smooth_sigma)
+    head = head_mask(keypoints, height, width, min_confidence=min_confidence, head_scale=head_scale)
+    skeleton = skeleton_mask(
+        keypoints,
+        height,
+        width,
+        min_confidence=min_confidence,
+        limb_width=limb_width,
+        smooth_sigma=smooth_sigma,
+    )
     return KprMasks(head=head, skeleton=torch.minimum(skeleton, 1.0 - head))
 
 
@@ -385,8 +433,15 @@ class JointHeatmaps:
     weights: Tensor
 
 
-def joint_heatmaps(keypoints: Tensor, height: int, width: int, *, sigma: float,
-                   min_confidence: float, scale: float = 1.0) -> JointHeatmaps:
+def joint_heatmaps(
+    keypoints: Tensor,
+    height: int,
+    width: int,
+    *,
+    sigma: float,
+    min_confidence: float,
+    scale: float = 1.0,
+) -> JointHeatmaps:
     """Gaussian heatmap per joint on a (height, width) map, e.g. the trunk's feature map.
 
     ``scale`` maps keypoint pixels to map pixels (feature-map height / input height, i.e.
