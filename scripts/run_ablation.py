@@ -1,6 +1,6 @@
 """The PPA ablation ladder in one command: train and evaluate each method, print one table.
 
-    python scripts/run_ablation.py experiment=demo train.epochs=16
+    python scripts/run_ablation.py experiment=demo train.epochs=16 'train.lr_steps=[12]'
     python scripts/run_ablation.py experiment=demo '+ablation=[baseline,full]'
 
 For every method of configs/ppa/ (baseline, anon_only, kpr, dcma, full, or the `+ablation`
