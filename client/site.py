@@ -332,14 +332,11 @@ class SiteTrainer:
         self, prototypes: Mapping[str, np.ndarray] | None, **extra: object
     ) -> StepContext:
         cfg = self.cfg
-        return StepContext(
+        return StepContext.from_config(
+            cfg,
             model=self.model,
             objective=self.objective,
             anonymizer=self.anonymizer,
-            mean=tuple(cfg.input.mean),
-            std=tuple(cfg.input.std),
-            heatmap_sigma=float(cfg.pose.heatmap_sigma),
-            min_confidence=float(cfg.pose.min_confidence),
             device=self.device,
             prototypes=self._global_prototypes(prototypes, self.model.num_features),
             **extra,

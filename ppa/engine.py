@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from omegaconf import DictConfig
@@ -183,6 +184,18 @@ class StepContext:
     extra: dict = field(default_factory=dict)
     private_step: StepHook | None = None  # set: DP-SGD does the step (ppa.dp)
 
+    @classmethod
+    def from_config(cls, cfg: DictConfig, **fields: Any) -> StepContext:
+        """A context whose input normalisation and heatmap settings come from the run config
+        (`cfg.input`, `cfg.pose`); `fields` give the rest (model, objective, anonymizer, ...)."""
+        return cls(
+            mean=tuple(cfg.input.mean),
+            std=tuple(cfg.input.std),
+            heatmap_sigma=float(cfg.pose.heatmap_sigma),
+            min_confidence=float(cfg.pose.min_confidence),
+            **fields,
+        )
+
 
 def _heatmaps(
     ctx: StepContext, keypoints: torch.Tensor, height: int, width: int
@@ -214,19 +227,31 @@ def anonymize(ctx: StepContext, batch: Batch) -> torch.Tensor:
     return result.images.detach()
 
 
-def ppa_step(ctx: StepContext, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-    """Forward one batch (raw + anonymised views concatenated) and return (loss, terms)."""
-    obj, model = ctx.objective, ctx.model
+@dataclass(frozen=True)
+class StepInputs:
+    """A batch laid out for the one concatenated forward: raw views first, then anonymised."""
+
+    images: torch.Tensor  # (V * n, 3, H, W), normalised and placed
+    labels: torch.Tensor  # (V * n,)
+    modality: torch.Tensor  # (V * n,)
+    anonymized: torch.Tensor | None  # (V * n,) bool, when anonymised features are corrected
+    heatmaps: torch.Tensor | None  # (V * n, J, h, w), when L_kpr is on
+    confidence: torch.Tensor | None  # (n, J) joint weights, when L_kpr is on
+    n: int  # records in the batch
+    nviews: int
+
+
+def step_inputs(ctx: StepContext, batch: Batch) -> StepInputs:
+    """Views (raw + anonymised when the objective uses both), labels, offset mask and heatmaps
+    of one batch: what `ppa_step` and the DP per-record losses both forward."""
+    obj = ctx.objective
     raw = batch.images
     n = raw.shape[0]
     height, width = raw.shape[-2:]
     views = [raw]
     if obj.anonymized_view:
         views.append(anonymize(ctx, batch))
-    images = ctx.device.prepare(normalize(torch.cat(views), ctx.mean, ctx.std))
     nviews = len(views)
-    labels = batch.labels.repeat(nviews)
-    modality = batch.modality.repeat(nviews)
     anonymized = None
     if obj.anonymized_view and obj.offsets:
         anonymized = torch.arange(nviews * n, device=raw.device) >= n
@@ -234,9 +259,25 @@ def ppa_step(ctx: StepContext, batch: Batch) -> tuple[torch.Tensor, dict[str, fl
     if obj.uses("kpr"):
         heat, confidence = _heatmaps(ctx, batch.keypoints, height, width)
         heatmaps = heat.repeat(nviews, 1, 1, 1)
+    return StepInputs(
+        images=ctx.device.prepare(normalize(torch.cat(views), ctx.mean, ctx.std)),
+        labels=batch.labels.repeat(nviews),
+        modality=batch.modality.repeat(nviews),
+        anonymized=anonymized,
+        heatmaps=heatmaps,
+        confidence=confidence,
+        n=n,
+        nviews=nviews,
+    )
 
+
+def ppa_step(ctx: StepContext, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+    """Forward one batch (raw + anonymised views concatenated) and return (loss, terms)."""
+    obj, model = ctx.objective, ctx.model
+    inputs = step_inputs(ctx, batch)
+    n, labels, modality, confidence = inputs.n, inputs.labels, inputs.modality, inputs.confidence
     with ctx.device.autocast():
-        out = model(images, modality, anonymized=anonymized, heatmaps=heatmaps)
+        out = model(inputs.images, modality, anonymized=inputs.anonymized, heatmaps=inputs.heatmaps)
 
     terms: dict[str, torch.Tensor] = {}
     terms["id"] = losses.identity_loss(out.logits, labels, obj.label_smoothing)

@@ -16,7 +16,7 @@ so nothing is measured or sent.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -30,13 +30,17 @@ MEAN_SUFFIX = ".running_mean"
 VAR_SUFFIX = ".running_var"
 
 
-def norm_statistics_keys(model: nn.Module) -> list[str]:
-    """State-dict keys of every BatchNorm's running mean and variance, in module order."""
-    keys = []
+def _batch_norms(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """(name, module) of every BatchNorm that keeps running statistics, in module order."""
     for name, module in model.named_modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
-            keys += [name + MEAN_SUFFIX, name + VAR_SUFFIX]
-    return keys
+            yield name, module
+
+
+def norm_statistics_keys(model: nn.Module) -> list[str]:
+    """State-dict keys of every BatchNorm's running mean and variance, in module order."""
+    suffixes = (MEAN_SUFFIX, VAR_SUFFIX)
+    return [name + suffix for name, _ in _batch_norms(model) for suffix in suffixes]
 
 
 @torch.no_grad()
@@ -62,18 +66,17 @@ def measure_norm_statistics(
     """
     sums: dict[str, list] = {}
     hooks = []
-    for name, module in model.named_modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+    for name, module in _batch_norms(model):
 
-            def record(_module: nn.Module, inputs: tuple, _output: object, name: str = name):
-                x = inputs[0].detach().double()
-                dims = [0, *range(2, x.dim())]
-                acc = sums.setdefault(name, [0, 0.0, 0.0])
-                acc[0] += x.numel() // x.shape[1]
-                acc[1] = acc[1] + x.sum(dims)
-                acc[2] = acc[2] + (x * x).sum(dims)
+        def record(_module: nn.Module, inputs: tuple, _output: object, name: str = name):
+            x = inputs[0].detach().double()
+            dims = [0, *range(2, x.dim())]
+            acc = sums.setdefault(name, [0, 0.0, 0.0])
+            acc[0] += x.numel() // x.shape[1]
+            acc[1] = acc[1] + x.sum(dims)
+            acc[2] = acc[2] + (x * x).sum(dims)
 
-            hooks.append(module.register_forward_hook(record))
+        hooks.append(module.register_forward_hook(record))
     was_training = model.training
     images_seen = 0
     try:

@@ -372,14 +372,11 @@ def step_context(
         prototypes = IdentityPrototypes.from_sums(sums, torch.ones(2, num_classes)).to(
             device.device
         )
-    return StepContext(
+    return StepContext.from_config(
+        cfg,
         model=model,
         objective=objective,
         anonymizer=anonymizer if objective.anonymized_view else None,
-        mean=tuple(cfg.input.mean),
-        std=tuple(cfg.input.std),
-        heatmap_sigma=float(cfg.pose.heatmap_sigma),
-        min_confidence=float(cfg.pose.min_confidence),
         device=device,
         prototypes=prototypes,
     )

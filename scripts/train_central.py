@@ -91,14 +91,11 @@ def train(cfg: DictConfig) -> Path:
         history = list(payload.get("history", []))
         logger.info("resumed from %s at epoch %d", cfg.checkpoint, start_epoch)
 
-    ctx = StepContext(
+    ctx = StepContext.from_config(
+        cfg,
         model=model,
         objective=objective,
         anonymizer=anonymizer,
-        mean=tuple(cfg.input.mean),
-        std=tuple(cfg.input.std),
-        heatmap_sigma=float(cfg.pose.heatmap_sigma),
-        min_confidence=float(cfg.pose.min_confidence),
         device=device,
         prototypes=prototypes,
         prototype_momentum=float(cfg.train.prototype_momentum),

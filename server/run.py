@@ -206,10 +206,10 @@ class FederatedRun:
         replies = grid.send_and_receive(messages, timeout=float(self.cfg.federation.round_timeout))
         result = self.calibration.combine(replies, self.arrays)
         if result.statistics:
+            # The next round's configure_train hands these arrays to the strategy.
             self.arrays.update(
                 {k: v.astype(self.arrays[k].dtype) for k, v in result.statistics.items()}
             )
-            self.strategy.current = dict(self.arrays)
         logger.info(
             "round %d statistics round: %d site(s), %d images, %d failed",
             server_round,

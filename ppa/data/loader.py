@@ -308,15 +308,18 @@ def create_eval_loader(
     keypoints: KeypointCache | None,
     on_bad_image: str = "error",
     pin_memory: bool | str = "auto",
+    label_kind: str = "pid",
 ) -> DataLoader:
-    """Evaluation loader in record order (labels = original pids), resize-only transform."""
+    """Loader in record order with the resize-only transform: evaluation (labels = original
+    pids) and one-pass-over-every-record uses such as the DP prototype release
+    (``label_kind="train"``: training labels)."""
     dataset = ReidImageDataset(
         root,
         records,
         build_eval_transform(input_cfg),
         keypoints=keypoints,
         pose_missing=str(pose_cfg.missing),
-        label_kind="pid",
+        label_kind=label_kind,
         on_bad_image=on_bad_image,
     )
     return DataLoader(

@@ -163,14 +163,11 @@ def train_central_private(cfg: DictConfig) -> Path:
             expected_batch_size=sampler.sample_rate * sampler.num_records,
             seed=privacy.seed(int(cfg.seed), SITE, epoch, "noise"),
         )
-        ctx = StepContext(
+        ctx = StepContext.from_config(
+            cfg,
             model=model,
             objective=objective,
             anonymizer=anonymizer,
-            mean=tuple(cfg.input.mean),
-            std=tuple(cfg.input.std),
-            heatmap_sigma=float(cfg.pose.heatmap_sigma),
-            min_confidence=float(cfg.pose.min_confidence),
             device=device,
             prototypes=prototypes,
             private_step=step,

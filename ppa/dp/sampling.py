@@ -23,10 +23,11 @@ from ppa.data.loader import (
     ReidImageDataset,
     Sample,
     collate,
+    create_eval_loader,
     resolve_pin_memory,
 )
 from ppa.data.records import TrainRecord
-from ppa.data.transforms import build_eval_transform, build_train_transform
+from ppa.data.transforms import build_train_transform
 from ppa.pose.coco import NUM_KEYPOINTS
 
 logger = logging.getLogger(__name__)
@@ -151,19 +152,15 @@ def create_release_loader(
     on_bad_image: str = "error",
 ) -> DataLoader:
     """One pass over the records, each exactly once, resize-only: the prototype release."""
-    dataset = ReidImageDataset(
-        root,
+    return create_eval_loader(
         records,
-        build_eval_transform(input_cfg),
-        keypoints=keypoints,
-        pose_missing=str(pose_cfg.missing),
-        label_kind="train",
-        on_bad_image=on_bad_image,
-    )
-    return DataLoader(
-        dataset,
+        root,
+        input_cfg=input_cfg,
         batch_size=batch_size,
-        shuffle=False,
         num_workers=num_workers,
-        collate_fn=collate,
+        pose_cfg=pose_cfg,
+        keypoints=keypoints,
+        on_bad_image=on_bad_image,
+        pin_memory=False,
+        label_kind="train",
     )

@@ -27,8 +27,7 @@ from torch import nn
 from ppa import losses
 from ppa.data.loader import Batch
 from ppa.data.records import Modality
-from ppa.data.transforms import normalize
-from ppa.engine import StepContext, _heatmaps, anonymize
+from ppa.engine import StepContext, step_inputs
 from ppa.model import ModalityOffsets, PPAEncoder
 
 logger = logging.getLogger(__name__)
@@ -98,25 +97,11 @@ def per_record_losses(
     (f(x_anon) - f(x) - delta_m)^2; L_align = mean over its views.
     """
     obj, model = ctx.objective, ctx.model
-    raw = batch.images
-    n = raw.shape[0]
-    height, width = raw.shape[-2:]
-    views = [raw]
-    if obj.anonymized_view:
-        views.append(anonymize(ctx, batch))
-    nviews = len(views)
-    images = ctx.device.prepare(normalize(torch.cat(views), ctx.mean, ctx.std))
-    labels = batch.labels.repeat(nviews)
-    modality = batch.modality.repeat(nviews)
-    anonymized = None
-    if obj.anonymized_view and obj.offsets:
-        anonymized = torch.arange(nviews * n, device=raw.device) >= n
-    heatmaps = confidence = None
-    if obj.uses("kpr"):
-        heat, confidence = _heatmaps(ctx, batch.keypoints, height, width)
-        heatmaps = heat.repeat(nviews, 1, 1, 1)
+    inputs = step_inputs(ctx, batch)
+    n, nviews, labels, modality = inputs.n, inputs.nviews, inputs.labels, inputs.modality
+    confidence = inputs.confidence
     # fp32 on purpose: per-sample gradients and their norms are what the guarantee rests on.
-    out = model(images, modality, anonymized=anonymized, heatmaps=heatmaps)
+    out = model(inputs.images, modality, anonymized=inputs.anonymized, heatmaps=inputs.heatmaps)
 
     def over_views(rows: torch.Tensor) -> torch.Tensor:
         return rows.view(nviews, n).mean(dim=0)
@@ -136,7 +121,7 @@ def per_record_losses(
             mass > 0, (sq * w).sum(dim=1) / mass.clamp(min=1e-12), torch.zeros_like(mass)
         )
     if obj.uses("dc"):
-        if anonymized is not None:
+        if inputs.anonymized is not None:
             # corrected[n:] = f(x_anon) - delta_m: no second call of the offsets module (a
             # module hooked twice in one pass confuses per-sample bookkeeping).
             diff = out.corrected[n:] - out.pooled[:n]

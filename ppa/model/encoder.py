@@ -18,6 +18,7 @@ from torch import nn
 from ppa.data.records import MODALITIES, Modality
 from ppa.model.neck import ModalityBatchNorm1d
 from ppa.model.pooling import GeM, keypoint_pool
+from ppa.model.routing import route_by_modality
 
 logger = logging.getLogger(__name__)
 
@@ -133,18 +134,7 @@ class PPAEncoder(nn.Module):
     # The timm-style model contract -------------------------------------------------------
     def forward_stem(self, images: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
         """Route each image through its modality's stem."""
-        present = torch.unique(modality).tolist()
-        if len(present) == 1:
-            return self.stems[self.modalities[present[0]].value](images)
-        out: torch.Tensor | None = None
-        for idx in present:
-            sel = (modality == idx).nonzero(as_tuple=True)[0]
-            y = self.stems[self.modalities[idx].value](images.index_select(0, sel))
-            if out is None:
-                out = y.new_empty((images.shape[0], *y.shape[1:]))
-            out = out.index_copy(0, sel, y)
-        assert out is not None
-        return out
+        return route_by_modality(images, modality, self.stems, self.modalities)
 
     def forward_features(self, images: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, H, W), normalised -> trunk feature map (B, D, h, w)."""

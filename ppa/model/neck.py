@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ppa.data.records import Modality
+from ppa.model.routing import route_by_modality
 
 
 class ModalityBatchNorm1d(nn.Module):
@@ -32,14 +33,5 @@ class ModalityBatchNorm1d(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
-        present = torch.unique(modality).tolist()
-        if len(present) == 1:
-            normed = self.stats[self.modalities[present[0]].value](x)
-        else:
-            normed = torch.empty_like(x)
-            for idx in present:
-                sel = (modality == idx).nonzero(as_tuple=True)[0]
-                normed = normed.index_copy(
-                    0, sel, self.stats[self.modalities[idx].value](x.index_select(0, sel))
-                )
+        normed = route_by_modality(x, modality, self.stats, self.modalities)
         return normed * self.weight + self.bias
