@@ -17,11 +17,27 @@ from flwr.app import (
 )
 from flwr.clientapp import ClientApp
 
+from client.node_config import site_spec
 from client.private import BUDGET_EXHAUSTED_CODE
-from client.site import SiteTrainer, site_spec
+from client.site import SiteTrainer
 from ppa.config import load_run_config, overrides_from_run_config
 from ppa.dp import PrivacyBudgetExhaustedError
-from ppa.federation import PROTO_COUNT, PROTO_SUM
+from ppa.wire import (
+    ARRAYS,
+    CALIBRATION_IMAGES,
+    CONFIG,
+    HALF_PRECISION,
+    LOCAL_EPOCHS,
+    METRICS,
+    NUM_EXAMPLES,
+    PROTO_COUNT,
+    PROTO_SUM,
+    PROTOTYPES,
+    SERVER_ROUND,
+    SITE,
+    STATISTICS,
+    site_identity,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -52,16 +68,16 @@ def _trainer(context: Context) -> SiteTrainer:
 def train(msg: Message, context: Context) -> Message:
     """Train on the site's data from the global arrays; reply with the site's update."""
     trainer = _trainer(context)
-    config = msg.content.config_records["config"]
-    arrays = {k: v.numpy() for k, v in msg.content.array_records["arrays"].items()}
-    protos = msg.content.array_records.get("prototypes")
+    config = msg.content.config_records[CONFIG]
+    arrays = {k: v.numpy() for k, v in msg.content.array_records[ARRAYS].items()}
+    protos = msg.content.array_records.get(PROTOTYPES)
     try:
         result = trainer.train_round(
             arrays,
             {k: v.numpy() for k, v in protos.items()} if protos is not None else None,
-            server_round=int(config["server-round"]),
-            local_epochs=int(config.get("local-epochs", trainer.cfg.federation.local_epochs)),
-            half_precision=bool(config.get("half-precision", False)),
+            server_round=int(config[SERVER_ROUND]),
+            local_epochs=int(config.get(LOCAL_EPOCHS, trainer.cfg.federation.local_epochs)),
+            half_precision=bool(config.get(HALF_PRECISION, False)),
             state=context.state,  # per-site state across rounds: the DP accountant's ledger
             run_id=str(context.run_id),
         )
@@ -71,14 +87,12 @@ def train(msg: Message, context: Context) -> Message:
         return Message(Error(code=BUDGET_EXHAUSTED_CODE, reason=str(err)), reply_to=msg)
     content = RecordDict(
         {
-            "arrays": ArrayRecord({k: Array(v) for k, v in result.arrays.items()}),
-            "prototypes": ArrayRecord(
+            ARRAYS: ArrayRecord({k: Array(v) for k, v in result.arrays.items()}),
+            PROTOTYPES: ArrayRecord(
                 {PROTO_SUM: Array(result.proto_sum), PROTO_COUNT: Array(result.proto_count)}
             ),
-            "metrics": MetricRecord(result.metrics),
-            "site": ConfigRecord(
-                {"site": trainer.site.name, "modality": trainer.site.modality.value}
-            ),
+            METRICS: MetricRecord(result.metrics),
+            SITE: ConfigRecord(site_identity(trainer.site.name, trainer.site.modality)),
         }
     )
     return Message(content=content, reply_to=msg)
@@ -86,23 +100,21 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def measure_statistics(msg: Message, context: Context) -> Message:
-    """The statistics round (ppa/norm_calibration.py): BatchNorm statistics of the global
+    """The statistics round (ppa/training/norm_statistics.py): BatchNorm statistics of the global
     model on a sample of the site's images. Test metrics are central (server/evaluation.py)."""
     trainer = _trainer(context)
-    config = msg.content.config_records["config"]
-    arrays = {k: v.numpy() for k, v in msg.content.array_records["arrays"].items()}
+    config = msg.content.config_records[CONFIG]
+    arrays = {k: v.numpy() for k, v in msg.content.array_records[ARRAYS].items()}
     stats, images = trainer.measure_norm_statistics(
         arrays,
-        server_round=int(config["server-round"]),
-        images=int(config["calibration-images"]),
+        server_round=int(config[SERVER_ROUND]),
+        images=int(config[CALIBRATION_IMAGES]),
     )
     content = RecordDict(
         {
-            "statistics": ArrayRecord({k: Array(v) for k, v in stats.items()}),
-            "metrics": MetricRecord({"num-examples": float(images)}),
-            "site": ConfigRecord(
-                {"site": trainer.site.name, "modality": trainer.site.modality.value}
-            ),
+            STATISTICS: ArrayRecord({k: Array(v) for k, v in stats.items()}),
+            METRICS: MetricRecord({NUM_EXAMPLES: float(images)}),
+            SITE: ConfigRecord(site_identity(trainer.site.name, trainer.site.modality)),
         }
     )
     return Message(content=content, reply_to=msg)

@@ -10,33 +10,34 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import time
-from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from flwr.app import ConfigRecord, RecordDict
 
 from ppa.config import resolve_path
+from ppa.data.partition import Site
 from ppa.dp import (
     PerSampleGradients,
     PrivacyBudgetExhaustedError,
     PrivacyLedger,
     PrivacySettings,
-    PrivateStep,
-    create_poisson_loader,
-    create_release_loader,
     freeze_other_modalities,
-    plan_round,
-    release_prototypes,
 )
-from ppa.federation import BUDGET_EXHAUSTED_CODE
-
-if TYPE_CHECKING:
-    from client.site import RoundResult, SiteTrainer
+from ppa.dp.round import (
+    commit_releases,
+    poisson_loader,
+    private_epochs,
+    release_private_prototypes,
+)
+from ppa.io import atomic_write_json
+from ppa.prototypes import IdentityPrototypes
+from ppa.training.loop import global_epoch
+from ppa.training.setup import TrainingSetup
+from ppa.wire import BUDGET_EXHAUSTED_CODE, NUM_EXAMPLES
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,17 @@ logger = logging.getLogger(__name__)
 DP_LEDGER = "dp-ledger"
 
 
-__all__ = ["BUDGET_EXHAUSTED_CODE", "DP_LEDGER", "LedgerStore", "PrivateTraining"]
+__all__ = ["BUDGET_EXHAUSTED_CODE", "DP_LEDGER", "LedgerStore", "PrivateRound", "PrivateTraining"]
+
+
+@dataclass
+class PrivateRound:
+    """What a private round yields besides the model arrays: the site's DP prototype release
+    (zeros when prototypes are not sent) and its metrics."""
+
+    proto_sum: np.ndarray
+    proto_count: np.ndarray
+    metrics: dict[str, float]
 
 
 class LedgerStore:
@@ -77,34 +88,29 @@ class LedgerStore:
         columns = {"site": self.site, **ledger.to_columns()}
         state[DP_LEDGER] = ConfigRecord(columns)
         if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
-            with os.fdopen(fd, "w") as fh:
-                json.dump(columns, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
+            atomic_write_json(self.path, columns)
 
 
 class PrivateTraining:
-    """DP-SGD pieces that live as long as the site's trainer, and its private round."""
+    """DP-SGD pieces that live as long as the site's model, and its private round."""
 
-    def __init__(self, trainer: SiteTrainer):
-        cfg, site = trainer.cfg, trainer.site
-        self.trainer = trainer
+    def __init__(self, setup: TrainingSetup, site: Site):
+        cfg = setup.cfg
+        self.setup = setup
+        self.site = site
         self.settings = PrivacySettings.from_config(cfg)
-        frozen = freeze_other_modalities(trainer.model, site.modality)
+        frozen = freeze_other_modalities(setup.model, site.modality)
         # Raises (naming model.norm) for a BatchNorm model; hooks stay on for the model's life.
-        self.per_sample = PerSampleGradients(trainer.model)
+        self.per_sample = PerSampleGradients(setup.model)
         self.ledgers = LedgerStore(
             site.name, self.settings.accountant, cfg.privacy.get("ledger_dir")
         )
-        if trainer.objective.uses("triplet"):
+        if setup.objective.uses("triplet"):
             logger.warning(
                 "site %s: ppa.weights.triplet=%.2f ignored under DP (the triplet couples the "
                 "records of a batch)",
                 site.name,
-                trainer.objective.weights["triplet"],
+                setup.objective.weights["triplet"],
             )
         s = self.settings
         logger.info(
@@ -122,21 +128,19 @@ class PrivateTraining:
 
     def train_round(
         self,
-        global_arrays: Mapping[str, np.ndarray],
-        prototypes: Mapping[str, np.ndarray] | None,
+        start_round: Callable[[], torch.optim.Optimizer],
+        prototypes: IdentityPrototypes | None,
         *,
         server_round: int,
         local_epochs: int,
-        half_precision: bool,
         state: RecordDict | None,
         run_id: str,
-    ) -> RoundResult:
+    ) -> PrivateRound:
         """One round of DP-SGD; raises PrivacyBudgetExhaustedError before touching any data
-        when the round would exceed the site's budget."""
-        from client.site import RoundResult
-
-        trainer, privacy = self.trainer, self.settings
-        cfg, site = trainer.cfg, trainer.site
+        when the round would exceed the site's budget. `start_round` seeds the round, loads
+        the global model and returns a fresh optimiser."""
+        setup, site, privacy = self.setup, self.site, self.settings
+        cfg = setup.cfg
         if state is None:
             raise ValueError(
                 f"site {site.name}: privacy.enabled needs the ClientApp's context.state to "
@@ -148,92 +152,65 @@ class PrivateTraining:
                 f"site {site.name}: round {server_round} of run {run_id!r} was already "
                 "accounted; a repeated round would spend twice"
             )
-        optimizer = trainer.start_round(global_arrays, server_round)
-        loader = create_poisson_loader(
+        optimizer = start_round()
+        loader = poisson_loader(
+            setup,
             site.records,
-            trainer.root,
-            input_cfg=cfg.input,
-            train_cfg=cfg.train,
-            pose_cfg=cfg.pose,
-            keypoints=trainer.keypoints,
             expected_batch_size=privacy.batch_size,
             seed=privacy.seed(server_round, site.name, "sampling"),
-            on_bad_image=str(cfg.dataset.on_bad_image),
         )
         sampler = loader.batch_sampler
         send_prototypes = bool(cfg.federation.get("prototypes", True))
-        planned = plan_round(
-            privacy,
-            server_round,
-            sample_rate=sampler.sample_rate,
-            steps=local_epochs * sampler.steps,
-            prototypes=send_prototypes,
-            run=run_id,
-        )
         budget = privacy.budget_for(site.name)
         try:
-            projected = ledger.check_budget(site.name, planned, budget, privacy.delta)
+            # Commit the spend before training: a crash mid-round must not under-count.
+            planned, projected = commit_releases(
+                ledger,
+                privacy,
+                site.name,
+                server_round,
+                sampler=sampler,
+                epochs=local_epochs,
+                prototypes=send_prototypes,
+                run=run_id,
+            )
         except PrivacyBudgetExhaustedError as err:
             logger.warning("%s", err)
             raise
-        # Commit the spend before training: a crash mid-round must not under-count.
-        ledger.record(planned)
         self.ledgers.save(state, ledger)
 
-        step = PrivateStep(
-            self.per_sample,
-            noise_multiplier=privacy.noise_multiplier,
-            max_grad_norm=privacy.max_grad_norm,
-            expected_batch_size=sampler.sample_rate * sampler.num_records,
-            seed=privacy.seed(server_round, site.name, "noise"),
-        )
-        ctx = trainer.step_context(prototypes, private_step=step)
         start = time.perf_counter()
-        epochs = trainer.run_epochs(
-            ctx, loader, optimizer, sampler, server_round=server_round, local_epochs=local_epochs
+        step, epochs = private_epochs(
+            setup,
+            loader,
+            optimizer,
+            self.per_sample,
+            privacy,
+            epochs=[global_epoch(server_round, local_epochs, e) for e in range(local_epochs)],
+            noise_seed=privacy.seed(server_round, site.name, "noise"),
+            prototypes=prototypes,
+            progress=False,
+            desc=f"{site.name} r{server_round}",
         )
         if step.steps != planned[0].steps:
             raise RuntimeError(
                 f"site {site.name}: took {step.steps} DP steps, accounted {planned[0].steps}"
             )
-        m, dim = site.modality.index, trainer.model.num_features
-        proto_sum = np.zeros((trainer.num_classes, dim), np.float32)
-        proto_count = np.zeros((trainer.num_classes,), np.float32)
+        m, dim = site.modality.index, setup.model.num_features
+        proto_sum = np.zeros((setup.num_classes, dim), np.float32)
+        proto_count = np.zeros((setup.num_classes,), np.float32)
         if send_prototypes:
-            generator = torch.Generator(device=trainer.device.device)
-            generator.manual_seed(privacy.seed(server_round, site.name, "proto"))
-            release = release_prototypes(
-                trainer.model,
-                create_release_loader(
-                    site.records,
-                    trainer.root,
-                    input_cfg=cfg.input,
-                    pose_cfg=cfg.pose,
-                    keypoints=trainer.keypoints,
-                    batch_size=max(privacy.batch_size, 1),
-                    num_workers=int(cfg.train.num_workers),
-                    on_bad_image=str(cfg.dataset.on_bad_image),
-                ),
-                num_modalities=2,
-                num_classes=trainer.num_classes,
-                clip=privacy.prototype_clip,
-                noise=privacy.prototype_noise,
-                device=trainer.device,
-                mean=tuple(cfg.input.mean),
-                std=tuple(cfg.input.std),
-                anonymizer=trainer.anonymizer,
-                correct_offsets=trainer.objective.offsets,
-                generator=generator,
+            release = release_private_prototypes(
+                setup, site.records, privacy, seed=privacy.seed(server_round, site.name, "proto")
             )
             proto_sum = release.sums[m].cpu().numpy()
             proto_count = release.counts[m].cpu().numpy()
         seconds = time.perf_counter() - start
         epsilon = ledger.epsilon(privacy.delta)
-        arrays = trainer.package(global_arrays, half_precision)
         # The realised Poisson batch sizes stay local (the analysis assumes they are not
         # released; the update is normalised by the expected size): report the expectation.
         seen = float(step.steps * sampler.sample_rate * sampler.num_records)
-        losses = {k: float(v) for k, v in epochs[-1].items() if k.startswith("loss")}
+        losses = {k: float(v) for k, v in epochs[-1][1].items() if k.startswith("loss")}
         logger.info(
             "site %s round %d: DP-SGD %d steps at q=%.4f, %d records clipped of %d; loss %s; "
             "epsilon %.4f (projected %.4f) of budget %s",
@@ -251,7 +228,7 @@ class PrivateTraining:
         metrics = dict(losses) if privacy.share_losses else {}
         metrics.update(
             {
-                "num-examples": float(len(site.records)),
+                NUM_EXAMPLES: float(len(site.records)),
                 "examples-seen": seen,
                 "train-seconds": seconds,
                 "images-per-second": seen / seconds if seconds > 0 else 0.0,
@@ -264,4 +241,4 @@ class PrivateTraining:
         )
         if np.isfinite(budget):
             metrics["epsilon-budget"] = float(budget)
-        return RoundResult(arrays, proto_sum, proto_count, metrics)
+        return PrivateRound(proto_sum, proto_count, metrics)

@@ -6,7 +6,6 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -14,117 +13,30 @@ from flwr.app import RecordDict
 from omegaconf import DictConfig
 
 from client.injection import maybe_fail, poison
+from client.node_config import NodeConfigError, NodeSite, check_layout
 from client.private import PrivateTraining
-from ppa.anonymize import KprAnonymizer
-from ppa.config import resolve_path
-from ppa.data.keypoints import load_dataset_keypoints
-from ppa.data.loader import create_eval_loader, create_train_loader
-from ppa.data.partition import Site, partition_sites, site_layout
-from ppa.data.protocols import load_train_set, protocol_of
+from ppa.data.loader import create_eval_loader
+from ppa.data.partition import Site, partition_sites
+from ppa.data.protocols import dataset_protocol, load_train_set
 from ppa.data.records import Modality
 from ppa.data.sampler import MIN_USABLE_LABELS
-from ppa.engine import (
-    DeviceSettings,
-    PPAObjective,
-    StepContext,
-    create_optimizer,
-    set_epoch_lr,
-    train_one_epoch,
-)
-from ppa.federation import PROTO_COUNT, PROTO_SUM, pack, site_keys, unpack_into
-from ppa.model import create_model
-from ppa.norm_calibration import measure_norm_statistics
 from ppa.prototypes import IdentityPrototypes, PrototypeAccumulator
-from ppa.runtime import derive_seed, seed_everything
+from ppa.seeding import derive_seed, seed_everything
+from ppa.training.loop import train_round_epochs
+from ppa.training.norm_statistics import measure_norm_statistics
+from ppa.training.optim import create_optimizer
+from ppa.training.setup import TrainingSetup
+from ppa.training.step import StepContext
+from ppa.wire import (
+    NUM_EXAMPLES,
+    PROTO_COUNT,
+    PROTO_SUM,
+    pack,
+    site_keys,
+    unpack_into,
+)
 
 logger = logging.getLogger(__name__)
-
-DEPLOYMENT_KEYS = ("site", "modality", "data-root")
-SIMULATION_KEYS = ("partition-id", "num-partitions")
-
-
-class NodeConfigError(ValueError):
-    """A SuperNode's --node-config that does not describe a site."""
-
-
-@dataclass(frozen=True)
-class SiteSpec:
-    """Who this node is: a site name, its modality and its data root (None: config's root)."""
-
-    name: str | None
-    modality: Modality | None
-    data_root: Path | None
-    partition_id: int | None = None
-    num_partitions: int | None = None
-
-
-def site_spec(node_config: Mapping[str, object], cfg: DictConfig) -> SiteSpec:
-    """Validate the node config: deployment keys (site, modality, data-root[, dataset]) or
-    simulation keys (partition-id, num-partitions)."""
-    if any(k in node_config for k in DEPLOYMENT_KEYS):
-        missing = [k for k in DEPLOYMENT_KEYS if not str(node_config.get(k, "")).strip()]
-        if missing:
-            raise NodeConfigError(
-                f"node config {dict(node_config)} lacks {missing}; a site needs "
-                '--node-config \'site="cam3" modality="infrared" data-root="/data/sysu"\''
-            )
-        dataset = str(node_config.get("dataset", "")).strip()
-        if dataset and dataset != protocol_of(cfg.dataset):
-            raise NodeConfigError(
-                f"node config dataset={dataset!r} but the run uses dataset.protocol="
-                f"{protocol_of(cfg.dataset)!r}"
-            )
-        try:
-            modality = Modality.parse(str(node_config["modality"]))
-        except ValueError as err:
-            raise NodeConfigError(f"node config: {err}") from err
-        root = resolve_path(str(node_config["data-root"]))
-        if not root.is_dir():
-            raise NodeConfigError(f"node config data-root={root} is not a directory")
-        return SiteSpec(str(node_config["site"]), modality, root)
-    if all(k in node_config for k in SIMULATION_KEYS):
-        try:
-            pid, count = (int(str(node_config[k])) for k in SIMULATION_KEYS)
-        except ValueError as err:
-            raise NodeConfigError(
-                f"node config {dict(node_config)}: partition-id and num-partitions must be integers"
-            ) from err
-        if not 0 <= pid < count:
-            raise NodeConfigError(
-                f"node config partition-id={pid} is outside 0..num-partitions-1={count - 1}"
-            )
-        return SiteSpec(None, None, None, pid, count)
-    raise NodeConfigError(
-        f"node config {dict(node_config)} names no site: expected {list(DEPLOYMENT_KEYS)} "
-        f"(deployment) or {list(SIMULATION_KEYS)} (simulation)"
-    )
-
-
-def _check_layout(spec: SiteSpec, cfg: DictConfig) -> None:
-    """A deployed site's name and modality must be one the configured partition produces."""
-    fed = cfg.federation
-    layout = dict(
-        site_layout(
-            str(fed.partition),
-            protocol=protocol_of(cfg.dataset),
-            sites_per_modality=int(fed.sites_per_modality),
-        )
-    )
-    if spec.name not in layout:
-        raise NodeConfigError(
-            f"site {spec.name!r} is not one of {sorted(layout)} of the {fed.partition} partition"
-        )
-    if layout[spec.name] != spec.modality:
-        raise NodeConfigError(
-            f"site {spec.name!r} holds {layout[spec.name].value} images in the "
-            f"{fed.partition} partition, its node config says modality={spec.modality.value}"
-        )
-
-
-def _sysu_camera(site_name: str) -> int | None:
-    if site_name.startswith("cam") and site_name[3:].isdigit():
-        return int(site_name[3:])
-    return None
 
 
 @dataclass
@@ -142,16 +54,15 @@ class SiteTrainer:
     returns per round is model arrays, prototype sums/counts and metrics.
     """
 
-    def __init__(self, cfg: DictConfig, spec: SiteSpec):
+    def __init__(self, cfg: DictConfig, spec: NodeSite):
         self.cfg = cfg
-        self.objective = PPAObjective.from_config(cfg.ppa)
-        self.device = DeviceSettings.from_config(cfg)
         fed = cfg.federation
-        protocol = protocol_of(cfg.dataset)
+        family = dataset_protocol(cfg.dataset)
+        protocol = family.name
         if spec.name is not None:
-            _check_layout(spec, cfg)
+            check_layout(spec, cfg)
             # Deployment: the site's root may hold only its own camera(s).
-            cam = _sysu_camera(spec.name) if protocol == "sysu" else None
+            cam = family.site_camera(spec.name)
             train_set = load_train_set(
                 cfg.dataset,
                 root=spec.data_root,
@@ -178,23 +89,12 @@ class SiteTrainer:
                 f"site {self.site.name!r} ({train_set.root}) holds {identities} identity; "
                 f"training needs at least {MIN_USABLE_LABELS}"
             )
-        self.num_classes = train_set.num_classes
-        self.root = train_set.root
-        needs_pose = self.objective.anonymized_view
-        self.keypoints = (
-            load_dataset_keypoints(
-                self.root,
-                cfg.dataset.keypoints,
-                required=needs_pose and cfg.pose.missing == "error",
-            )
-            if needs_pose
-            else None
+        self.setup = TrainingSetup.create(
+            cfg, root=train_set.root, num_classes=train_set.num_classes
         )
-        self.model = self.device.place(create_model(cfg.model, self.num_classes))
-        self.anonymizer = (
-            KprAnonymizer.from_config(cfg).to(self.device.device) if needs_pose else None
+        self.private = (
+            PrivateTraining(self.setup, self.site) if cfg.privacy.get("enabled", False) else None
         )
-        self.private = PrivateTraining(self) if cfg.privacy.get("enabled", False) else None
         logger.info(
             "site %s (%s): %d images of %d identities",
             self.site.name,
@@ -203,8 +103,37 @@ class SiteTrainer:
             len(set(self.site.labels)),
         )
 
+    # The set-up's pieces, by the names the ClientApp and tests use.
+    @property
+    def model(self):
+        return self.setup.model
+
+    @property
+    def anonymizer(self):
+        return self.setup.anonymizer
+
+    @property
+    def objective(self):
+        return self.setup.objective
+
+    @property
+    def device(self):
+        return self.setup.device
+
+    @property
+    def keypoints(self):
+        return self.setup.keypoints
+
+    @property
+    def root(self):
+        return self.setup.root
+
+    @property
+    def num_classes(self) -> int:
+        return self.setup.num_classes
+
     @staticmethod
-    def _pick(sites: list[Site], spec: SiteSpec) -> Site:
+    def _pick(sites: list[Site], spec: NodeSite) -> Site:
         if spec.partition_id is not None:
             if spec.num_partitions != len(sites):
                 raise NodeConfigError(
@@ -248,46 +177,45 @@ class SiteTrainer:
         maybe_fail(cfg.federation.get("inject"), site.name, server_round)
         self._check_arrays(global_arrays)
         if self.private is not None:
-            return self.private.train_round(
-                global_arrays,
-                prototypes,
+            private = self.private.train_round(
+                lambda: self.start_round(global_arrays, server_round),
+                self._global_prototypes(prototypes, self.model.num_features),
                 server_round=server_round,
                 local_epochs=local_epochs,
-                half_precision=half_precision,
                 state=state,
                 run_id=run_id,
             )
+            return RoundResult(
+                self.package(global_arrays, half_precision),
+                private.proto_sum,
+                private.proto_count,
+                private.metrics,
+            )
         optimizer = self.start_round(global_arrays, server_round)
-        loader = create_train_loader(
-            site.records,
-            self.root,
-            input_cfg=cfg.input,
-            train_cfg=cfg.train,
-            pose_cfg=cfg.pose,
-            keypoints=self.keypoints,
-            seed=derive_seed(int(cfg.seed), server_round, site.name),
-            on_bad_image=str(cfg.dataset.on_bad_image),
+        loader = self.setup.train_loader(
+            site.records, seed=derive_seed(int(cfg.seed), server_round, site.name)
         )
         accumulator = PrototypeAccumulator(
             2, self.num_classes, self.model.num_features, device=self.device.device
         )
         ctx = self.step_context(prototypes, accumulator=accumulator)
         start = time.perf_counter()
-        epochs = self.run_epochs(
+        epochs = train_round_epochs(
             ctx,
             loader,
             optimizer,
-            loader.batch_sampler,
+            cfg.train,
             server_round=server_round,
             local_epochs=local_epochs,
             max_batches=cfg.train.max_batches_per_epoch,
+            desc=f"{site.name} r{server_round}",
         )
         seconds = time.perf_counter() - start
         seen = float(sum(e["num_examples"] for e in epochs))
         metrics = {k: float(v) for k, v in epochs[-1].items() if k.startswith("loss")}
         metrics.update(
             {
-                "num-examples": float(len(site.records)),
+                NUM_EXAMPLES: float(len(site.records)),
                 "examples-seen": seen,
                 "train-seconds": seconds,
                 "images-per-second": seen / seconds if seconds > 0 else 0.0,
@@ -329,47 +257,11 @@ class SiteTrainer:
         return create_optimizer(self.model, cfg.train.optimizer)
 
     def step_context(
-        self, prototypes: Mapping[str, np.ndarray] | None, **extra: object
+        self, prototypes: Mapping[str, np.ndarray] | None, **fields: object
     ) -> StepContext:
-        cfg = self.cfg
-        return StepContext.from_config(
-            cfg,
-            model=self.model,
-            objective=self.objective,
-            anonymizer=self.anonymizer,
-            device=self.device,
-            prototypes=self._global_prototypes(prototypes, self.model.num_features),
-            **extra,
+        return self.setup.step_context(
+            prototypes=self._global_prototypes(prototypes, self.model.num_features), **fields
         )
-
-    def run_epochs(
-        self,
-        ctx: StepContext,
-        loader,
-        optimizer: torch.optim.Optimizer,
-        sampler,
-        *,
-        server_round: int,
-        local_epochs: int,
-        max_batches: int | None = None,
-    ) -> list[dict[str, float]]:
-        """`local_epochs` epochs; the lr schedule counts global epochs across rounds."""
-        epochs = []
-        for e in range(local_epochs):
-            global_epoch = (server_round - 1) * local_epochs + e
-            set_epoch_lr(optimizer, global_epoch, self.cfg.train)
-            sampler.set_epoch(global_epoch)
-            epochs.append(
-                train_one_epoch(
-                    ctx,
-                    loader,
-                    optimizer,
-                    max_batches=max_batches,
-                    progress=False,
-                    desc=f"{self.site.name} r{server_round}",
-                )
-            )
-        return epochs
 
     def measure_norm_statistics(
         self, global_arrays: Mapping[str, np.ndarray], *, server_round: int, images: int

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ppa.io import atomic_write
 from ppa.model import PPAEncoder, create_model
 
 CHECKPOINT_FORMAT = "ppa-checkpoint/1"
@@ -24,20 +24,9 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
 
     A crash mid-write leaves the previous file intact, never a half-written one.
     """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return target
+    with atomic_write(path) as fh:
+        torch.save(obj, fh)
+    return Path(path)
 
 
 def save_checkpoint(

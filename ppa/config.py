@@ -9,7 +9,7 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 WORKDIR_ENV = "PPA_WORKDIR"
@@ -60,3 +60,20 @@ def overrides_from_run_config(run_config: Mapping[str, object]) -> list[str]:
 def load_run_config(run_config: Mapping[str, object]) -> DictConfig:
     """Compose the experiment configuration named by a Flower run-config."""
     return load_config(overrides_from_run_config(run_config))
+
+
+# Groups of the run config that describe how a model was trained and must match at test time
+# (input size, method switches such as DCMA offsets, the anonymiser, keypoint handling).
+TRAINING_GROUPS = ("input", "ppa", "anonymizer", "pose")
+
+
+def effective_config(cfg: DictConfig, trained: Mapping | None) -> DictConfig:
+    """The run config with a checkpoint's training-time groups (`trained`: the config stored
+    in the checkpoint), unless ``eval.use_checkpoint_config`` is off."""
+    if not trained or not cfg.eval.use_checkpoint_config:
+        return cfg
+    merged = OmegaConf.to_container(cfg, resolve=True)
+    for group in TRAINING_GROUPS:
+        if group in trained:
+            merged[group] = trained[group]
+    return OmegaConf.create(merged)

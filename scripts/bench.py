@@ -12,14 +12,14 @@ every benchmark ever run there, each with its own time, load and machine; a run 
 entries of the benchmarks it ran) and ``bench.md`` (the table), and rewrites the results
 section of docs/benchmarks.md between its ``bench:begin`` / ``bench:end`` markers.
 
-1. ``ppa_step_ratio``: full PPA step vs baseline step (ppa.engine.ppa_step + backward + SGD
+1. ``ppa_step_ratio``: full PPA step vs baseline step (ppa.training.step.ppa_step + backward + SGD
    step, same batch and model), plus the two-view compute reference (the baseline step on
    the raw + anonymised images concatenated) and the share of mask building, anonymisation and
    joint heatmaps, each timed alone.
 2. ``federation_overhead``: seconds per trained sample in a Flower simulation round (after
    start-up, evaluation rounds left out) vs `client.site.SiteTrainer.train_round` called
    directly on the same sites and config.
-3. ``eval_speedup``: ppa.metrics vs ppa.metrics_reference (SYSU and RegDB) on a 3803 x 3000
+3. ``eval_speedup``: ppa.eval.metrics vs ppa.eval.reference (SYSU and RegDB) on a 3803 x 3000
    distance matrix, numbers asserted identical.
 4. ``upload_ratio``: bytes a site uploads per round (history.json ``bytes_received``) vs the
    full fp32 model, fp32 and half-precision transport, with both runs' central mAP.
@@ -65,24 +65,22 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # the client/server packages, when run as a script
     sys.path.insert(0, str(REPO))
 
-from ppa import metrics, metrics_reference  # noqa: E402
 from ppa.anonymize import KprAnonymizer  # noqa: E402
 from ppa.config import load_config  # noqa: E402
 from ppa.data.loader import Batch  # noqa: E402
-from ppa.engine import (  # noqa: E402
-    DeviceSettings,
-    PPAObjective,
-    StepContext,
-    create_optimizer,
-    extract_features,
-    ppa_step,
-    train_one_epoch,
-)
-from ppa.federation import global_keys, pack  # noqa: E402
+from ppa.device import DeviceSettings  # noqa: E402
+from ppa.eval import metrics  # noqa: E402
+from ppa.eval import reference as metrics_reference  # noqa: E402
+from ppa.eval.features import extract_features  # noqa: E402
 from ppa.model import PPAEncoder, create_model  # noqa: E402
 from ppa.pose.heatmaps import head_mask, joint_heatmaps, skeleton_mask  # noqa: E402
 from ppa.pose.prior import canonical_keypoints  # noqa: E402
 from ppa.prototypes import IdentityPrototypes  # noqa: E402
+from ppa.training.loop import train_one_epoch  # noqa: E402
+from ppa.training.objective import PPAObjective  # noqa: E402
+from ppa.training.optim import create_optimizer  # noqa: E402
+from ppa.training.step import StepContext, ppa_step  # noqa: E402
+from ppa.wire import global_keys, pack  # noqa: E402
 
 logger = logging.getLogger("bench")
 
@@ -862,7 +860,7 @@ def _throughput_case(ctx: BenchContext, case: DictConfig) -> dict[str, Any]:
 def synthetic_root(ctx: BenchContext, params: Mapping[str, Any]) -> Path:
     """The benchmark's own synthetic SYSU set with these writer parameters (written once; the
     folder name hashes them, so sets of other sizes never collide with it or with data/)."""
-    from ppa.data.synthetic import write_synthetic_sysu
+    from ppa.synthetic.writer import write_synthetic_sysu
 
     params = dict(sorted(params.items()))
     digest = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
@@ -1157,7 +1155,8 @@ def _direct_worker(
 ) -> None:
     """A process that holds `SiteTrainer`s for some sites (simulation partition ids) and
     trains them, in order, for each round number it receives; None ends it."""
-    from client.site import SiteSpec, SiteTrainer
+    from client.node_config import NodeSite
+    from client.site import SiteTrainer
     from ppa.data.partition import site_layout
     from ppa.data.protocols import load_label_space, protocol_of
 
@@ -1172,7 +1171,7 @@ def _direct_worker(
     torch.manual_seed(int(cfg.seed))  # the arrays the server sends in round 1
     state = create_model(cfg.model, len(load_label_space(cfg.dataset))).state_dict()
     arrays = pack(state, global_keys(state))
-    trainers = {i: SiteTrainer(cfg, SiteSpec(None, None, None, i, len(layout))) for i in sites}
+    trainers = {i: SiteTrainer(cfg, NodeSite(None, None, None, i, len(layout))) for i in sites}
     conn.send(len(layout))
     while (server_round := conn.recv()) is not None:
         results = []

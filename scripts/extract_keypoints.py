@@ -19,8 +19,8 @@ import hydra
 from omegaconf import DictConfig
 
 from ppa.config import resolve_path
-from ppa.pose.backends import create_backend
-from ppa.pose.backends.extraction import ExtractionSettings, extract_keypoints
+from ppa.keypoint_extraction import create_backend
+from ppa.keypoint_extraction.extraction import ExtractionSettings, extract_keypoints
 
 logger = logging.getLogger("extract_keypoints")
 

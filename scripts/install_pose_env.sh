@@ -50,14 +50,14 @@ import google.protobuf
 import mediapipe
 import hydra  # noqa: F401
 
-from ppa.pose.backends.mmcv_ops_shim import install_mmcv_ops_shim
+from ppa.keypoint_extraction.mmcv_ops_shim import install_mmcv_ops_shim
 
 install_mmcv_ops_shim()
 import mmpose.models  # noqa: E402,F401
 
 bundled = Path(mediapipe.__file__).parent / "modules/pose_landmark/pose_landmark_full.tflite"
 assert bundled.is_file(), f"mediapipe wheel lacks {bundled}"
-assert importlib.util.find_spec("ppa.pose.backends") is not None
+assert importlib.util.find_spec("ppa.keypoint_extraction") is not None
 print(f"pose env ok: mediapipe {mediapipe.__version__}, mmpose {mmpose.__version__}, "
       f"protobuf {google.protobuf.__version__}")
 PYEOF

@@ -20,8 +20,9 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from ppa.config import resolve_path
-from ppa.data.synthetic import read_manifest, write_synthetic_regdb, write_synthetic_sysu
-from ppa.data.synthetic_render import RENDERER_VERSION
+from ppa.synthetic.files import read_manifest
+from ppa.synthetic.renderer import RENDERER_VERSION
+from ppa.synthetic.writer import write_synthetic_regdb, write_synthetic_sysu
 
 log = logging.getLogger("make_synthetic")
 

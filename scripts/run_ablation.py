@@ -20,10 +20,10 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from ppa.cli.evaluate import run as evaluate_checkpoint
+from ppa.cli.train import train
 from ppa.config import CONFIG_DIR, load_config, resolve_path
-
-from evaluate import run as evaluate_checkpoint
-from train_central import train
+from ppa.eval.report import EvaluationReport
 
 logger = logging.getLogger("run_ablation")
 
@@ -74,13 +74,10 @@ def run(cfg: DictConfig) -> Path:
         mcfg.checkpoint = str(checkpoint)
         mcfg.eval.protocols = list(PROTOCOLS)
         metrics_path = evaluate_checkpoint(mcfg)
-        report = json.loads(Path(metrics_path).read_text())
+        report = EvaluationReport.from_json(json.loads(Path(metrics_path).read_text()))
         rows[method] = {
-            "results": {
-                p: {k: v for k, v in next(iter(g.values()))["mean"].items() if k != "cmc"}
-                for p, g in report["results"].items()
-            },
-            "head_ssim": report.get("anonymization", {}).get("head_ssim"),
+            "results": report.headlines(),
+            "head_ssim": report.extras.get("anonymization", {}).get("head_ssim"),
             "metrics": str(metrics_path),
             "checkpoint": str(checkpoint),
         }

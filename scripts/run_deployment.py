@@ -35,6 +35,7 @@ from ppa.config import load_config
 from ppa.data import partition
 from ppa.data.protocols import protocol_of
 from ppa.data.records import Modality
+from ppa.wire import deployment_node_config
 
 from flower_launch import (
     CONFIG_FORBIDDEN_CHARS,
@@ -82,12 +83,7 @@ class SiteSpec:
 
     def node_config(self) -> dict[str, str]:
         """The node-config keys of the app contract (docs/deployment.md)."""
-        return {
-            "site": self.name,
-            "modality": self.modality,
-            "data-root": str(self.data_root),
-            "dataset": self.dataset,
-        }
+        return deployment_node_config(self.name, self.modality, str(self.data_root), self.dataset)
 
 
 def parse_site(spec: str, *, dataset: str, default_root: Path, workdir: Path) -> SiteSpec:

@@ -1,6 +1,6 @@
 """The statistics round: re-measure the global model's BatchNorm statistics at the sites.
 
-See ppa/norm_calibration.py for why. After a round's aggregate is accepted and before it is
+See ppa/training/norm_statistics.py for why. After a round's aggregate is accepted and before it is
 evaluated, the server sends the global arrays to the connected sites as an EVALUATE message;
 each replies with the BatchNorm statistics of that model on a sample of its images; the
 server pools them (shared BatchNorms over all sites, a modality's stem and BNNeck statistics
@@ -17,8 +17,22 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 
 from ppa.data.records import Modality
-from ppa.federation import SHARED, MalformedUpdateError, parameter_group
-from ppa.norm_calibration import VAR_SUFFIX, pool_norm_statistics
+from ppa.training.norm_statistics import VAR_SUFFIX, pool_norm_statistics
+from ppa.wire import (
+    ARRAYS,
+    CALIBRATION_IMAGES,
+    CONFIG,
+    METRICS,
+    NUM_EXAMPLES,
+    SERVER_ROUND,
+    SHARED,
+    SITE,
+    SITE_MODALITY,
+    SITE_NAME,
+    STATISTICS,
+    MalformedUpdateError,
+    parameter_group,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -62,9 +76,9 @@ class NormCalibration:
     ) -> list[Message]:
         content = RecordDict(
             {
-                "arrays": ArrayRecord({k: Array(np.asarray(v)) for k, v in arrays.items()}),
-                "config": ConfigRecord(
-                    {"server-round": server_round, "calibration-images": self.images_per_site}
+                ARRAYS: ArrayRecord({k: Array(np.asarray(v)) for k, v in arrays.items()}),
+                CONFIG: ConfigRecord(
+                    {SERVER_ROUND: server_round, CALIBRATION_IMAGES: self.images_per_site}
                 ),
             }
         )
@@ -101,13 +115,13 @@ class NormCalibration:
     def _parse(
         self, msg: Message, current: Mapping[str, np.ndarray]
     ) -> tuple[str, dict[str, np.ndarray], int]:
-        info = msg.content.config_records["site"]
-        site = str(info["site"])
-        modality = Modality.parse(str(info["modality"]))
-        images = int(msg.content.metric_records["metrics"]["num-examples"])
+        info = msg.content.config_records[SITE]
+        site = str(info[SITE_NAME])
+        modality = Modality.parse(str(info[SITE_MODALITY]))
+        images = int(msg.content.metric_records[METRICS][NUM_EXAMPLES])
         if images < 1:
             raise MalformedUpdateError(f"site {site!r}: statistics over {images} images")
-        stats = {k: v.numpy() for k, v in msg.content.array_records["statistics"].items()}
+        stats = {k: v.numpy() for k, v in msg.content.array_records[STATISTICS].items()}
         expected = self.expected_keys(modality)
         if set(stats) != expected:
             raise MalformedUpdateError(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ import numpy as np
 import torch
 
 from ppa.checkpoint import CheckpointError, atomic_torch_save
+from ppa.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -65,10 +65,7 @@ class CheckpointStore:
         path = atomic_torch_save(
             {"format": SERVER_FORMAT, **ckpt.__dict__}, self.path_for(ckpt.server_round)
         )
-        fd, tmp = tempfile.mkstemp(prefix=".latest.", dir=self.directory)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(path.name + "\n")
-        os.replace(tmp, self.directory / LATEST)
+        atomic_write_text(self.directory / LATEST, path.name + "\n")
         self._prune()
         return path
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -14,8 +12,10 @@ from omegaconf import DictConfig
 from ppa.anonymize import KprAnonymizer
 from ppa.data.keypoints import load_dataset_keypoints
 from ppa.data.protocols import dataset_root, test_settings
-from ppa.engine import DeviceSettings
-from ppa.evaluation import PRIVACY_PROTOCOLS, evaluate
+from ppa.device import DeviceSettings
+from ppa.eval.evaluate import PRIVACY_PROTOCOLS, evaluate
+from ppa.eval.report import EvaluationReport
+from ppa.io import atomic_write_json
 from ppa.model import PPAEncoder
 
 logger = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ class CentralEvaluator:
             )
             self.anonymizer = KprAnonymizer.from_config(cfg).to(device.device)
 
-    def __call__(self, model: PPAEncoder, progress: bool = False) -> dict:
+    def __call__(self, model: PPAEncoder, progress: bool = False) -> EvaluationReport:
         return evaluate(
             model,
             self.cfg,
@@ -53,15 +53,6 @@ class CentralEvaluator:
         )
 
 
-def headline_numbers(report: dict) -> dict[str, dict[str, float]]:
-    """protocol -> first group's mean numbers (e.g. SYSU all-search, RegDB V->T)."""
-    out = {}
-    for protocol, groups in report["results"].items():
-        first = next(iter(groups.values()))["mean"]
-        out[protocol] = {k: v for k, v in first.items() if k != "cmc"}
-    return out
-
-
 class MetricsHistory:
     """Per-round records (training metrics, site events, central metrics) with JSON + plot."""
 
@@ -72,13 +63,7 @@ class MetricsHistory:
         self.records.append(record)
 
     def save(self, path: str | os.PathLike) -> Path:
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-        with os.fdopen(fd, "w") as fh:
-            json.dump({"rounds": self.records}, fh, indent=2)
-        os.replace(tmp, target)
-        return target
+        return atomic_write_json(path, {"rounds": self.records}, indent=2)
 
     def plot(self, path: str | os.PathLike, title: str = "") -> Path | None:
         """mAP and Rank-1 per round for each evaluated protocol."""

@@ -7,7 +7,6 @@ lives here and the strategy only configures and aggregates.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -20,14 +19,22 @@ from omegaconf import DictConfig, OmegaConf
 from ppa.checkpoint import save_checkpoint
 from ppa.config import resolve_path
 from ppa.data.protocols import load_label_space
-from ppa.engine import DeviceSettings
-from ppa.federation import check_global, global_keys, pack, unpack_into
+from ppa.device import DeviceSettings
+from ppa.io import atomic_write_json
 from ppa.model import PPAEncoder, create_model
-from ppa.norm_calibration import norm_statistics_keys
-from ppa.runtime import seed_everything
+from ppa.seeding import seed_everything
+from ppa.training.norm_statistics import norm_statistics_keys
+from ppa.wire import (
+    HALF_PRECISION,
+    LOCAL_EPOCHS,
+    check_global,
+    global_keys,
+    pack,
+    unpack_into,
+)
 from server.calibration import NormCalibration
 from server.checkpoints import CheckpointStore, ServerCheckpoint, capture_rng, restore_rng
-from server.evaluation import CentralEvaluator, MetricsHistory, headline_numbers
+from server.evaluation import CentralEvaluator, MetricsHistory
 from server.strategy import ModalityAwareFedAvg, NoSitesLeftError, RoundReport
 from server.telemetry import Telemetry
 
@@ -58,7 +65,7 @@ def build_strategy(cfg: DictConfig, model: PPAEncoder) -> ModalityAwareFedAvg:
 
 
 class FederatedRun:
-    """One federated training run of the PPA model (see DESIGN.md section 5)."""
+    """One federated training run of the PPA model (docs/architecture.md, "Federation")."""
 
     def __init__(self, cfg: DictConfig, *, resume: bool = False):
         self.cfg = cfg
@@ -150,7 +157,7 @@ class FederatedRun:
         fed = self.cfg.federation
         start = time.perf_counter()
         config = ConfigRecord(
-            {"local-epochs": int(fed.local_epochs), "half-precision": bool(fed.half_precision)}
+            {LOCAL_EPOCHS: int(fed.local_epochs), HALF_PRECISION: bool(fed.half_precision)}
         )
         global_record = ArrayRecord({k: Array(v) for k, v in self.arrays.items()})
         messages = self.strategy.configure_train(server_round, global_record, config, grid)
@@ -199,7 +206,7 @@ class FederatedRun:
 
     def _calibrate(self, grid: Grid, server_round: int) -> dict:
         """The statistics round: the sites re-measure the new global model's BatchNorm
-        statistics, which replace the averaged ones (ppa/norm_calibration.py says why)."""
+        statistics, which replace the averaged ones (ppa/training/norm_statistics.py says why)."""
         assert self.calibration is not None
         nodes = [n for n in sorted(grid.get_node_ids()) if n not in self.strategy.exhausted_nodes]
         messages = self.calibration.messages(server_round, self.arrays, nodes)
@@ -221,10 +228,11 @@ class FederatedRun:
 
     def _evaluate_and_record(self, server_round: int, record: dict) -> None:
         evaluation = self.evaluator(self.global_model())
-        record["central"] = headline_numbers(evaluation)
+        record["central"] = evaluation.headlines()
         eval_dir = self.out / "evaluation"
         eval_dir.mkdir(exist_ok=True)
-        (eval_dir / f"round_{server_round:04d}.json").write_text(json.dumps(evaluation, indent=2))
+        round_file = eval_dir / f"round_{server_round:04d}.json"
+        atomic_write_json(round_file, evaluation.to_json(), indent=2)
         self.history.append(record)
         numbers = " | ".join(
             f"{p}: mAP {100 * v['mAP']:.2f} R1 {100 * v['rank1']:.2f}"

@@ -1,4 +1,7 @@
-"""ModalityAwareFedAvg: shared parts over all sites, stems/offsets/prototypes per modality."""
+"""ModalityAwareFedAvg: shared parts over all sites, stems/offsets/prototypes per modality.
+
+One concept, a Flower `Strategy` (sampling, reply validation, aggregation, server momentum,
+exhausted sites), kept whole: its methods share the round's state and read best together."""
 
 from __future__ import annotations
 
@@ -23,12 +26,21 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from ppa.data.records import MODALITIES, Modality
-from ppa.federation import (
+from ppa.wire import (
+    ARRAYS,
     BUDGET_EXHAUSTED_CODE,
+    CONFIG,
+    METRICS,
+    NUM_EXAMPLES,
     OFFSET,
     PROTO_COUNT,
     PROTO_SUM,
+    PROTOTYPES,
+    SERVER_ROUND,
     SHARED,
+    SITE,
+    SITE_MODALITY,
+    SITE_NAME,
     STEM,
     MalformedUpdateError,
     parameter_group,
@@ -39,12 +51,6 @@ from server.aggregation import aggregate_updates, clip_update
 from server.anomaly import AnomalyReport, detect_anomalies
 
 logger = logging.getLogger(__name__)
-
-ARRAYS = "arrays"
-CONFIG = "config"
-METRICS = "metrics"
-PROTOTYPES = "prototypes"
-SITE = "site"
 
 
 class NoSitesLeftError(RuntimeError):
@@ -223,7 +229,7 @@ class ModalityAwareFedAvg(Strategy):
         nodes = self.sample(grid)
         self._excluded[server_round] = len(self.exhausted_nodes)
         self.current = {k: v.numpy() for k, v in arrays.items()}
-        config["server-round"] = server_round
+        config[SERVER_ROUND] = server_round
         content = RecordDict({ARRAYS: arrays, CONFIG: config, PROTOTYPES: self.prototype_record()})
         self._sampled[server_round] = len(nodes)
         logger.info("round %d: sampled %d site(s)", server_round, len(nodes))
@@ -249,13 +255,13 @@ class ModalityAwareFedAvg(Strategy):
         if SITE not in content.config_records or ARRAYS not in content.array_records:
             raise MalformedUpdateError(f"node {node}: reply lacks '{SITE}' or '{ARRAYS}'")
         site_info = content.config_records[SITE]
-        site = str(site_info.get("site", f"node-{node}"))
-        modality = Modality.parse(str(site_info.get("modality", "")))
+        site = str(site_info.get(SITE_NAME, f"node-{node}"))
+        modality = Modality.parse(str(site_info.get(SITE_MODALITY, "")))
         record = content.array_records[ARRAYS]
         arrays = {k: v.numpy() for k, v in record.items()}
         validate_update(arrays, self.current, modality, site)
         metrics = dict(content.metric_records.get(METRICS, MetricRecord()))
-        num_examples = float(metrics.get("num-examples", 0.0))
+        num_examples = float(metrics.get(NUM_EXAMPLES, 0.0))
         if not np.isfinite(num_examples) or num_examples <= 0:
             raise MalformedUpdateError(f"site {site!r}: num-examples={num_examples}")
         proto_sum = proto_count = None
@@ -421,8 +427,8 @@ class ModalityAwareFedAvg(Strategy):
     @staticmethod
     def _aggregate_metrics(replies: list[SiteReply]) -> MetricRecord:
         total = sum(r.num_examples for r in replies)
-        keys = sorted({k for r in replies for k in r.metrics if k != "num-examples"})
-        out: dict[str, float] = {"num-examples": float(total)}
+        keys = sorted({k for r in replies for k in r.metrics if k != NUM_EXAMPLES})
+        out: dict[str, float] = {NUM_EXAMPLES: float(total)}
         for k in keys:
             vals = [(r.metrics[k], r.num_examples) for r in replies if k in r.metrics]
             weight = sum(w for _, w in vals)

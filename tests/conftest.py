@@ -10,7 +10,7 @@ import torch
 from omegaconf import DictConfig
 
 from ppa.config import load_config
-from ppa.data.synthetic import write_synthetic_regdb, write_synthetic_sysu
+from ppa.synthetic.writer import write_synthetic_regdb, write_synthetic_sysu
 
 # Tests run one after another on two cores; one intra-op thread per process avoids the
 # oversubscription that makes parallel runs (Ray actors, subprocesses) crawl.

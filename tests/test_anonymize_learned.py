@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from ppa.anonymize import GeneratorSettings, LearnedAnonymizer
+from ppa.anonymize.measures import ssim
 from ppa.pose.heatmaps import kpr_masks
 from ppa.pose.prior import canonical_keypoints
-from ppa.privacy import ssim
 
 SETTINGS = GeneratorSettings(width=8, depth=2, lr=1e-3, privacy_weight=1.0, structure_weight=1.0)
 MASKS = {"min_confidence": 0.3, "head_scale": 0.55, "limb_width": 0.05, "smooth_sigma": 1.5}

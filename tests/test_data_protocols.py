@@ -10,8 +10,9 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from ppa.config import load_config
-from ppa.data import protocols, regdb, sysu
-from ppa.data.records import Modality
+from ppa.data import partition, protocols, regdb, sysu
+from ppa.data.records import Modality, TrainRecord
+from ppa.data.splits import TrainSet
 
 
 def _jpeg() -> bytes:
@@ -166,3 +167,39 @@ def test_label_space_needs_no_images(tmp_path):
     rroot = write_regdb(tmp_path / "regdb")
     rcfg = OmegaConf.create({"protocol": "regdb", "root": str(rroot), "train_trial": 2})
     assert protocols.load_label_space(rcfg) == {2: 0, 12: 1}
+
+
+def test_the_registry_names_the_valid_protocols_and_takes_new_ones(monkeypatch):
+    with pytest.raises(ValueError, match=r"one of sysu, regdb, got 'market'"):
+        protocols.get_protocol("market")
+    assert protocols.get_protocol("sysu").site_camera("cam3") == 3
+    assert protocols.get_protocol("regdb").site_camera("thermal") is None
+    assert [name for _, name, _ in protocols.get_protocol("regdb").camera_sites()] == [
+        "visible",
+        "thermal",
+    ]
+
+    class Corridor(protocols.DatasetProtocol):
+        """A made-up family with one visible and one infrared camera."""
+
+        name = "corridor"
+        metrics = "regdb"
+
+        def camera_sites(self):
+            return [(7, "door", Modality.VISIBLE), (9, "hall", Modality.INFRARED)]
+
+    monkeypatch.setitem(protocols.PROTOCOLS, "corridor", Corridor())
+    assert protocols.protocol_of(OmegaConf.create({"protocol": "corridor"})) == "corridor"
+    layout = partition.site_layout("by_camera", protocol="corridor")
+    assert layout == [("door", Modality.VISIBLE), ("hall", Modality.INFRARED)]
+    records = [
+        TrainRecord(f"{cam}/{i}.jpg", pid, cam, modality, label)
+        for cam, modality in ((7, Modality.VISIBLE), (9, Modality.INFRARED))
+        for i, (pid, label) in enumerate(((10, 0), (11, 1)))
+    ]
+    train = TrainSet("/nowhere", records, 2, {10: 0, 11: 1})
+    sites = partition.partition_sites(train, "by_camera", protocol="corridor")
+    assert [(s.name, [r.cam for r in s.records]) for s in sites] == [
+        ("door", [7, 7]),
+        ("hall", [9, 9]),
+    ]

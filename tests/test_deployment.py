@@ -89,7 +89,7 @@ def test_layout_names_match_the_partitioner(protocol: str, strategy: str, tmp_pa
     data: both must agree, or a SuperNode would ask for a site that does not exist."""
     from ppa.data import regdb
     from ppa.data.partition import partition_sites
-    from ppa.data.synthetic import write_synthetic_regdb
+    from ppa.synthetic.writer import write_synthetic_regdb
 
     write_synthetic_regdb(
         tmp_path / "regdb",

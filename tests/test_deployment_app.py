@@ -52,7 +52,7 @@ def load_launcher():
 
 @pytest.fixture(scope="module")
 def regdb_root(tmp_path_factory) -> Path:
-    from ppa.data.synthetic import write_synthetic_regdb
+    from ppa.synthetic.writer import write_synthetic_regdb
 
     root = tmp_path_factory.mktemp("data") / "regdb"
     write_synthetic_regdb(

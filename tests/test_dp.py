@@ -4,6 +4,7 @@ GroupNorm model, checkpoints and private prototypes, on a tiny model with hand-c
 from __future__ import annotations
 
 import math
+from importlib import import_module
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from ppa.data.keypoints import load_dataset_keypoints
 from ppa.data.loader import Batch, ReidImageDataset, collate
 from ppa.data.protocols import load_train_set
 from ppa.data.transforms import build_eval_transform
+from ppa.device import DeviceSettings
 from ppa.dp import (
     PROTOTYPES,
     SGD,
@@ -44,10 +46,13 @@ from ppa.dp import (
     plan_round,
     release_noise_multiplier,
 )
-from ppa.engine import DeviceSettings, PPAObjective, StepContext, create_optimizer, train_one_epoch
 from ppa.model import create_model
 from ppa.model.encoder import OutOfPlace
 from ppa.prototypes import IdentityPrototypes
+from ppa.training.loop import train_one_epoch
+from ppa.training.objective import PPAObjective
+from ppa.training.optim import create_optimizer
+from ppa.training.step import StepContext
 
 from conftest import tiny_overrides
 
@@ -429,9 +434,8 @@ def test_dp_training_lowers_the_loss(dp_cfg: DictConfig) -> None:
 def test_train_central_private_accounts_stops_at_the_budget_and_resumes(
     tiny_sysu_root: Path, tmp_path: Path
 ) -> None:
-    from conftest import load_script
 
-    train_central = load_script("train_central")
+    train_central = import_module("ppa.cli.train")
     base = tiny_overrides(
         tiny_sysu_root,
         tmp_path,

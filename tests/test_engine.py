@@ -11,18 +11,14 @@ from ppa.config import load_config
 from ppa.data.keypoints import load_dataset_keypoints
 from ppa.data.loader import create_eval_loader, create_train_loader
 from ppa.data.protocols import load_train_set
-from ppa.engine import (
-    DeviceSettings,
-    PPAObjective,
-    StepContext,
-    create_optimizer,
-    extract_features,
-    lr_factor,
-    set_epoch_lr,
-    train_one_epoch,
-)
+from ppa.device import DeviceSettings
+from ppa.eval.features import extract_features
 from ppa.model import create_model
 from ppa.prototypes import IdentityPrototypes
+from ppa.training.loop import train_one_epoch
+from ppa.training.objective import PPAObjective
+from ppa.training.optim import create_optimizer, lr_factor, set_epoch_lr
+from ppa.training.step import StepContext
 
 
 def test_lr_schedule_by_hand() -> None:

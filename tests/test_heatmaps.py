@@ -10,13 +10,12 @@ import torch
 from scipy import ndimage
 
 from ppa.pose.coco import INDEX, NUM_KEYPOINTS
+from ppa.pose.filters import filter_matrix, gaussian_filter2d
 from ppa.pose.heatmaps import (
     HEAD_ASPECT,
     MaskSettings,
     body_height,
     confident_joints,
-    filter_matrix,
-    gaussian_filter2d,
     head_mask,
     joint_heatmaps,
     kpr_masks,

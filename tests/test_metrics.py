@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ppa import metrics_reference
-from ppa.metrics import pairwise_distance, regdb_metrics, stable_argsort, sysu_metrics
+from ppa.eval.metrics import pairwise_distance, regdb_metrics, stable_argsort, sysu_metrics
 
 # 3 queries x 5 gallery images; query pid 4 has no match anywhere.
 DIST = np.array(

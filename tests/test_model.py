@@ -8,8 +8,8 @@ import torch
 from omegaconf import OmegaConf
 
 from ppa.config import load_config
-from ppa.federation import OFFSET, SHARED, STEM, parameter_group
 from ppa.model import EncoderOutput, create_model
+from ppa.wire import OFFSET, SHARED, STEM, parameter_group
 
 
 def model_cfg(name: str, **over):

@@ -23,13 +23,13 @@ from ppa.config import load_config
 from ppa.data.loader import Batch
 from ppa.data.records import Modality
 from ppa.data.transforms import normalize
-from ppa.federation import global_keys, pack
 from ppa.model import create_model
-from ppa.norm_calibration import (
+from ppa.training.norm_statistics import (
     measure_norm_statistics,
     norm_statistics_keys,
     pool_norm_statistics,
 )
+from ppa.wire import global_keys, pack
 from server.calibration import NormCalibration
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)

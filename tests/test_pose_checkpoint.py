@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from ppa.pose.backends.base import PoseBackendError
-from ppa.pose.backends.checkpoint import ChecksumMismatchError, fetch_checkpoint, is_url
+from ppa.keypoint_extraction.base import PoseBackendError
+from ppa.keypoint_extraction.checkpoint import ChecksumMismatchError, fetch_checkpoint, is_url
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB, more than one read chunk
 

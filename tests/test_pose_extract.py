@@ -16,7 +16,7 @@ import yaml
 from PIL import Image
 
 from ppa.data.keypoints import KeypointCache
-from ppa.pose.backends.extraction import (
+from ppa.keypoint_extraction.extraction import (
     CacheSourceMismatchError,
     ExtractionSettings,
     camera_of,
@@ -25,7 +25,7 @@ from ppa.pose.backends.extraction import (
     open_cache,
     report_path_for,
 )
-from ppa.pose.backends.file_backend import FileBackend
+from ppa.keypoint_extraction.file_backend import FileBackend
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "extract_keypoints.py"
@@ -270,7 +270,7 @@ def test_settings_are_validated(field: str, value):
 
 
 def test_script_on_a_synthetic_sysu_set_reproduces_its_ground_truth(tmp_path: Path):
-    from ppa.data.synthetic import write_synthetic_sysu
+    from ppa.synthetic.writer import write_synthetic_sysu
 
     root = tmp_path / "synthetic_sysu"
     write_synthetic_sysu(

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 
 from ppa.data.keypoints import KeypointCache, MissingKeypointsError
-from ppa.pose.backends import (
+from ppa.keypoint_extraction import (
     PoseBackendError,
     PoseBackendUnavailableError,
     check_images,
     create_backend,
 )
-from ppa.pose.backends.coco_json import CocoFormatError, load_coco_keypoints
-from ppa.pose.backends.file_backend import FileBackend
+from ppa.keypoint_extraction.coco_json import CocoFormatError, load_coco_keypoints
+from ppa.keypoint_extraction.file_backend import FileBackend
 from ppa.pose.coco import KEYPOINT_NAMES
 
 

@@ -22,7 +22,7 @@ from PIL import Image
 from skimage import data
 
 from ppa.data.keypoints import KeypointCache
-from ppa.pose.backends.mediapipe_backend import MediaPipeBackend
+from ppa.keypoint_extraction.mediapipe_backend import MediaPipeBackend
 from ppa.pose.coco import INDEX
 
 REPO = Path(__file__).resolve().parents[1]
@@ -179,7 +179,7 @@ def test_invalid_settings_fail_before_importing_mediapipe():
 def test_synthetic_sysu_detection_rate_is_reported(tmp_path: Path):
     """On the renderer's persons the detection rate is a number to watch, not a target: check
     that the report accounts for every image and agrees with the cache it describes."""
-    from ppa.data.synthetic import write_synthetic_sysu
+    from ppa.synthetic.writer import write_synthetic_sysu
 
     root = tmp_path / "synthetic_sysu"
     write_synthetic_sysu(

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ppa.pose.coco import INDEX
-from ppa.pose.mediapipe_map import (
+from ppa.keypoint_extraction.mediapipe_map import (
     MEDIAPIPE_LANDMARK_NAMES,
     MEDIAPIPE_TO_COCO,
     landmarks_to_coco,
 )
+from ppa.pose.coco import INDEX
 
 
 def test_map_selects_the_same_named_landmarks():

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ppa.pose.backends import PoseBackendError, create_backend
+from ppa.keypoint_extraction import PoseBackendError, create_backend
 
 work = Path(sys.argv[1])
 base = {"name": "mmpose", "device": "cpu", "checkpoint_dir": str(work / "models"),
@@ -97,7 +97,7 @@ except PoseBackendError as err:
 
 import mmcv.ops
 from mmcv.ops.nms import batched_nms
-from ppa.pose.backends.mmcv_ops_shim import MmcvOpsUnavailableError, mmcv_has_compiled_ops
+from ppa.keypoint_extraction.mmcv_ops_shim import MmcvOpsUnavailableError, mmcv_has_compiled_ops
 out["compiled_ops"] = mmcv_has_compiled_ops()
 out["shim_errors"] = []
 for op in (lambda: mmcv.ops.nms(None, None, 0.5), lambda: batched_nms(None, None, None, {})):

@@ -11,9 +11,7 @@ from PIL import Image
 from skimage import data, metrics
 
 from ppa.anonymize import AnonymizationLevels, KprAnonymizer, MosaicAnonymizer
-from ppa.pose.coco import INDEX, NUM_KEYPOINTS
-from ppa.pose.heatmaps import MaskSettings
-from ppa.privacy import (
+from ppa.anonymize.measures import (
     FaceDetector,
     face_detection_rate,
     head_region_scores,
@@ -22,6 +20,8 @@ from ppa.privacy import (
     ssim,
     to_uint8_images,
 )
+from ppa.pose.coco import INDEX, NUM_KEYPOINTS
+from ppa.pose.heatmaps import MaskSettings
 
 
 def astronaut() -> torch.Tensor:

@@ -11,20 +11,22 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import privacy_report  # scripts/ is on pytest's pythonpath
 import pytest
 from omegaconf import DictConfig, OmegaConf, open_dict
 from PIL import Image
 from skimage import data as skimage_data
 
+from ppa.cli.train import train
 from ppa.config import load_config
 from ppa.data.errors import CorruptImageError
 from ppa.data.keypoints import KeypointCache
 from ppa.pose.coco import INDEX, NUM_KEYPOINTS
+from ppa.privacy_report import run as privacy_report
+from ppa.privacy_report.photos import SAMPLE_PHOTO_JOINTS
 
-from conftest import REPO, load_script, tiny_overrides
+from conftest import REPO, tiny_overrides
 
-ASTRONAUT_HEAD = privacy_report.SAMPLE_PHOTO_JOINTS["astronaut"]
+ASTRONAUT_HEAD = SAMPLE_PHOTO_JOINTS["astronaut"]
 
 
 def strict_json(path: Path) -> dict:
@@ -37,12 +39,10 @@ def strict_json(path: Path) -> dict:
 
 
 def report_cfg(root: Path, tmp: Path, *overrides: str, **report) -> DictConfig:
-    """The run config with `privacy_report` keys set (whether or not config.yaml selects the
-    group yet)."""
+    """The run config with `privacy_report` keys set."""
     cfg = load_config(tiny_overrides(root, tmp, *overrides))
-    base = privacy_report.report_config(cfg)
     with open_dict(cfg):
-        cfg.privacy_report = OmegaConf.merge(base, report)
+        cfg.privacy_report = OmegaConf.merge(cfg.privacy_report, report)
     return cfg
 
 
@@ -59,7 +59,7 @@ def trained(tiny_sysu_root: Path, tmp_path_factory) -> dict[str, Path]:
             "train.checkpoint_every=1",
         )
     )
-    last = load_script("train_central").train(cfg)
+    last = train(cfg)
     return {"last": last, "epoch1": last.parent / "epoch_0001.pt"}
 
 

@@ -21,8 +21,8 @@ from flwr.app import (
 
 from ppa.config import load_config
 from ppa.data.records import Modality
-from ppa.federation import PROTO_COUNT, PROTO_SUM, global_keys, pack, site_keys
 from ppa.model import create_model
+from ppa.wire import PROTO_COUNT, PROTO_SUM, global_keys, pack, site_keys
 from server.aggregation import aggregate_updates, clip_update, krum_select, update_norm
 from server.strategy import ModalityAwareFedAvg
 

@@ -17,30 +17,21 @@ from PIL import Image
 
 from ppa.data.keypoints import KeypointCache
 from ppa.data.records import Modality
-from ppa.data.synthetic import (
+from ppa.pose.coco import INDEX
+from ppa.synthetic.body import ANKLE_HEIGHT
+from ppa.synthetic.cameras import REGDB_CAMERAS, SYSU_CAMERAS, Placement
+from ppa.synthetic.files import MANIFEST_NAME, PREVIEW_NAME, read_manifest
+from ppa.synthetic.identity import sample_identity
+from ppa.synthetic.palette import OCCLUDED_SCORE, SYSU_LUMINANCE_SHARE, VISIBLE_SCORE, garment_heat
+from ppa.synthetic.person import rasterize_person
+from ppa.synthetic.renderer import SyntheticRenderer
+from ppa.synthetic.writer import (
     KEYPOINT_SOURCE,
-    MANIFEST_NAME,
-    PREVIEW_NAME,
-    read_manifest,
     regdb_trial_split,
     sysu_cameras_for,
     write_synthetic_regdb,
     write_synthetic_sysu,
 )
-from ppa.data.synthetic_render import (
-    ANKLE_HEIGHT,
-    OCCLUDED_SCORE,
-    REGDB_CAMERAS,
-    SYSU_CAMERAS,
-    SYSU_LUMINANCE_SHARE,
-    VISIBLE_SCORE,
-    Placement,
-    SyntheticRenderer,
-    garment_heat,
-    rasterize_person,
-    sample_identity,
-)
-from ppa.pose.coco import INDEX
 
 REPO = Path(__file__).resolve().parent.parent
 H, W = 64, 32
@@ -526,7 +517,7 @@ def test_infrared_luminance_share_controls_how_much_brightness_reaches_infrared(
     luminance_only = garment_heat(1.0)
     fabric_only = garment_heat(0.0)
     # Full share: infrared intensity is monotone in visible brightness; none: it is not.
-    from ppa.data.synthetic_render import GARMENT_COLOURS
+    from ppa.synthetic.palette import GARMENT_COLOURS
 
     luma = GARMENT_COLOURS @ np.array([0.3, 0.59, 0.11], np.float32)
     order = np.argsort(luma)

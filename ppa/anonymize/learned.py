@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ppa.anonymize.base import Anonymizer, check_images
-from ppa.pose.heatmaps import KprMasks, gaussian_filter2d
-from ppa.privacy import SSIM_RADIUS, ssim_map
+from ppa.anonymize.measures import SSIM_RADIUS, ssim_map
+from ppa.pose.filters import gaussian_filter2d
+from ppa.pose.heatmaps import KprMasks
 
 # Low-pass scale of the structure term as a fraction of the image height (8 px at 288): about a
 # limb's half-width, so where body parts are is kept and the texture inside them is free.

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ppa.anonymize.base import Anonymizer
 from ppa.anonymize.prng import seeded_standard_normal
-from ppa.pose.heatmaps import gaussian_filter2d
+from ppa.pose.filters import gaussian_filter2d
 
 
 def mosaic(images: Tensor, block: int) -> Tensor:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ppa.pose.coco import NUM_KEYPOINTS
+from ppa.io import atomic_write
 
 DEFAULT_CACHE_NAME = "keypoints.npz"
 
@@ -73,10 +74,6 @@ class KeypointCache(Mapping[str, np.ndarray]):
             raise ValueError(f"keypoints for {key!r} have shape {arr.shape}, expected (17, 3)")
         self._entries[str(key)] = arr
 
-    def update_many(self, items: Iterable[tuple[str, np.ndarray]]) -> None:
-        for key, value in items:
-            self[key] = value
-
     # Persistence ----------------------------------------------------------------------
     @classmethod
     def load(cls, path: str | os.PathLike) -> KeypointCache:
@@ -113,7 +110,6 @@ class KeypointCache(Mapping[str, np.ndarray]):
         target = Path(path) if path is not None else self.path
         if target is None:
             raise ValueError("KeypointCache.save needs a path")
-        target.parent.mkdir(parents=True, exist_ok=True)
         keys = sorted(self._entries)
         paths = np.array(keys, dtype=str) if keys else np.zeros((0,), dtype="<U1")
         keypoints = (
@@ -121,15 +117,8 @@ class KeypointCache(Mapping[str, np.ndarray]):
             if keys
             else np.zeros((0, NUM_KEYPOINTS, 3), np.float32)
         )
-        fd, tmp = tempfile.mkstemp(prefix=target.name, suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, paths=paths, keypoints=keypoints, source=np.array(self.source))
-            os.replace(tmp, target)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_write(target, fsync=False) as fh:
+            np.savez(fh, paths=paths, keypoints=keypoints, source=np.array(self.source))
         self.path = target
         return target
 

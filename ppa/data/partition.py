@@ -12,19 +12,18 @@ Strategies (``federation.partition``):
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
 
-from ppa.data import regdb, sysu
+from ppa.data.protocols import get_protocol
 from ppa.data.records import Modality, TrainRecord
 from ppa.data.splits import TrainSet
 
 logger = logging.getLogger(__name__)
 
 STRATEGIES: tuple[str, ...] = ("by_camera", "by_modality", "by_identity")
-PROTOCOLS: tuple[str, ...] = ("sysu", "regdb")
 # Fewest identities a by_identity site may hold: a triplet needs a positive and a negative.
 MIN_IDS_PER_SITE = 2
 
@@ -72,8 +71,7 @@ def partition_sites(
     site's images, asks for its own. Raises EmptySiteError naming a returned site that would
     be empty.
     """
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    get_protocol(protocol)
     if strategy == "by_camera":
         sites = _by_camera(train_set.records, protocol)
     elif strategy == "by_modality":
@@ -109,13 +107,9 @@ def site_layout(
 ) -> list[tuple[str, Modality]]:
     """(name, modality) of every site a partition produces, sorted by name, from the rule
     alone (no data read): what a deployment or a simulation lays out before data exists."""
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    family = get_protocol(protocol)
     if strategy == "by_camera":
-        if protocol == "sysu":
-            layout = [(sysu.camera_folder(c), sysu.camera_modality(c)) for c in sysu.CAMERAS]
-        else:
-            layout = [(regdb.FILE_TAG[m], m) for m in regdb.CAMERA_OF]
+        layout = [(name, modality) for _, name, modality in family.camera_sites()]
     elif strategy == "by_modality":
         layout = [(m.value, m) for m in Modality]
     elif strategy == "by_identity":
@@ -130,17 +124,8 @@ def site_layout(
 
 
 def _by_camera(records: list[TrainRecord], protocol: str) -> list[Site]:
-    if protocol == "sysu":
-        cameras: tuple[int, ...] = sysu.CAMERAS
-        name_of: Callable[[int], str] = sysu.camera_folder
-        modality_of: Callable[[int], Modality] = sysu.camera_modality
-    else:
-        cameras = (regdb.VISIBLE_CAMERA, regdb.THERMAL_CAMERA)
-
-        def name_of(cam: int) -> str:
-            return regdb.FILE_TAG[regdb.camera_modality(cam)]
-
-        modality_of = regdb.camera_modality
+    camera_sites = get_protocol(protocol).camera_sites()
+    cameras = tuple(cam for cam, _, _ in camera_sites)
     by_cam: dict[int, list[TrainRecord]] = {cam: [] for cam in cameras}
     for record in records:
         if record.cam not in by_cam:
@@ -148,7 +133,7 @@ def _by_camera(records: list[TrainRecord], protocol: str) -> list[Site]:
                 f"record {record.path!r} has camera {record.cam}, not a {protocol} camera {cameras}"
             )
         by_cam[record.cam].append(record)
-    return [Site(name_of(cam), modality_of(cam), by_cam[cam]) for cam in cameras]
+    return [Site(name, modality, by_cam[cam]) for cam, name, modality in camera_sites]
 
 
 def _by_identity(train_set: TrainSet, groups: int, alpha: float | None, seed: int) -> list[Site]:

@@ -4,11 +4,13 @@ See docs/privacy.md for the mechanisms and their guarantee. The pieces:
 
 - `PrivacySettings` (``cfg.privacy``), `PrivacyLedger` / `Release` (the composed accountant
   state of one site), `PrivacyBudgetExhaustedError`;
-- `PerSampleGradients` + `PrivateStep` (the DP-SGD step hook of `ppa.engine.train_one_epoch`),
+- `PerSampleGradients` + `PrivateStep` (the DP-SGD step hook of
+  `ppa.training.loop.train_one_epoch`),
   `per_record_losses`, `clip_and_sum`, `freeze_other_modalities`, `check_private_model`;
 - `create_poisson_loader` (Poisson sampling), `create_release_loader`;
 - `release_prototypes` (clipped + Gaussian-noised identity prototypes);
-- `train_central_private` (centralised DP-SGD, `scripts/train_central.py` with privacy=dp).
+- `ppa.dp.round`: the one DP round (commit the releases, DP-SGD epochs, private prototypes),
+  used by a federated site and by `train_central_private` (centralised DP-SGD).
 """
 
 from __future__ import annotations

@@ -4,46 +4,35 @@ The whole training set is one "site" named ``central``: Poisson batches over eve
 per-record clipping and noise (`PrivateStep`), and L_align against identity prototypes that are
 themselves a DP release (clipped + noised once per epoch, `release_prototypes`), never an EMA of
 training batches. Every epoch is accounted in a `PrivacyLedger`; training stops before the
-epoch that would take epsilon past ``privacy.epsilon_budget``. `scripts/train_central.py` calls
-`train_central_private` when ``privacy.enabled``.
+epoch that would take epsilon past ``privacy.epsilon_budget``. The training command calls
+`train_central_private` when ``privacy.enabled``; each epoch is one `ppa.dp.round`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig
 
-from ppa.anonymize import KprAnonymizer
 from ppa.checkpoint import load_checkpoint, load_state_strict, save_checkpoint
 from ppa.config import resolve_path
-from ppa.data.keypoints import load_dataset_keypoints
 from ppa.data.protocols import load_train_set
-from ppa.data.records import MODALITIES
-from ppa.dp.accounting import (
-    LedgerError,
-    PrivacyBudgetExhaustedError,
-    PrivacyLedger,
-    plan_round,
+from ppa.dp.accounting import LedgerError, PrivacyBudgetExhaustedError, PrivacyLedger
+from ppa.dp.round import (
+    commit_releases,
+    poisson_loader,
+    private_epochs,
+    release_private_prototypes,
 )
-from ppa.dp.prototypes import release_prototypes
-from ppa.dp.sampling import create_poisson_loader, create_release_loader
 from ppa.dp.settings import PrivacyConfigError, PrivacySettings
-from ppa.dp.sgd import PerSampleGradients, PrivateStep
-from ppa.engine import (
-    DeviceSettings,
-    PPAObjective,
-    StepContext,
-    create_optimizer,
-    set_epoch_lr,
-    train_one_epoch,
-)
-from ppa.model import create_model
+from ppa.dp.sgd import PerSampleGradients
+from ppa.io import atomic_write_json
 from ppa.prototypes import IdentityPrototypes
-from ppa.runtime import seed_everything
+from ppa.seeding import seed_everything
+from ppa.training.central import loss_summary
+from ppa.training.optim import create_optimizer
+from ppa.training.setup import TrainingSetup
 
 logger = logging.getLogger(__name__)
 
@@ -65,34 +54,18 @@ def train_central_private(cfg: DictConfig) -> Path:
     seed_everything(int(cfg.seed), bool(cfg.deterministic))
     out = resolve_path(cfg.output_dir)
     ckpt_dir = out / "checkpoints"
-    device = DeviceSettings.from_config(cfg)
-    objective = PPAObjective.from_config(cfg.ppa)
     train_set = load_train_set(cfg.dataset)
-    keypoints = (
-        load_dataset_keypoints(
-            train_set.root, cfg.dataset.keypoints, required=cfg.pose.missing == "error"
-        )
-        if objective.anonymized_view
-        else None
-    )
-    loader = create_poisson_loader(
+    setup = TrainingSetup.create(cfg, root=train_set.root, num_classes=train_set.num_classes)
+    model, device, objective = setup.model, setup.device, setup.objective
+    loader = poisson_loader(
+        setup,
         train_set.records,
-        train_set.root,
-        input_cfg=cfg.input,
-        train_cfg=cfg.train,
-        pose_cfg=cfg.pose,
-        keypoints=keypoints,
         expected_batch_size=privacy.batch_size,
         seed=privacy.seed(int(cfg.seed), SITE, "sampling"),
-        on_bad_image=str(cfg.dataset.on_bad_image),
     )
     sampler = loader.batch_sampler
-    model = device.place(create_model(cfg.model, train_set.num_classes))
     grads = PerSampleGradients(model)
     optimizer = create_optimizer(model, cfg.train.optimizer)
-    anonymizer = (
-        KprAnonymizer.from_config(cfg).to(device.device) if objective.anonymized_view else None
-    )
     ledger = PrivacyLedger(accountant=privacy.accountant)
     prototypes: IdentityPrototypes | None = None
     start_epoch, history = 0, []
@@ -115,16 +88,6 @@ def train_central_private(cfg: DictConfig) -> Path:
         start_epoch = int(payload.get("epoch", 0))
         history = list(payload.get("history", []))
         logger.info("resumed from %s at epoch %d", cfg.checkpoint, start_epoch)
-    release_loader = create_release_loader(
-        train_set.records,
-        train_set.root,
-        input_cfg=cfg.input,
-        pose_cfg=cfg.pose,
-        keypoints=keypoints,
-        batch_size=max(privacy.batch_size, 1),
-        num_workers=int(cfg.train.num_workers),
-        on_bad_image=str(cfg.dataset.on_bad_image),
-    )
     uses_align = objective.uses("align")
     budget = privacy.budget_for(SITE)
     epochs = int(cfg.train.epochs)
@@ -141,57 +104,33 @@ def train_central_private(cfg: DictConfig) -> Path:
         budget,
     )
     for epoch in range(start_epoch, epochs):
-        planned = plan_round(
-            privacy,
-            epoch + 1,
-            sample_rate=sampler.sample_rate,
-            steps=sampler.steps,
-            prototypes=uses_align,
-        )
         try:
-            ledger.check_budget(SITE, planned, budget, privacy.delta)
+            commit_releases(
+                ledger, privacy, SITE, epoch + 1, sampler=sampler, epochs=1, prototypes=uses_align
+            )
         except PrivacyBudgetExhaustedError as err:
             if not last.exists():
                 raise  # not even one epoch fits the budget: nothing to return
             logger.warning("stopping before epoch %d: %s", epoch + 1, err)
             break
-        ledger.record(planned)
-        step = PrivateStep(
+        step, ((factor, metrics),) = private_epochs(
+            setup,
+            loader,
+            optimizer,
             grads,
-            noise_multiplier=privacy.noise_multiplier,
-            max_grad_norm=privacy.max_grad_norm,
-            expected_batch_size=sampler.sample_rate * sampler.num_records,
-            seed=privacy.seed(int(cfg.seed), SITE, epoch, "noise"),
-        )
-        ctx = StepContext.from_config(
-            cfg,
-            model=model,
-            objective=objective,
-            anonymizer=anonymizer,
-            device=device,
+            privacy,
+            epochs=[epoch],
+            noise_seed=privacy.seed(int(cfg.seed), SITE, epoch, "noise"),
             prototypes=prototypes,
-            private_step=step,
+            desc=f"epoch {epoch + 1}/{epochs}",
         )
-        factor = set_epoch_lr(optimizer, epoch, cfg.train)
-        sampler.set_epoch(epoch)
-        metrics = train_one_epoch(ctx, loader, optimizer, desc=f"epoch {epoch + 1}/{epochs}")
         if uses_align:
             # The prototypes the next epoch aligns to: a DP release (accounted above).
-            generator = torch.Generator(device=device.device)
-            generator.manual_seed(privacy.seed(int(cfg.seed), SITE, epoch, "proto"))
-            release = release_prototypes(
-                model,
-                release_loader,
-                num_modalities=len(MODALITIES),
-                num_classes=train_set.num_classes,
-                clip=privacy.prototype_clip,
-                noise=privacy.prototype_noise,
-                device=device,
-                mean=tuple(cfg.input.mean),
-                std=tuple(cfg.input.std),
-                anonymizer=anonymizer,
-                correct_offsets=objective.offsets,
-                generator=generator,
+            release = release_private_prototypes(
+                setup,
+                train_set.records,
+                privacy,
+                seed=privacy.seed(int(cfg.seed), SITE, epoch, "proto"),
             )
             prototypes = IdentityPrototypes.from_sums(release.sums, release.counts)
         epsilon = ledger.epsilon(privacy.delta)
@@ -208,7 +147,7 @@ def train_central_private(cfg: DictConfig) -> Path:
             epoch + 1,
             epochs,
             metrics["loss"],
-            ", ".join(f"{k[5:]} {v:.3f}" for k, v in metrics.items() if k.startswith("loss_")),
+            loss_summary(metrics),
             epsilon,
             privacy.delta,
             step.clipped,
@@ -230,6 +169,5 @@ def train_central_private(cfg: DictConfig) -> Path:
             save_checkpoint(ckpt_dir / f"epoch_{epoch + 1:04d}.pt", model, cfg, **extra)
         save_checkpoint(last, model, cfg, **extra)
     grads.close()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "train_history.json").write_text(json.dumps(history, indent=2))
+    atomic_write_json(out / "train_history.json", history, indent=2)
     return last

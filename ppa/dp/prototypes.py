@@ -24,7 +24,7 @@ import torch
 from ppa.anonymize import KprAnonymizer
 from ppa.data.loader import Batch
 from ppa.data.transforms import normalize
-from ppa.engine import DeviceSettings
+from ppa.device import DeviceSettings
 from ppa.model import PPAEncoder
 
 

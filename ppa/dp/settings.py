@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from omegaconf import DictConfig, OmegaConf
 
-from ppa.runtime import derive_seed
+from ppa.seeding import derive_seed
 
 ACCOUNTANTS = ("rdp", "prv")
 

@@ -27,8 +27,8 @@ from torch import nn
 from ppa import losses
 from ppa.data.loader import Batch
 from ppa.data.records import Modality
-from ppa.engine import StepContext, step_inputs
 from ppa.model import ModalityOffsets, PPAEncoder
+from ppa.training.step import StepContext, step_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -248,7 +248,7 @@ def clip_and_sum(
 
 
 class PrivateStep:
-    """The DP-SGD step hook for `ppa.engine.train_one_epoch` (``StepContext.private_step``).
+    """The DP-SGD step hook for `ppa.training.loop.train_one_epoch` (``StepContext.private_step``).
 
     grad = (sum_r clip_C(g_r) + N(0, (sigma C)^2)) / expected_batch_size, with g_r the gradient
     of record r's loss; then the optimizer steps. Empty Poisson batches still take a noise-only

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ppa.pose.backends.base import (
+from ppa.keypoint_extraction.base import (
     PoseBackend,
     PoseBackendError,
     PoseBackendUnavailableError,
@@ -65,7 +65,7 @@ def create_backend(cfg: Mapping[str, Any]) -> PoseBackend:
         )
     device = str(cfg.get("device", "auto"))
     if name == "mmpose":
-        from ppa.pose.backends.mmpose_backend import MMPoseBackend
+        from ppa.keypoint_extraction.mmpose_backend import MMPoseBackend
 
         return MMPoseBackend(
             config=str(cfg["config"]),
@@ -79,14 +79,14 @@ def create_backend(cfg: Mapping[str, Any]) -> PoseBackend:
             allow_random_weights=bool(cfg.get("allow_random_weights", False)),
         )
     if name == "mediapipe":
-        from ppa.pose.backends.mediapipe_backend import MediaPipeBackend
+        from ppa.keypoint_extraction.mediapipe_backend import MediaPipeBackend
 
         return MediaPipeBackend(
             model_complexity=int(cfg.get("model_complexity", 1)),
             min_detection_confidence=float(cfg.get("min_detection_confidence", 0.5)),
             device=device,
         )
-    from ppa.pose.backends.file_backend import FileBackend
+    from ppa.keypoint_extraction.file_backend import FileBackend
 
     path = cfg.get("path")
     if not path:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -25,7 +24,8 @@ from tqdm import tqdm
 from ppa.data.errors import CorruptImageError
 from ppa.data.images import read_image
 from ppa.data.keypoints import KeypointCache
-from ppa.pose.backends.base import PoseBackend
+from ppa.io import atomic_write
+from ppa.keypoint_extraction.base import PoseBackend
 
 logger = logging.getLogger(__name__)
 
@@ -180,19 +180,6 @@ def summarise(
     report.overall = _stats(everything, settings)
 
 
-def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(payload, fh, indent=2, sort_keys=False)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _load_batch(
     root: Path, keys: Sequence[str], on_bad_image: str
 ) -> tuple[list[str], list[np.ndarray], list[str]]:
@@ -322,7 +309,9 @@ def extract_keypoints(
     report.elapsed_s = round(time.perf_counter() - start, 3)
     report.images_per_s = round(report.processed / report.elapsed_s, 2) if report.elapsed_s else 0.0
     summarise(cache, keys, settings, report)
-    _write_json_atomic(report_file, report.to_json())
+    with atomic_write(report_file, "w", fsync=False) as fh:
+        json.dump(report.to_json(), fh, indent=2, sort_keys=False)
+        fh.write("\n")
     _log_report(report, report_file)
     return report
 

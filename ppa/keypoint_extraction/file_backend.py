@@ -12,8 +12,8 @@ from typing import ClassVar
 import numpy as np
 
 from ppa.data.keypoints import KeypointCache, MissingKeypointsError
-from ppa.pose.backends.base import PoseBackend, PoseBackendError
-from ppa.pose.backends.coco_json import load_coco_keypoints
+from ppa.keypoint_extraction.base import PoseBackend, PoseBackendError
+from ppa.keypoint_extraction.coco_json import load_coco_keypoints
 from ppa.pose.coco import NUM_KEYPOINTS
 
 logger = logging.getLogger(__name__)

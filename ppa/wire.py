@@ -1,4 +1,5 @@
-"""The federation wire format: which arrays travel, their names, packing and validation.
+"""The federation wire format: which arrays travel, their names, packing and validation, and
+the names of every record, record key and node-config key a message carries.
 
 Shared between `server/` and `client/` (and nothing else of theirs): a site's update holds
 the shared parts (trunk, GeM, BNNeck, classifier), its own modality's stem and its own
@@ -32,6 +33,50 @@ VARIANCE_SUFFIX = "running_var"  # BatchNorm variances: never negative
 # Error code of a training reply from a site that is out of its DP budget (Flower's own error
 # codes are 0..8): the server stops sampling that site instead of counting a failure.
 BUDGET_EXHAUSTED_CODE = 100
+
+
+# The records of a message (RecordDict keys) --------------------------------------------------
+ARRAYS = "arrays"  # ArrayRecord: model arrays under their state-dict names
+CONFIG = "config"  # ConfigRecord: the round's instructions (server -> site)
+METRICS = "metrics"  # MetricRecord: a reply's numbers
+PROTOTYPES = "prototypes"  # ArrayRecord: PROTO_SUM / PROTO_COUNT (server -> site: per modality)
+SITE = "site"  # ConfigRecord: who replied (SITE_NAME, SITE_MODALITY)
+STATISTICS = "statistics"  # ArrayRecord: BatchNorm statistics of the statistics round
+
+# Keys inside the records ---------------------------------------------------------------------
+SERVER_ROUND = "server-round"
+LOCAL_EPOCHS = "local-epochs"
+HALF_PRECISION = "half-precision"
+CALIBRATION_IMAGES = "calibration-images"
+NUM_EXAMPLES = "num-examples"
+SITE_NAME = "site"
+SITE_MODALITY = "modality"
+
+# A SuperNode's --node-config: a deployed site names itself, its modality and data; a
+# simulated one gets its partition ----------------------------------------------------------------
+NODE_SITE = "site"
+NODE_MODALITY = "modality"
+NODE_DATA_ROOT = "data-root"
+NODE_DATASET = "dataset"  # optional: the dataset protocol the site's data follows
+NODE_PARTITION_ID = "partition-id"
+NODE_NUM_PARTITIONS = "num-partitions"
+DEPLOYMENT_KEYS = (NODE_SITE, NODE_MODALITY, NODE_DATA_ROOT)
+SIMULATION_KEYS = (NODE_PARTITION_ID, NODE_NUM_PARTITIONS)
+
+
+def site_identity(name: str, modality: Modality) -> dict[str, str]:
+    """The SITE record of a reply."""
+    return {SITE_NAME: name, SITE_MODALITY: modality.value}
+
+
+def deployment_node_config(
+    site: str, modality: str, data_root: str, dataset: str | None = None
+) -> dict[str, str]:
+    """The --node-config of a deployed site's SuperNode."""
+    config = {NODE_SITE: site, NODE_MODALITY: modality, NODE_DATA_ROOT: data_root}
+    if dataset:
+        config[NODE_DATASET] = dataset
+    return config
 
 
 class MalformedUpdateError(ValueError):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,7 +21,8 @@ from skimage.color import rgb2gray
 from skimage.feature import Cascade
 from torch import Tensor
 
-from ppa.pose.heatmaps import gaussian_kernel1d, separable_filter2d
+from ppa.io import atomic_write
+from ppa.pose.filters import gaussian_kernel1d, separable_filter2d
 
 logger = logging.getLogger(__name__)
 
@@ -274,14 +274,7 @@ def save_anonymization_grid(
             row += 1
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            canvas.save(handle, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, fsync=False) as handle:
+        canvas.save(handle, format="PNG")
     logger.info("wrote anonymisation grid %s (%d groups x %d columns)", path, len(groups), columns)
     return path

@@ -16,9 +16,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ppa.pose.backends.base import PoseBackend, PoseBackendError, PoseBackendUnavailableError
+from ppa.keypoint_extraction.base import PoseBackend, PoseBackendError, PoseBackendUnavailableError
+from ppa.keypoint_extraction.mediapipe_map import NUM_MEDIAPIPE_LANDMARKS, landmarks_to_coco
 from ppa.pose.coco import NUM_KEYPOINTS
-from ppa.pose.mediapipe_map import NUM_MEDIAPIPE_LANDMARKS, landmarks_to_coco
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from ppa.pose.backends.base import PoseBackendError
+from ppa.keypoint_extraction.base import PoseBackendError
 
 logger = logging.getLogger(__name__)
 

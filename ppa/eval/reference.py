@@ -1,8 +1,8 @@
 """Per-query reference implementation of the SYSU-MM01 and RegDB metrics.
 
 Written for reading, not speed: one query at a time, the definitions spelled out (see
-`ppa.metrics` for the conventions). Tests check the vectorised `ppa.metrics` against it, and
-the benchmark times the two.
+`ppa.eval.metrics` for the conventions). Tests check the vectorised `ppa.eval.metrics` against
+it, and the benchmark times the two.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ppa.metrics import SYSU_REMOVED_PAIR
+from ppa.eval.metrics import SYSU_REMOVED_PAIR
 
 
 def sysu_metrics(

@@ -1,4 +1,4 @@
-"""The one evaluation code path (scripts/evaluate.py and the ServerApp both call `evaluate`).
+"""The one evaluation code path (the evaluation command, the ServerApp, the privacy report).
 
 Features of every test image are extracted once per view (raw / anonymised) and reused by
 all trials, modes and privacy protocols.
@@ -7,7 +7,7 @@ all trials, modes and privacy protocols.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,10 +17,12 @@ from omegaconf import DictConfig, OmegaConf
 from ppa.anonymize import KprAnonymizer
 from ppa.data.keypoints import KeypointCache
 from ppa.data.loader import create_eval_loader
-from ppa.data.protocols import TestSetting, test_settings
+from ppa.data.protocols import DatasetProtocol, TestSetting, dataset_protocol, test_settings
 from ppa.data.records import ImageRecord
-from ppa.engine import DeviceSettings, FeatureSet, extract_features
-from ppa.metrics import pairwise_distance, regdb_metrics, sysu_metrics
+from ppa.device import DeviceSettings
+from ppa.eval.features import VIEWS, FeatureSet, extract_features
+from ppa.eval.metrics import pairwise_distance, regdb_metrics, sysu_metrics
+from ppa.eval.report import EvaluationReport, GroupResult
 from ppa.model import PPAEncoder
 
 logger = logging.getLogger(__name__)
@@ -32,6 +34,25 @@ PRIVACY_PROTOCOLS: dict[str, tuple[str, str]] = {
     "raw-anon": ("raw", "anon"),
 }
 REPORTED_RANKS = (1, 5, 10, 20)
+
+
+def _pids(records: Sequence[ImageRecord]) -> np.ndarray:
+    return np.array([r.pid for r in records])
+
+
+def _cams(records: Sequence[ImageRecord]) -> np.ndarray:
+    return np.array([r.cam for r in records])
+
+
+# Retrieval rules by `DatasetProtocol.metrics`: (distances, query, gallery, max_rank) -> metrics.
+RETRIEVAL_RULES: dict[str, Callable[..., dict]] = {
+    "sysu": lambda dist, q, g, max_rank: sysu_metrics(
+        dist, _pids(q), _pids(g), _cams(q), _cams(g), max_rank=max_rank
+    ),
+    "regdb": lambda dist, q, g, max_rank: regdb_metrics(
+        dist, _pids(q), _pids(g), max_rank=max_rank
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -67,7 +88,7 @@ def summarize(metrics: dict) -> dict[str, float]:
 
 def _setting_metrics(
     protocol: str,
-    family: str,
+    family: DatasetProtocol,
     setting: TestSetting,
     features: dict[str, FeatureSet],
     images: TestImages,
@@ -78,13 +99,8 @@ def _setting_metrics(
     g_pos = images.positions(setting.split.gallery)
     q, g = features[q_view], features[g_view]
     dist = pairwise_distance(q.features[q_pos], g.features[g_pos])
-    q_pids = np.array([r.pid for r in setting.split.query])
-    g_pids = np.array([r.pid for r in setting.split.gallery])
-    if family == "sysu":
-        q_cams = np.array([r.cam for r in setting.split.query])
-        g_cams = np.array([r.cam for r in setting.split.gallery])
-        return sysu_metrics(dist, q_pids, g_pids, q_cams, g_cams, max_rank=max_rank)
-    return regdb_metrics(dist, q_pids, g_pids, max_rank=max_rank)
+    rule = RETRIEVAL_RULES[family.metrics]
+    return rule(dist, setting.split.query, setting.split.gallery, max_rank)
 
 
 def evaluate(
@@ -97,12 +113,11 @@ def evaluate(
     keypoints: KeypointCache | None = None,
     settings: Sequence[TestSetting] | None = None,
     progress: bool = True,
-) -> dict:
+) -> EvaluationReport:
     """Evaluate `model` on the test protocol of `cfg.dataset` under privacy protocols.
 
-    Returns a JSON-ready dict: ``results[protocol][group] = {"mean": {...}, "trials": [...]}``
-    where group is the SYSU mode (all/indoor) or the RegDB direction, and each entry holds
-    rank1/5/10/20, mAP, mINP (and the mean CMC curve).
+    The report holds, per privacy protocol and group (SYSU mode / RegDB direction), the mean
+    over trials of rank1/5/10/20, mAP and mINP, each trial's numbers and the mean CMC curve.
     """
     protocols = list(protocols or cfg.eval.protocols)
     unknown = [p for p in protocols if p not in PRIVACY_PROTOCOLS]
@@ -110,9 +125,7 @@ def evaluate(
         raise ValueError(
             f"unknown privacy protocol(s) {unknown}; expected {sorted(PRIVACY_PROTOCOLS)}"
         )
-    views = tuple(
-        sorted({v for p in protocols for v in PRIVACY_PROTOCOLS[p]}, key=("raw", "anon").index)
-    )
+    views = tuple(sorted({v for p in protocols for v in PRIVACY_PROTOCOLS[p]}, key=VIEWS.index))
     if "anon" in views and anonymizer is None:
         raise ValueError(f"protocols {protocols} need an anonymizer")
     settings = list(settings) if settings is not None else test_settings(cfg.dataset)
@@ -149,8 +162,8 @@ def evaluate(
         desc="test features",
     )
     max_rank = int(cfg.eval.max_rank)
-    family = str(cfg.dataset.protocol)
-    results: dict[str, dict] = {}
+    family = dataset_protocol(cfg.dataset)
+    results: dict[str, dict[str, GroupResult]] = {}
     for protocol in protocols:
         groups: dict[str, dict] = {}
         for setting in settings:
@@ -158,27 +171,19 @@ def evaluate(
             entry = groups.setdefault(setting.group, {"trials": [], "cmcs": []})
             entry["trials"].append({"trial": setting.trial, **summarize(m)})
             entry["cmcs"].append(np.asarray(m["cmc"], dtype=np.float64))
-        for entry in groups.values():
+        results[protocol] = {}
+        for group, entry in groups.items():
             length = min(len(c) for c in entry["cmcs"])
-            mean_cmc = np.mean([c[:length] for c in entry.pop("cmcs")], axis=0)
+            mean_cmc = np.mean([c[:length] for c in entry["cmcs"]], axis=0)
             mean = {
                 k: float(np.mean([t[k] for t in entry["trials"]]))
                 for k in entry["trials"][0]
                 if k != "trial"
             }
-            entry["mean"] = {**mean, "cmc": mean_cmc.tolist()}
-        results[protocol] = groups
-    return {
-        "dataset": cfg.dataset.name,
-        "protocol": family,
-        "num_test_images": len(images.records),
-        "results": results,
-    }
-
-
-def headline(report: dict, protocol: str | None = None) -> dict[str, float]:
-    """The first group's mean numbers for a protocol (default: the first evaluated)."""
-    results = report["results"]
-    protocol = protocol or next(iter(results))
-    group = next(iter(results[protocol].values()))
-    return {k: v for k, v in group["mean"].items() if k != "cmc"}
+            results[protocol][group] = GroupResult(mean, mean_cmc.tolist(), entry["trials"])
+    return EvaluationReport(
+        dataset=str(cfg.dataset.name),
+        protocol=family.name,
+        num_test_images=len(images.records),
+        results=results,
+    )

@@ -1,7 +1,7 @@
 """Retrieval metrics of the SYSU-MM01 and RegDB protocols: CMC (Rank-k), mAP and mINP.
 
 Vectorised over the whole distance matrix with torch (processed in blocks of query rows to
-bound memory), on the device the distances live on. `ppa.metrics_reference` is the readable
+bound memory), on the device the distances live on. `ppa.eval.reference` is the readable
 per-query implementation of the same definitions; the two agree to floating-point precision.
 
 Conventions shared by both protocols:
@@ -26,6 +26,9 @@ one 64-bit integer key, order-preserving bits of the distance above the gallery 
 plain (SIMD-vectorised) numpy value sort per row gives the stable ranking, and everything after
 the sort touches only the correct matches. Other inputs (GPU tensors, float64) take
 `_evaluate_by_sort`, a stable torch argsort.
+
+One concept kept whole (a little over 400 lines): the two paths implement the same
+definitions and are checked against each other and against `ppa.eval.reference`.
 """
 
 from __future__ import annotations

@@ -23,14 +23,14 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ppa.config import resolve_path
-from ppa.pose.backends.base import (
+from ppa.keypoint_extraction.base import (
     PoseBackend,
     PoseBackendError,
     PoseBackendUnavailableError,
     resolve_device,
 )
-from ppa.pose.backends.checkpoint import fetch_checkpoint
-from ppa.pose.backends.mmcv_ops_shim import install_mmcv_ops_shim
+from ppa.keypoint_extraction.checkpoint import fetch_checkpoint
+from ppa.keypoint_extraction.mmcv_ops_shim import install_mmcv_ops_shim
 from ppa.pose.coco import KEYPOINT_NAMES, NUM_KEYPOINTS
 
 logger = logging.getLogger(__name__)

@@ -1,0 +1,1 @@
+"""Command-line entry points of the library (Hydra): each parses the config and calls ppa."""

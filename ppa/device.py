@@ -1,0 +1,66 @@
+"""Where and how tensors run: the device, mixed precision, memory layout, compilation."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+
+@dataclass(frozen=True)
+class DeviceSettings:
+    """Where and how tensors run (GPU fast paths switched by config, off on the CPU)."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None = None
+    channels_last: bool = False
+    non_blocking: bool = False
+    compile: bool = False
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> DeviceSettings:
+        device = resolve_device(cfg.get("device", "auto"))
+        cuda = device.type == "cuda"
+        amp = cfg.train.get("amp", "auto")
+        use_amp = cuda if amp == "auto" else bool(amp)
+        cl = cfg.train.get("channels_last", "auto")
+        return cls(
+            device=device,
+            amp_dtype=torch.bfloat16 if use_amp and cuda else None,
+            channels_last=(cuda if cl == "auto" else bool(cl)),
+            non_blocking=cuda,
+            compile=bool(cfg.train.get("compile", False)),
+        )
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def place(self, model: nn.Module) -> nn.Module:
+        """Move a model to the device, channels-last when configured, and optionally compile
+        its forward (the module and its state-dict keys stay as they are)."""
+        model.to(self.device)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        if self.compile:
+            model.forward = torch.compile(model.forward)
+        return model
+
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        return (
+            images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+        )
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` -> CUDA when available, else CPU."""
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device={name} requested but CUDA is not available")
+    return device

@@ -1,0 +1,1 @@
+"""The privacy-utility report of several anonymiser settings (`run`)."""

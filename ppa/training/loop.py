@@ -1,0 +1,119 @@
+"""The epoch loop: one pass over a loader, and local epochs on the global-epoch schedule."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+import torch
+from omegaconf import DictConfig
+from tqdm.auto import tqdm
+
+from ppa.data.loader import Batch
+from ppa.training.optim import set_epoch_lr
+from ppa.training.step import StepContext, ppa_step
+
+
+def train_one_epoch(
+    ctx: StepContext,
+    loader: Iterable[Batch],
+    optimizer: torch.optim.Optimizer,
+    *,
+    max_batches: int | None = None,
+    progress: bool = True,
+    desc: str = "train",
+) -> dict[str, float]:
+    """One pass over `loader`; returns mean losses, examples seen and timing."""
+    model = ctx.model
+    model.train()
+    sums: dict[str, float] = {}
+    batches = examples = 0
+    start = time.perf_counter()
+    total_batches = len(loader) if hasattr(loader, "__len__") else None
+    if max_batches is not None and total_batches is not None:
+        total_batches = min(total_batches, max_batches)
+    bar = tqdm(loader, total=total_batches, desc=desc, disable=not progress, leave=False)
+    for batch in bar:
+        if max_batches is not None and batches >= max_batches:
+            break
+        batch = batch.to(ctx.device.device, non_blocking=ctx.device.non_blocking)
+        if ctx.private_step is not None:
+            # DP-SGD: per-record losses, clipping, noise and the step happen in the hook.
+            loss, terms = ctx.private_step(ctx, batch, optimizer)
+        else:
+            loss, terms = ppa_step(ctx, batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite training loss {float(loss)} ({terms})")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        batches += 1
+        examples += batch.images.shape[0]
+        sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+        for k, v in terms.items():
+            sums[f"loss_{k}"] = sums.get(f"loss_{k}", 0.0) + v
+        bar.set_postfix(loss=f"{sums['loss'] / batches:.3f}")
+    seconds = time.perf_counter() - start
+    metrics = {k: v / max(batches, 1) for k, v in sums.items()}
+    metrics.update(
+        batches=float(batches),
+        num_examples=float(examples),
+        seconds=seconds,
+        images_per_second=examples / seconds if seconds > 0 else 0.0,
+    )
+    return metrics
+
+
+def global_epoch(server_round: int, local_epochs: int, local_epoch: int) -> int:
+    """The 0-based epoch count the schedule sees for local epoch `local_epoch` of a round:
+    round r's epochs follow round r-1's, so warm-up and step decay span the whole run."""
+    return (server_round - 1) * local_epochs + local_epoch
+
+
+def train_epoch(
+    ctx: StepContext,
+    loader,
+    optimizer: torch.optim.Optimizer,
+    train_cfg: DictConfig,
+    epoch: int,
+    *,
+    max_batches: int | None = None,
+    progress: bool = True,
+    desc: str = "train",
+) -> tuple[float, dict[str, float]]:
+    """Epoch `epoch` (0-based, global) of the schedule: its learning rate, the sampler's
+    epoch, one pass. Returns (lr factor, the pass's metrics)."""
+    factor = set_epoch_lr(optimizer, epoch, train_cfg)
+    loader.batch_sampler.set_epoch(epoch)
+    metrics = train_one_epoch(
+        ctx, loader, optimizer, max_batches=max_batches, progress=progress, desc=desc
+    )
+    return factor, metrics
+
+
+def train_round_epochs(
+    ctx: StepContext,
+    loader,
+    optimizer: torch.optim.Optimizer,
+    train_cfg: DictConfig,
+    *,
+    server_round: int,
+    local_epochs: int,
+    max_batches: int | None = None,
+    progress: bool = False,
+    desc: str = "train",
+) -> list[dict[str, float]]:
+    """`local_epochs` epochs of federated round `server_round` on the global-epoch schedule."""
+    return [
+        train_epoch(
+            ctx,
+            loader,
+            optimizer,
+            train_cfg,
+            global_epoch(server_round, local_epochs, e),
+            max_batches=max_batches,
+            progress=progress,
+            desc=desc,
+        )[1]
+        for e in range(local_epochs)
+    ]

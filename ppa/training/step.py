@@ -1,0 +1,167 @@
+"""One PPA training step: the concatenated raw + anonymised views, the losses, prototypes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from ppa import losses
+from ppa.anonymize import KprAnonymizer
+from ppa.data.loader import Batch
+from ppa.data.transforms import normalize
+from ppa.device import DeviceSettings
+from ppa.model import PPAEncoder
+from ppa.pose.heatmaps import joint_heatmaps
+from ppa.prototypes import IdentityPrototypes, PrototypeAccumulator
+from ppa.training.objective import PPAObjective
+
+# A step that replaces forward/backward/optimizer.step for one batch (DP-SGD: ppa.dp.PrivateStep)
+# and returns (loss, terms) like `ppa_step`.
+StepHook = Callable[["StepContext", Batch, torch.optim.Optimizer], tuple[torch.Tensor, dict]]
+
+
+@dataclass
+class StepContext:
+    """Everything a step needs besides the batch."""
+
+    model: PPAEncoder
+    objective: PPAObjective
+    anonymizer: KprAnonymizer | None
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    heatmap_sigma: float
+    min_confidence: float
+    device: DeviceSettings
+    prototypes: IdentityPrototypes | None = None
+    accumulator: PrototypeAccumulator | None = None
+    prototype_momentum: float | None = None  # set: EMA-update `prototypes` (central training)
+    anonymizer_optimizer: torch.optim.Optimizer | None = None
+    private_step: StepHook | None = None  # set: DP-SGD does the step (ppa.dp)
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig, **fields: Any) -> StepContext:
+        """A context whose input normalisation and heatmap settings come from the run config
+        (`cfg.input`, `cfg.pose`); `fields` give the rest (model, objective, anonymizer, ...)."""
+        return cls(
+            mean=tuple(cfg.input.mean),
+            std=tuple(cfg.input.std),
+            heatmap_sigma=float(cfg.pose.heatmap_sigma),
+            min_confidence=float(cfg.pose.min_confidence),
+            **fields,
+        )
+
+
+def _heatmaps(
+    ctx: StepContext, keypoints: torch.Tensor, height: int, width: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-joint heatmaps at the trunk's feature-map size, and the joint weights."""
+    fh, fw = ctx.model.feature_size(height, width)
+    maps = joint_heatmaps(
+        keypoints,
+        fh,
+        fw,
+        sigma=ctx.heatmap_sigma,
+        min_confidence=ctx.min_confidence,
+        scale=fh / height,
+    )
+    return maps.heatmaps, maps.weights
+
+
+def anonymize(ctx: StepContext, batch: Batch) -> torch.Tensor:
+    """Anonymised view of a batch ([0, 1] images); trains a learned anonymiser when present."""
+    assert ctx.anonymizer is not None
+    if ctx.anonymizer_optimizer is None:
+        with torch.no_grad():
+            return ctx.anonymizer(batch.images, batch.keypoints, batch.seeds).images
+    result = ctx.anonymizer(batch.images, batch.keypoints, batch.seeds)
+    terms = ctx.anonymizer.anonymizer.objective(batch.images, result.images, result.masks)
+    ctx.anonymizer_optimizer.zero_grad(set_to_none=True)
+    terms["total"].backward()
+    ctx.anonymizer_optimizer.step()
+    return result.images.detach()
+
+
+@dataclass(frozen=True)
+class StepInputs:
+    """A batch laid out for the one concatenated forward: raw views first, then anonymised."""
+
+    images: torch.Tensor  # (V * n, 3, H, W), normalised and placed
+    labels: torch.Tensor  # (V * n,)
+    modality: torch.Tensor  # (V * n,)
+    anonymized: torch.Tensor | None  # (V * n,) bool, when anonymised features are corrected
+    heatmaps: torch.Tensor | None  # (V * n, J, h, w), when L_kpr is on
+    confidence: torch.Tensor | None  # (n, J) joint weights, when L_kpr is on
+    n: int  # records in the batch
+    nviews: int
+
+
+def step_inputs(ctx: StepContext, batch: Batch) -> StepInputs:
+    """Views (raw + anonymised when the objective uses both), labels, offset mask and heatmaps
+    of one batch: what `ppa_step` and the DP per-record losses both forward."""
+    obj = ctx.objective
+    raw = batch.images
+    n = raw.shape[0]
+    height, width = raw.shape[-2:]
+    views = [raw]
+    if obj.anonymized_view:
+        views.append(anonymize(ctx, batch))
+    nviews = len(views)
+    anonymized = None
+    if obj.anonymized_view and obj.offsets:
+        anonymized = torch.arange(nviews * n, device=raw.device) >= n
+    heatmaps = confidence = None
+    if obj.uses("kpr"):
+        heat, confidence = _heatmaps(ctx, batch.keypoints, height, width)
+        heatmaps = heat.repeat(nviews, 1, 1, 1)
+    return StepInputs(
+        images=ctx.device.prepare(normalize(torch.cat(views), ctx.mean, ctx.std)),
+        labels=batch.labels.repeat(nviews),
+        modality=batch.modality.repeat(nviews),
+        anonymized=anonymized,
+        heatmaps=heatmaps,
+        confidence=confidence,
+        n=n,
+        nviews=nviews,
+    )
+
+
+def ppa_step(ctx: StepContext, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+    """Forward one batch (raw + anonymised views concatenated) and return (loss, terms)."""
+    obj, model = ctx.objective, ctx.model
+    inputs = step_inputs(ctx, batch)
+    n, labels, modality, confidence = inputs.n, inputs.labels, inputs.modality, inputs.confidence
+    with ctx.device.autocast():
+        out = model(inputs.images, modality, anonymized=inputs.anonymized, heatmaps=inputs.heatmaps)
+
+    terms: dict[str, torch.Tensor] = {}
+    terms["id"] = losses.identity_loss(out.logits, labels, obj.label_smoothing)
+    terms["triplet"] = losses.weighted_triplet_loss(out.corrected, labels)
+    if obj.uses("kpr"):
+        assert out.parts is not None and confidence is not None
+        terms["kpr"] = losses.kpr_loss(out.parts[n:], out.parts[:n], confidence)
+    if obj.uses("dc"):
+        terms["dc"] = losses.dc_loss(out.pooled[n:], out.pooled[:n], model.offsets(batch.modality))
+    # Alignment and prototypes live in the BNNeck space, the retrieval space: the pooled
+    # features are non-negative (ReLU + GeM), so any two of them have a high cosine and a
+    # cosine pull toward a prototype there carries almost no signal.
+    if obj.uses("align") and ctx.prototypes is not None and ctx.prototypes.valid.any():
+        terms["align"] = losses.align_loss(
+            out.neck,
+            labels,
+            modality,
+            ctx.prototypes.means,
+            ctx.prototypes.valid,
+            obj.align_temperature,
+        )
+    total = sum(obj.weights[k] * v for k, v in terms.items())
+
+    feats = out.neck.detach().float()
+    if ctx.accumulator is not None:
+        ctx.accumulator.add(feats, labels, modality)
+    if ctx.prototype_momentum is not None and ctx.prototypes is not None:
+        ctx.prototypes.ema_update(feats, labels, modality, ctx.prototype_momentum)
+    return total, {k: float(v.detach()) for k, v in terms.items()}
