@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from ppa import metrics_reference
+from ppa.eval import reference as metrics_reference
 from ppa.eval.metrics import pairwise_distance, regdb_metrics, stable_argsort, sysu_metrics
 
 # 3 queries x 5 gallery images; query pid 4 has no match anywhere.
