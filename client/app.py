@@ -18,10 +18,11 @@ from flwr.app import (
 from flwr.clientapp import ClientApp
 
 from client.private import BUDGET_EXHAUSTED_CODE
-from client.site import SiteTrainer, site_spec
+from client.site import SiteTrainer
 from ppa.config import load_run_config, overrides_from_run_config
 from ppa.dp import PrivacyBudgetExhaustedError
 from ppa.federation import PROTO_COUNT, PROTO_SUM
+from ppa.node_config import site_spec
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,6 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -16,7 +15,6 @@ from omegaconf import DictConfig
 from client.injection import maybe_fail, poison
 from client.private import PrivateTraining
 from ppa.anonymize import KprAnonymizer
-from ppa.config import resolve_path
 from ppa.data.keypoints import load_dataset_keypoints
 from ppa.data.loader import create_eval_loader, create_train_loader
 from ppa.data.partition import Site, partition_sites, site_layout
@@ -33,71 +31,12 @@ from ppa.engine import (
 )
 from ppa.federation import PROTO_COUNT, PROTO_SUM, pack, site_keys, unpack_into
 from ppa.model import create_model
+from ppa.node_config import NodeConfigError, SiteSpec
 from ppa.norm_calibration import measure_norm_statistics
 from ppa.prototypes import IdentityPrototypes, PrototypeAccumulator
 from ppa.runtime import derive_seed, seed_everything
 
 logger = logging.getLogger(__name__)
-
-DEPLOYMENT_KEYS = ("site", "modality", "data-root")
-SIMULATION_KEYS = ("partition-id", "num-partitions")
-
-
-class NodeConfigError(ValueError):
-    """A SuperNode's --node-config that does not describe a site."""
-
-
-@dataclass(frozen=True)
-class SiteSpec:
-    """Who this node is: a site name, its modality and its data root (None: config's root)."""
-
-    name: str | None
-    modality: Modality | None
-    data_root: Path | None
-    partition_id: int | None = None
-    num_partitions: int | None = None
-
-
-def site_spec(node_config: Mapping[str, object], cfg: DictConfig) -> SiteSpec:
-    """Validate the node config: deployment keys (site, modality, data-root[, dataset]) or
-    simulation keys (partition-id, num-partitions)."""
-    if any(k in node_config for k in DEPLOYMENT_KEYS):
-        missing = [k for k in DEPLOYMENT_KEYS if not str(node_config.get(k, "")).strip()]
-        if missing:
-            raise NodeConfigError(
-                f"node config {dict(node_config)} lacks {missing}; a site needs "
-                '--node-config \'site="cam3" modality="infrared" data-root="/data/sysu"\''
-            )
-        dataset = str(node_config.get("dataset", "")).strip()
-        if dataset and dataset != protocol_of(cfg.dataset):
-            raise NodeConfigError(
-                f"node config dataset={dataset!r} but the run uses dataset.protocol="
-                f"{protocol_of(cfg.dataset)!r}"
-            )
-        try:
-            modality = Modality.parse(str(node_config["modality"]))
-        except ValueError as err:
-            raise NodeConfigError(f"node config: {err}") from err
-        root = resolve_path(str(node_config["data-root"]))
-        if not root.is_dir():
-            raise NodeConfigError(f"node config data-root={root} is not a directory")
-        return SiteSpec(str(node_config["site"]), modality, root)
-    if all(k in node_config for k in SIMULATION_KEYS):
-        try:
-            pid, count = (int(str(node_config[k])) for k in SIMULATION_KEYS)
-        except ValueError as err:
-            raise NodeConfigError(
-                f"node config {dict(node_config)}: partition-id and num-partitions must be integers"
-            ) from err
-        if not 0 <= pid < count:
-            raise NodeConfigError(
-                f"node config partition-id={pid} is outside 0..num-partitions-1={count - 1}"
-            )
-        return SiteSpec(None, None, None, pid, count)
-    raise NodeConfigError(
-        f"node config {dict(node_config)} names no site: expected {list(DEPLOYMENT_KEYS)} "
-        f"(deployment) or {list(SIMULATION_KEYS)} (simulation)"
-    )
 
 
 def _check_layout(spec: SiteSpec, cfg: DictConfig) -> None:

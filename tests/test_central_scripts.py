@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 
 from ppa.checkpoint import CheckpointError
+from ppa.cli import evaluate
 from ppa.config import load_config
 from ppa.data.errors import DatasetLayoutError
 from ppa.data.keypoints import MissingKeypointsError
 
-from conftest import REPO, load_script, tiny_overrides
+from conftest import REPO, tiny_overrides
 
 
 def run_script(name: str, overrides: list[str], timeout: int = 600) -> list[str]:
@@ -80,7 +81,6 @@ def test_evaluate_writes_every_promised_file(trained) -> None:
 
 
 def test_evaluate_errors_are_clear(tiny_sysu_root: Path, tmp_path: Path) -> None:
-    evaluate = load_script("evaluate")
     base = tiny_overrides(tiny_sysu_root, tmp_path)
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"\x00garbage")

@@ -429,9 +429,9 @@ def test_dp_training_lowers_the_loss(dp_cfg: DictConfig) -> None:
 def test_train_central_private_accounts_stops_at_the_budget_and_resumes(
     tiny_sysu_root: Path, tmp_path: Path
 ) -> None:
-    from conftest import load_script
 
-    train_central = load_script("train_central")
+    from ppa.cli import train as train_central
+
     base = tiny_overrides(
         tiny_sysu_root,
         tmp_path,

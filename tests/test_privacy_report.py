@@ -11,18 +11,19 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import privacy_report  # scripts/ is on pytest's pythonpath
 import pytest
 from omegaconf import DictConfig, OmegaConf, open_dict
 from PIL import Image
 from skimage import data as skimage_data
 
+from ppa.cli import privacy_report
+from ppa.cli.train import train
 from ppa.config import load_config
 from ppa.data.errors import CorruptImageError
 from ppa.data.keypoints import KeypointCache
 from ppa.pose.coco import INDEX, NUM_KEYPOINTS
 
-from conftest import REPO, load_script, tiny_overrides
+from conftest import REPO, tiny_overrides
 
 ASTRONAUT_HEAD = privacy_report.SAMPLE_PHOTO_JOINTS["astronaut"]
 
@@ -59,7 +60,7 @@ def trained(tiny_sysu_root: Path, tmp_path_factory) -> dict[str, Path]:
             "train.checkpoint_every=1",
         )
     )
-    last = load_script("train_central").train(cfg)
+    last = train(cfg)
     return {"last": last, "epoch1": last.parent / "epoch_0001.pt"}
 
 

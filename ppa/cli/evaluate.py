@@ -1,0 +1,170 @@
+"""Evaluate a checkpoint on SYSU-MM01 or RegDB under the privacy protocols.
+
+    ppa-evaluate checkpoint=outputs/demo/model_latest.pt
+    ppa-evaluate checkpoint=... dataset=regdb eval.protocols=[raw-raw]
+
+Prints a table, writes `metrics.json` (every number: per trial and mean, per protocol and
+SYSU mode / RegDB direction, plus the anonymisation's head-region PSNR/SSIM and face
+detection rates), a CMC plot and a raw-vs-anonymised sample grid into
+`<output_dir>/evaluation/`. The last line printed is the path of metrics.json.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import hydra
+import matplotlib.pyplot as plt
+from omegaconf import DictConfig, OmegaConf
+
+from ppa.anonymization_report import measure_anonymization
+from ppa.anonymize import KprAnonymizer
+from ppa.checkpoint import model_from_checkpoint
+from ppa.config import CONFIG_DIR, resolve_path
+from ppa.data.keypoints import load_dataset_keypoints
+from ppa.data.loader import create_eval_loader
+from ppa.data.protocols import dataset_root, test_settings
+from ppa.engine import DeviceSettings
+from ppa.evaluation import PRIVACY_PROTOCOLS, TestImages, evaluate
+from ppa.privacy import FaceDetector
+from ppa.runtime import seed_everything
+
+logger = logging.getLogger("evaluate")
+
+# Groups of the run config that describe how the model was trained and must match at test
+# time (input size, method switches such as DCMA offsets, the anonymiser).
+TRAINING_GROUPS = ("input", "ppa", "anonymizer", "pose")
+
+
+def effective_config(cfg: DictConfig, trained: dict | None) -> DictConfig:
+    """The run config with the checkpoint's training-time groups, unless told otherwise."""
+    if not trained or not cfg.eval.use_checkpoint_config:
+        return cfg
+    merged = OmegaConf.to_container(cfg, resolve=True)
+    for group in TRAINING_GROUPS:
+        if group in trained:
+            merged[group] = trained[group]
+    return OmegaConf.create(merged)
+
+
+def format_table(report: dict) -> str:
+    lines = [
+        f"{'protocol':10s} {'group':20s} {'R1':>7s} {'R10':>7s} {'R20':>7s} "
+        f"{'mAP':>7s} {'mINP':>7s}  trials"
+    ]
+    for protocol, groups in report["results"].items():
+        for group, entry in groups.items():
+            m = entry["mean"]
+            lines.append(
+                f"{protocol:10s} {group:20s} {100 * m['rank1']:7.2f} "
+                f"{100 * m['rank10']:7.2f} {100 * m['rank20']:7.2f} "
+                f"{100 * m['mAP']:7.2f} {100 * m['mINP']:7.2f}  "
+                f"{len(entry['trials'])}"
+            )
+    return "\n".join(lines)
+
+
+def plot_cmc(report: dict, path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for protocol, groups in report["results"].items():
+        for group, entry in groups.items():
+            cmc = entry["mean"]["cmc"]
+            ax.plot(
+                range(1, len(cmc) + 1),
+                [100 * v for v in cmc],
+                marker=".",
+                label=f"{protocol} / {group}",
+            )
+    ax.set_xlabel("rank")
+    ax.set_ylabel("matching rate (%)")
+    ax.set_title(f"CMC on {report['dataset']}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def run(cfg: DictConfig) -> Path:
+    if not cfg.checkpoint:
+        raise ValueError("ppa-evaluate needs checkpoint=<path to a .pt file>")
+    seed_everything(int(cfg.seed), bool(cfg.deterministic))
+    model, payload = model_from_checkpoint(resolve_path(cfg.checkpoint))
+    cfg = effective_config(cfg, payload.get("config"))
+    device = DeviceSettings.from_config(cfg)
+    device.place(model)
+    protocols = list(cfg.eval.protocols)
+    needs_anon = any("anon" in PRIVACY_PROTOCOLS[p] for p in protocols if p in PRIVACY_PROTOCOLS)
+    root = dataset_root(cfg.dataset)
+    settings = test_settings(cfg.dataset)  # validates the dataset layout first
+    keypoints = anonymizer = None
+    if needs_anon or cfg.eval.privacy_images:
+        keypoints = load_dataset_keypoints(
+            root, cfg.dataset.keypoints, required=cfg.pose.missing == "error"
+        )
+        anonymizer = KprAnonymizer.from_config(cfg).to(device.device)
+        if "anonymizer" in payload:  # a learned anonymiser trained with the model
+            anonymizer.load_state_dict(payload["anonymizer"])
+    report = evaluate(
+        model,
+        cfg,
+        device=device,
+        protocols=protocols,
+        anonymizer=anonymizer,
+        keypoints=keypoints,
+        settings=settings,
+    )
+    report["checkpoint"] = str(resolve_path(cfg.checkpoint))
+    report["method"] = str(cfg.ppa.name)
+    report["anonymizer"] = OmegaConf.to_container(cfg.anonymizer, resolve=True)
+
+    out = resolve_path(cfg.output_dir) / "evaluation"
+    out.mkdir(parents=True, exist_ok=True)
+    if anonymizer is not None and cfg.eval.privacy_images:
+        images = TestImages.from_settings(settings)
+        loader = create_eval_loader(
+            images.records,
+            root,
+            input_cfg=cfg.input,
+            batch_size=int(cfg.eval.batch_size),
+            num_workers=int(cfg.eval.num_workers),
+            pose_cfg=cfg.pose,
+            keypoints=keypoints,
+        )
+        privacy = measure_anonymization(
+            loader,
+            anonymizer,
+            device.device,
+            max_images=int(cfg.eval.privacy_images),
+            face_detector=FaceDetector() if cfg.eval.face_detection else None,
+            grid_samples=int(cfg.eval.privacy_samples),
+        )
+        report["anonymization"] = privacy.scores
+        grid = privacy.save_grid(out / "anonymization.png")
+        report["anonymization_grid"] = str(grid) if grid else None
+    plot = plot_cmc(report, out / "cmc.png")
+    report["cmc_plot"] = str(plot)
+    metrics_path = out / "metrics.json"
+    metrics_path.write_text(json.dumps(report, indent=2))
+    print(format_table(report))
+    if "anonymization" in report:
+        s = report["anonymization"]
+        print(
+            f"anonymisation ({cfg.anonymizer.name}, pose-guided={cfg.ppa.pose_guided}): "
+            f"head PSNR {s['head_psnr']:.2f} dB, head SSIM {s['head_ssim']:.3f}, "
+            f"image PSNR {s['image_psnr']:.2f} dB, image SSIM {s['image_ssim']:.3f}"
+        )
+    return metrics_path
+
+
+@hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    path = run(cfg)
+    print(path)
+
+
+if __name__ == "__main__":
+    main()
