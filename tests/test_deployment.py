@@ -1,4 +1,4 @@
-"""Deployment launcher pieces (scripts/run_deployment.py) and credentials (make_certs.sh).
+"""Deployment launcher pieces (ppa-deploy, ppa.launch.deployment) and credentials (make_certs.sh).
 
 Fast tests: site layout and node-config rendering, run-config files, the command line's
 validation, process-tree shutdown, and the certificates/keys checked with openssl and the

@@ -1,4 +1,4 @@
-"""The deployment launcher (scripts/run_deployment.py) on real Flower processes on loopback.
+"""The deployment launcher (ppa-deploy, ppa.launch.deployment) on real Flower processes on loopback.
 
 A minimal Flower app with the PPA app's contract (run-config `experiment`/`overrides`/`resume`,
 node-config `site`/`modality`/`data-root`/`dataset`) is written into tmp_path: its ServerApp runs
