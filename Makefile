@@ -4,6 +4,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+# The console scripts of pyproject.toml [project.scripts], installed by `make setup`.
+BIN := $(VENV)/bin
 PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.installed
 POSE_VENV := .venv-pose
@@ -32,15 +34,15 @@ system-deps:
 # Writes the synthetic set of `dataset=` (default synthetic_sysu) unless it is there:
 # make synthetic ARGS=dataset=synthetic_regdb
 synthetic: setup
-	$(PY) scripts/make_synthetic.py $(ARGS)
+	$(BIN)/ppa-make-synthetic $(ARGS)
 
 # The out-of-the-box federated run (configs/experiment/demo.yaml): six camera sites of the
-# synthetic SYSU-MM01 set on Flower's simulation runtime. run_simulation.py starts its own
+# synthetic SYSU-MM01 set on Flower's simulation runtime. ppa-simulate starts its own
 # SuperLink (free port, Flower home under outputs/demo/flower/) and stops every process it
 # started when the run ends, fails, times out or is interrupted.
 demo: setup
-	$(PY) scripts/make_synthetic.py dataset=synthetic_sysu
-	$(PY) scripts/run_simulation.py --experiment demo
+	$(BIN)/ppa-make-synthetic dataset=synthetic_sysu
+	$(BIN)/ppa-simulate --experiment demo
 
 test: setup system-deps pose-setup
 	$(PY) -m pytest
@@ -59,11 +61,11 @@ $(POSE_STAMP): constraints-pose.txt scripts/install_pose_env.sh
 # The deployment engine on this machine: a SuperLink + one SuperNode per site on loopback.
 # make deploy ARGS="--rounds 2 --tls --auth"
 deploy: setup
-	$(PY) scripts/run_deployment.py $(ARGS)
+	$(BIN)/ppa-deploy $(ARGS)
 
 # Speed and memory ratios (docs/benchmarks.md); make bench ARGS=--quick
 bench: setup
-	$(PY) scripts/bench.py $(ARGS)
+	$(BIN)/ppa-bench $(ARGS)
 
 certs:
 	bash scripts/make_certs.sh -o outputs/certs cam1 cam2 cam3 cam4 cam5 cam6

@@ -17,11 +17,11 @@ from flwr.app import (
 )
 from flwr.clientapp import ClientApp
 
-from client.node_config import site_spec
 from client.private import BUDGET_EXHAUSTED_CODE
 from client.site import SiteTrainer
 from ppa.config import load_run_config, overrides_from_run_config
 from ppa.dp import PrivacyBudgetExhaustedError
+from ppa.node_config import site_spec
 from ppa.wire import (
     ARRAYS,
     CALIBRATION_IMAGES,

@@ -13,13 +13,13 @@ from flwr.app import RecordDict
 from omegaconf import DictConfig
 
 from client.injection import maybe_fail, poison
-from client.node_config import NodeConfigError, NodeSite, check_layout
 from client.private import PrivateTraining
 from ppa.data.loader import create_eval_loader
 from ppa.data.partition import Site, partition_sites
 from ppa.data.protocols import dataset_protocol, load_train_set
 from ppa.data.records import Modality
 from ppa.data.sampler import MIN_USABLE_LABELS
+from ppa.node_config import NodeConfigError, SiteSpec, check_layout
 from ppa.prototypes import IdentityPrototypes, PrototypeAccumulator
 from ppa.seeding import derive_seed, seed_everything
 from ppa.training.loop import train_round_epochs
@@ -54,7 +54,7 @@ class SiteTrainer:
     returns per round is model arrays, prototype sums/counts and metrics.
     """
 
-    def __init__(self, cfg: DictConfig, spec: NodeSite):
+    def __init__(self, cfg: DictConfig, spec: SiteSpec):
         self.cfg = cfg
         fed = cfg.federation
         family = dataset_protocol(cfg.dataset)
@@ -133,7 +133,7 @@ class SiteTrainer:
         return self.setup.num_classes
 
     @staticmethod
-    def _pick(sites: list[Site], spec: NodeSite) -> Site:
+    def _pick(sites: list[Site], spec: SiteSpec) -> Site:
         if spec.partition_id is not None:
             if spec.num_partitions != len(sites):
                 raise NodeConfigError(

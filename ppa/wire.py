@@ -52,31 +52,10 @@ NUM_EXAMPLES = "num-examples"
 SITE_NAME = "site"
 SITE_MODALITY = "modality"
 
-# A SuperNode's --node-config: a deployed site names itself, its modality and data; a
-# simulated one gets its partition ----------------------------------------------------------------
-NODE_SITE = "site"
-NODE_MODALITY = "modality"
-NODE_DATA_ROOT = "data-root"
-NODE_DATASET = "dataset"  # optional: the dataset protocol the site's data follows
-NODE_PARTITION_ID = "partition-id"
-NODE_NUM_PARTITIONS = "num-partitions"
-DEPLOYMENT_KEYS = (NODE_SITE, NODE_MODALITY, NODE_DATA_ROOT)
-SIMULATION_KEYS = (NODE_PARTITION_ID, NODE_NUM_PARTITIONS)
-
 
 def site_identity(name: str, modality: Modality) -> dict[str, str]:
     """The SITE record of a reply."""
     return {SITE_NAME: name, SITE_MODALITY: modality.value}
-
-
-def deployment_node_config(
-    site: str, modality: str, data_root: str, dataset: str | None = None
-) -> dict[str, str]:
-    """The --node-config of a deployed site's SuperNode."""
-    config = {NODE_SITE: site, NODE_MODALITY: modality, NODE_DATA_ROOT: data_root}
-    if dataset:
-        config[NODE_DATASET] = dataset
-    return config
 
 
 class MalformedUpdateError(ValueError):

@@ -1,6 +1,6 @@
-"""Shim: `python scripts/evaluate.py ...` runs `ppa.cli.evaluate` (evaluate a checkpoint)."""
+"""Shim: `python scripts/evaluate.py` runs `ppa-evaluate` (ppa.cli.evaluate)."""
 
 from ppa.cli.evaluate import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,6 +1,6 @@
-"""Shim: `python scripts/train_central.py ...` runs `ppa.cli.train` (centralised training)."""
+"""Shim: `python scripts/train_central.py` runs `ppa-train` (ppa.cli.train)."""
 
 from ppa.cli.train import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -66,7 +65,7 @@ def tiny_overrides(
         "eval.batch_size=64",
         "train.warmup_epochs=0",
         "eval.privacy_images=16",
-        # Explicit, so runs through scripts/run_simulation.py (whose default experiment is the
+        # Explicit, so runs through ppa-simulate (whose default experiment is the
         # demo) train and evaluate the same way as direct calls.
         "federation.local_epochs=1",
         "federation.evaluate_every=1",
@@ -80,16 +79,3 @@ def tiny_cfg(tiny_sysu_root: Path, tmp_path: Path) -> DictConfig:
 
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def load_script(name: str):
-    """Import scripts/<name>.py as a module (scripts/ is not a package)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        f"scripts_{name}", REPO / "scripts" / f"{name}.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses in the script look their module up
-    spec.loader.exec_module(module)
-    return module

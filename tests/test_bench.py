@@ -1,6 +1,7 @@
-"""scripts/bench.py plumbing on tiny sizes: configs, measurements' bookkeeping, results files.
+"""The benchmark's plumbing (client.bench) on tiny sizes: configs, measurements' bookkeeping,
+results files.
 
-Nothing here asserts a timing: the benchmark's numbers come from `scripts/bench.py` runs.
+Nothing here asserts a timing: the benchmark's numbers come from `ppa-bench` runs.
 """
 
 from __future__ import annotations
@@ -16,34 +17,51 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import load_script
-
-bench = load_script("bench")
+from client.bench.cases import BENCHMARKS
+from client.bench.cases.eval_speedup import assert_same_metrics, bench_eval_speedup
+from client.bench.cases.federation_overhead import clean_rounds, simulated_per_sample
+from client.bench.cases.ppa_step_ratio import _ppa_step_case
+from client.bench.cases.throughput import _throughput_case
+from client.bench.cases.upload_ratio import central_numbers, upload_per_site
+from client.bench.cli import main, parse_only
+from client.bench.context import BenchContext, load_bench_config
+from client.bench.report import (
+    DOCS_BEGIN,
+    DOCS_END,
+    merge_results,
+    render_markdown,
+    row,
+    update_docs,
+)
+from client.bench.simulations import SimulationRun, TreeMemorySampler
+from client.bench.timing import interleaved
+from client.bench.workloads import synthetic_batch
+from ppa.launch.proctree import descendants
 
 
 @pytest.fixture(scope="module")
 def cfg():
-    return bench.load_bench_config(quick=True)
+    return load_bench_config(quick=True)
 
 
 def tiny_ctx(cfg, tmp_path: Path, **bench_overrides) -> object:
     cfg = cfg.copy()
     OmegaConf.set_struct(cfg, False)
     cfg.bench = OmegaConf.merge(cfg.bench, bench_overrides)
-    return bench.BenchContext(
+    return BenchContext(
         cfg=cfg, quick=True, output_dir=tmp_path / "out", work_dir=tmp_path / "work"
     )
 
 
 def test_only_selects_in_canonical_order_and_rejects_unknown_names():
-    assert bench.parse_only(None) == list(bench.BENCHMARKS)
-    assert bench.parse_only("throughput, eval_speedup") == ["eval_speedup", "throughput"]
+    assert parse_only(None) == list(BENCHMARKS)
+    assert parse_only("throughput, eval_speedup") == ["eval_speedup", "throughput"]
     with pytest.raises(ValueError, match="nope"):
-        bench.parse_only("eval_speedup,nope")
+        parse_only("eval_speedup,nope")
 
 
 def test_config_group_and_quick_block(cfg):
-    full = bench.load_bench_config()
+    full = load_bench_config()
     assert full.bench.eval_speedup.num_query == 3803
     assert full.bench.eval_speedup.num_gallery == 3000
     assert [2 * n for n in full.bench.sites_scaling.sites_per_modality] == [6, 24, 96]
@@ -51,24 +69,24 @@ def test_config_group_and_quick_block(cfg):
     # --quick keeps every benchmark, at smaller sizes.
     assert len(cfg.bench.ppa_step.cases) == 1
     assert cfg.bench.eval_speedup.reference_repeats == 1
-    override = bench.load_bench_config(["bench.eval_speedup.repeats=7"])
+    override = load_bench_config(["bench.eval_speedup.repeats=7"])
     assert override.bench.eval_speedup.repeats == 7
 
 
 def test_synthetic_batch_is_laid_out_like_the_identity_sampler():
-    batch = bench.synthetic_batch(3, 2, 64, 32, seed=0)
+    batch = synthetic_batch(3, 2, 64, 32, seed=0)
     assert batch.images.shape == (12, 3, 64, 32)
     assert batch.keypoints.shape == (12, 17, 3)
     assert batch.labels.tolist() == [0, 0, 1, 1, 2, 2] * 2
     assert batch.modality.tolist() == [0] * 6 + [1] * 6
     assert (batch.keypoints[..., 2] == 0).any() and (batch.keypoints[..., 2] > 0.5).any()
-    again = bench.synthetic_batch(3, 2, 64, 32, seed=0)
+    again = synthetic_batch(3, 2, 64, 32, seed=0)
     assert torch.equal(batch.images, again.images)
 
 
 def test_interleaved_timing_records_every_candidate():
     calls = []
-    samples = bench.interleaved(
+    samples = interleaved(
         {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 3, warmup=1
     )
     assert calls == ["a", "b"] * 4  # round-robin, warm-up included
@@ -81,7 +99,7 @@ def test_ppa_step_case_on_a_tiny_batch(cfg, tmp_path):
     case = OmegaConf.create(
         {"model": "tiny", "height": 64, "width": 32, "ids": 2, "instances": 2, "repeats": 1}
     )
-    result = bench._ppa_step_case(ctx, case, component_repeats=1)
+    result = _ppa_step_case(ctx, case, component_repeats=1)
     assert result["batch"] == 8
     assert result["windowed_masks_identical"] is True
     components = {"masks", "masks_full_frame", "anonymization", "heatmaps"}
@@ -107,14 +125,14 @@ def test_eval_speedup_asserts_identical_numbers(cfg, tmp_path):
             "reference_repeats": 1,
         },
     )
-    result = bench.bench_eval_speedup(ctx)
+    result = bench_eval_speedup(ctx)
     assert result["shape"] == [60, 50]
     for protocol in ("sysu", "regdb"):
         assert result[protocol]["max_abs_difference"] <= 1e-12
         assert len(result[protocol]["timings"]["vectorised"]["wall_s"]) == 2
     assert len(result["rows"]) == 2
     with pytest.raises(AssertionError, match="CMC"):
-        bench.assert_same_metrics(
+        assert_same_metrics(
             {"cmc": np.array([0.5]), "mAP": 0.1, "mINP": 0.1},
             {"cmc": np.array([0.6]), "mAP": 0.1, "mINP": 0.1},
             "x",
@@ -134,7 +152,7 @@ def test_throughput_case_counts_flops(cfg, tmp_path):
             "extract_batches": 1,
         }
     )
-    result = bench._throughput_case(ctx, case)
+    result = _throughput_case(ctx, case)
     assert result["forward_gflops_per_image"] > 0
     # A training step runs two views forward and backward: several forwards' worth.
     assert result["train_gflops_per_image"] > 2 * result["forward_gflops_per_image"]
@@ -148,11 +166,11 @@ def test_memory_sampler_follows_a_process_tree():
         "'import time; x = bytearray(64 << 20); time.sleep(1.5)'])"
     )
     proc = subprocess.Popen([sys.executable, "-c", script])
-    with bench.TreeMemorySampler(proc.pid, 0.1) as sampler:
+    with TreeMemorySampler(proc.pid, 0.1) as sampler:
         proc.wait(timeout=60)
     assert max(s[3] for s in sampler.series) >= 2  # parent and child
     assert sampler.peak_rss >= 64 << 20 and sampler.peak_pss > 0
-    assert bench.read_proc_tree(0x7FFFFFF0) == [0x7FFFFFF0]  # no such process: just itself
+    assert descendants(0x7FFFFFF0) == {}  # no such process: no tree
 
 
 def fake_run(tmp_path: Path, rounds: list[dict], trials: list[float]) -> object:
@@ -161,7 +179,7 @@ def fake_run(tmp_path: Path, rounds: list[dict], trials: list[float]) -> object:
     last = rounds[-1]["round"]
     report = {"results": {"raw-raw": {"all": {"trials": [{"mAP": m} for m in trials]}}}}
     (out / "evaluation" / f"round_{last:04d}.json").write_text(json.dumps(report))
-    return bench.SimulationRun(
+    return SimulationRun(
         "fake",
         out,
         0,
@@ -195,13 +213,13 @@ def test_simulation_bookkeeping(tmp_path):
         for r, s in ((1, 9.0), (2, 4.0), (3, 8.0))
     ]
     run = fake_run(tmp_path, rounds, [0.4, 0.6])
-    assert [r["round"] for r in bench.clean_rounds(run)] == [2]
-    sim = bench.simulated_per_sample(run, concurrency=2)
+    assert [r["round"] for r in clean_rounds(run)] == [2]
+    sim = simulated_per_sample(run, concurrency=2)
     assert sim["round_s_per_sample"] == pytest.approx(4.0 / 200)
     assert sim["in_app_s_per_sample_per_actor"] == pytest.approx(5.0 / 200)
     assert sim["outside_training_s_per_round"] == pytest.approx(4.0 - 2.5)
-    assert bench.upload_per_site(run) == 1000
-    central = bench.central_numbers(run)
+    assert upload_per_site(run) == 1000
+    central = central_numbers(run)
     assert central["round"] == 3 and central["raw-raw"]["mAP"] == 0.5
     assert central["raw-raw"]["mAP_standard_error"] == pytest.approx(
         np.std([0.4, 0.6], ddof=1) / 2**0.5
@@ -216,41 +234,41 @@ def test_results_merge_render_and_docs_markers(tmp_path):
     machine = {"cpu": "x", "logical_cpus": 2, "gpu": None, "git": "abc"}
     first = {
         "throughput": {
-            "rows": [bench.row("ips", 3.5, unit="img/s")],
+            "rows": [row("ips", 3.5, unit="img/s")],
             "started": "t0",
             "seconds": 1.0,
             "load_before": {"1min": 1.0},
         }
     }
-    path.write_text(json.dumps(bench.merge_results(path, machine, "cmd a", first)))
+    path.write_text(json.dumps(merge_results(path, machine, "cmd a", first, BENCHMARKS)))
     second = {
         "eval_speedup": {
-            "rows": [bench.row("speed", 25.0, target=">= 20x", met=True)],
+            "rows": [row("speed", 25.0, target=">= 20x", met=True)],
             "started": "t1",
             "seconds": 2.0,
             "load_before": {"1min": 2.0},
         }
     }
-    data = bench.merge_results(path, machine, "cmd b", second)
+    data = merge_results(path, machine, "cmd b", second, BENCHMARKS)
     assert list(data["benchmarks"]) == ["eval_speedup", "throughput"]  # canonical order
-    table = bench.render_markdown(data)
+    table = render_markdown(data)
     assert "| eval_speedup | speed | >= 20x | 25 | yes |" in table
     assert "3.5 img/s" in table and "`cmd a`" in table and "`cmd b`" in table
     docs = tmp_path / "benchmarks.md"
-    docs.write_text(f"# B\n\nintro\n\n{bench.DOCS_BEGIN}\nold\n{bench.DOCS_END}\n\n## After\n")
-    bench.update_docs(docs, table)
+    docs.write_text(f"# B\n\nintro\n\n{DOCS_BEGIN}\nold\n{DOCS_END}\n\n## After\n")
+    update_docs(docs, table)
     text = docs.read_text()
     assert "old" not in text and "intro" in text and text.rstrip().endswith("## After")
-    assert text.count(bench.DOCS_BEGIN) == 1
+    assert text.count(DOCS_BEGIN) == 1
     fresh = tmp_path / "new.md"
-    bench.update_docs(fresh, table)
-    assert bench.DOCS_BEGIN in fresh.read_text()
+    update_docs(fresh, table)
+    assert DOCS_BEGIN in fresh.read_text()
 
 
 @pytest.mark.slow
 def test_command_line_writes_json_markdown_and_docs(tmp_path):
     docs = tmp_path / "benchmarks.md"
-    code = bench.main(
+    code = main(
         [
             "--quick",
             "--only",

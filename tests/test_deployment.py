@@ -1,4 +1,4 @@
-"""Deployment launcher pieces (scripts/run_deployment.py) and credentials (make_certs.sh).
+"""Deployment launcher pieces (ppa-deploy, ppa.launch.deployment) and credentials (make_certs.sh).
 
 Fast tests: site layout and node-config rendering, run-config files, the command line's
 validation, process-tree shutdown, and the certificates/keys checked with openssl and the
@@ -7,7 +7,6 @@ cryptography package Flower itself uses. Real Flower processes: test_deployment_
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import socket
@@ -22,32 +21,23 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from flower_launch import _proc_stat, health_ok, write_flat_toml
+from ppa.launch.deployment import DeploymentSettings
+from ppa.launch.flower_config import build_run_config, format_config_args, write_flat_toml
+from ppa.launch.processes import ManagedProcess, free_port, health_ok
+from ppa.launch.proctree import proc_stat
+from ppa.launch.sites import parse_site, site_layout, sites_from_config
+from ppa.node_config import SiteSpec
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "scripts" / "run_deployment.py"
+SCRIPT = Path(sys.executable).parent / "ppa-deploy"  # the console script (pip install -e .)
 MAKE_CERTS = ROOT / "scripts" / "make_certs.sh"
-
-
-def load_launcher():
-    name = "run_deployment_under_test"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
-launcher = load_launcher()
 
 
 # --------------------------------------------------------------------------- sites
 
 
 def test_sysu_by_camera_layout_is_six_camera_sites() -> None:
-    assert launcher.site_layout("sysu", "by_camera") == [
+    assert site_layout("sysu", "by_camera") == [
         ("cam1", "visible"),
         ("cam2", "visible"),
         ("cam3", "infrared"),
@@ -58,26 +48,26 @@ def test_sysu_by_camera_layout_is_six_camera_sites() -> None:
 
 
 def test_regdb_and_other_partitions_layouts() -> None:
-    assert launcher.site_layout("regdb", "by_camera") == [
+    assert site_layout("regdb", "by_camera") == [
         ("thermal", "infrared"),
         ("visible", "visible"),
     ]
-    assert launcher.site_layout("sysu", "by_modality") == [
+    assert site_layout("sysu", "by_modality") == [
         ("infrared", "infrared"),
         ("visible", "visible"),
     ]
-    assert launcher.site_layout("regdb", "by_identity", 2) == [
+    assert site_layout("regdb", "by_identity", 2) == [
         ("infrared-0", "infrared"),
         ("infrared-1", "infrared"),
         ("visible-0", "visible"),
         ("visible-1", "visible"),
     ]
     with pytest.raises(ValueError, match="partition strategy"):
-        launcher.site_layout("sysu", "by_weather")
+        site_layout("sysu", "by_weather")
     with pytest.raises(ValueError, match="protocol must be one of"):
-        launcher.site_layout("market1501", "by_camera")
+        site_layout("market1501", "by_camera")
     with pytest.raises(ValueError, match="sites_per_modality"):
-        launcher.site_layout("sysu", "by_identity", 0)
+        site_layout("sysu", "by_identity", 0)
 
 
 @pytest.mark.parametrize(
@@ -105,16 +95,14 @@ def test_layout_names_match_the_partitioner(protocol: str, strategy: str, tmp_pa
         protocol=protocol,
         sites_per_modality=2,
     )
-    assert [(s.name, s.modality.value) for s in sites] == launcher.site_layout(
-        protocol, strategy, 2
-    )
+    assert [(s.name, s.modality.value) for s in sites] == site_layout(protocol, strategy, 2)
 
 
 def test_sites_from_config_use_the_dataset_root(tmp_path: Path) -> None:
     from ppa.config import load_config
 
     cfg = load_config(["experiment=demo", "dataset=synthetic_regdb"])
-    sites = launcher.sites_from_config(cfg, tmp_path)
+    sites = sites_from_config(cfg, tmp_path)
     assert [(s.name, s.modality, s.dataset) for s in sites] == [
         ("thermal", "infrared", "regdb"),
         ("visible", "visible", "regdb"),
@@ -123,11 +111,9 @@ def test_sites_from_config_use_the_dataset_root(tmp_path: Path) -> None:
 
 
 def test_parse_site_spec(tmp_path: Path) -> None:
-    site = launcher.parse_site(
-        "cam3:ir", dataset="sysu", default_root=Path("/data/sysu"), workdir=tmp_path
-    )
-    assert site == launcher.SiteSpec("cam3", "infrared", Path("/data/sysu"), "sysu")
-    relative = launcher.parse_site(
+    site = parse_site("cam3:ir", dataset="sysu", default_root=Path("/data/sysu"), workdir=tmp_path)
+    assert site == SiteSpec.deployed("cam3", "infrared", Path("/data/sysu"), "sysu")
+    relative = parse_site(
         "cam1:rgb:sites/cam1", dataset="sysu", default_root=Path("/x"), workdir=tmp_path
     )
     assert relative.data_root == tmp_path / "sites" / "cam1"
@@ -139,28 +125,28 @@ def test_parse_site_spec(tmp_path: Path) -> None:
         ("a b:visible", "spaces"),
     ]:
         with pytest.raises(ValueError, match=message):
-            launcher.parse_site(bad, dataset="sysu", default_root=Path("/x"), workdir=tmp_path)
+            parse_site(bad, dataset="sysu", default_root=Path("/x"), workdir=tmp_path)
 
 
 def test_node_config_string_is_what_flower_parses() -> None:
     from flwr.common.config import parse_config_args
 
-    site = launcher.SiteSpec("cam3", "infrared", Path("/data/with space/sysu"), "sysu")
-    text = launcher.format_node_config(site.node_config())
+    site = SiteSpec.deployed("cam3", "infrared", Path("/data/with space/sysu"), "sysu")
+    text = format_config_args(site.node_config())
     assert text == (
         'site="cam3" modality="infrared" data-root="/data/with space/sysu" dataset="sysu"'
     )
     # flower-supernode hands --node-config to this parser.
     assert parse_config_args([text]) == site.node_config()
-    assert launcher.format_node_config({"k": 3, "b": True}) == "k=3 b=true"
+    assert format_config_args({"k": 3, "b": True}) == "k=3 b=true"
     with pytest.raises(ValueError, match="cannot carry"):
-        launcher.format_node_config({"data-root": '/data/"quoted"'})
+        format_config_args({"data-root": '/data/"quoted"'})
     with pytest.raises(ValueError, match="key"):
-        launcher.format_node_config({"bad key": "x"})
+        format_config_args({"bad key": "x"})
 
 
 def test_run_config_file_round_trips(tmp_path: Path) -> None:
-    config = launcher.build_run_config("demo", ["model=tiny", "federation.rounds=2"], True)
+    config = build_run_config("demo", ["model=tiny", "federation.rounds=2"], True)
     assert config == {
         "experiment": "demo",
         "overrides": "model=tiny federation.rounds=2",
@@ -169,7 +155,7 @@ def test_run_config_file_round_trips(tmp_path: Path) -> None:
     path = write_flat_toml(tmp_path / "run.toml", {**config, "path": 'C:\\odd "name"', "n": 3})
     assert tomli.loads(path.read_text()) == {**config, "path": 'C:\\odd "name"', "n": 3}
     with pytest.raises(ValueError, match="whitespace"):
-        launcher.build_run_config("demo", ["dataset.root=/a b"], False)
+        build_run_config("demo", ["dataset.root=/a b"], False)
 
 
 # --------------------------------------------------------------------------- command line
@@ -223,7 +209,7 @@ def test_cli_rejects_bad_overrides_and_duplicate_sites(tmp_path: Path) -> None:
 
 def test_auth_without_tls_is_refused_by_the_settings(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="needs TLS"):
-        launcher.DeploymentSettings(output_dir=tmp_path, auth=True, tls=False)
+        DeploymentSettings(output_dir=tmp_path, auth=True, tls=False)
 
 
 # --------------------------------------------------------------------------- processes
@@ -240,7 +226,7 @@ def test_stop_ends_the_whole_tree_including_new_sessions(tmp_path: Path) -> None
         f"open({str(pids)!r}, 'w').write(f'{{a.pid}} {{b.pid}}')\n"
         "time.sleep(300)\n"
     )
-    process = launcher.ManagedProcess(
+    process = ManagedProcess(
         "tree", [sys.executable, "-c", code], tmp_path / "tree.log", dict(os.environ)
     ).start()
     deadline = time.monotonic() + 30
@@ -253,7 +239,7 @@ def test_stop_ends_the_whole_tree_including_new_sessions(tmp_path: Path) -> None
     assert time.monotonic() - started < 10  # SIGTERM sufficed
     assert process.returncode == -signal.SIGTERM
     for pid in children:
-        stat = _proc_stat(pid)
+        stat = proc_stat(pid)
         assert stat is None or stat[0] == "Z", f"child {pid} survived"
 
 
@@ -263,7 +249,7 @@ def test_stop_kills_what_ignores_sigterm(tmp_path: Path) -> None:
         "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
         "print('ign' 'oring', flush=True)\ntime.sleep(300)\n"
     )
-    process = launcher.ManagedProcess(
+    process = ManagedProcess(
         "stubborn", [sys.executable, "-c", code], tmp_path / "stubborn.log", dict(os.environ)
     ).start()
     deadline = time.monotonic() + 30
@@ -279,7 +265,7 @@ def test_health_check_is_not_fooled_by_another_listener() -> None:
         other.bind(("127.0.0.1", 0))
         other.listen()
         assert health_ok("127.0.0.1", other.getsockname()[1], None, timeout=0.5) is False
-    assert health_ok("127.0.0.1", launcher.free_port(), None, timeout=0.5) is False
+    assert health_ok("127.0.0.1", free_port(), None, timeout=0.5) is False
 
 
 # --------------------------------------------------------------------------- credentials

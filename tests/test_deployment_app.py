@@ -8,7 +8,6 @@ resumed from its last checkpoint with nothing lost. Minutes each on 2 CPU cores.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -17,8 +16,12 @@ from pathlib import Path
 
 import pytest
 
+from ppa.launch.deployment import Deployment, DeploymentSettings
+from ppa.launch.flower_config import build_run_config
+from ppa.node_config import SiteSpec
+
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "scripts" / "run_deployment.py"
+SCRIPT = Path(sys.executable).parent / "ppa-deploy"  # the console script (pip install -e .)
 
 pytestmark = [
     pytest.mark.slow,
@@ -37,17 +40,6 @@ OVERRIDES = [
     "federation.local_epochs=1",
     "federation.evaluate_every=1",
 ]
-
-
-def load_launcher():
-    name = "run_deployment_under_test"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -76,10 +68,10 @@ def wait_until(predicate, timeout: float, what: str, poll: float = 0.5):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-def sites(launcher, root: Path) -> dict:
+def sites(root: Path) -> dict:
     return {
-        "visible": launcher.SiteSpec("visible", "visible", root, "regdb"),
-        "thermal": launcher.SiteSpec("thermal", "infrared", root, "regdb"),
+        "visible": SiteSpec.deployed("visible", "visible", root, "regdb"),
+        "thermal": SiteSpec.deployed("thermal", "infrared", root, "regdb"),
     }
 
 
@@ -129,25 +121,24 @@ def test_launcher_runs_the_real_app_two_sites_two_rounds(regdb_root: Path, tmp_p
 def test_real_app_supernode_killed_mid_round_completes_and_rejoins(
     regdb_root: Path, tmp_path: Path
 ) -> None:
-    launcher = load_launcher()
     workdir = tmp_path / "work"
     workdir.mkdir()
-    settings = launcher.DeploymentSettings(
+    settings = DeploymentSettings(
         output_dir=tmp_path / "out", workdir=workdir, startup_timeout=90, stop_grace=15
     )
-    site = sites(launcher, regdb_root)
+    site = sites(regdb_root)
     overrides = [
         *OVERRIDES,
         f"dataset.root={regdb_root}",
         "federation.rounds=3",
         "federation.round_timeout=45",
     ]
-    with launcher.Deployment(settings) as deployment:
+    with Deployment(settings) as deployment:
         deployment.start_superlink()
         for spec in site.values():
             deployment.start_supernode(spec)
         deployment.wait_for_nodes(list(site))
-        run_id = deployment.submit(launcher.build_run_config("demo", overrides, False))
+        run_id = deployment.submit(build_run_config("demo", overrides, False))
         deployment.follow(run_id)
         visible = deployment.supernodes["visible"]
         wait_until(
@@ -169,21 +160,20 @@ def test_real_app_supernode_killed_mid_round_completes_and_rejoins(
 def test_real_app_server_killed_mid_run_resumes_with_nothing_lost(
     regdb_root: Path, tmp_path: Path
 ) -> None:
-    launcher = load_launcher()
     workdir = tmp_path / "work"
     workdir.mkdir()
-    settings = launcher.DeploymentSettings(
+    settings = DeploymentSettings(
         output_dir=tmp_path / "out", workdir=workdir, startup_timeout=90, stop_grace=15
     )
-    site = sites(launcher, regdb_root)
+    site = sites(regdb_root)
     overrides = [*OVERRIDES, f"dataset.root={regdb_root}", "federation.rounds=3"]
     checkpoints = workdir / "outputs" / "demo" / "checkpoints"
-    with launcher.Deployment(settings) as deployment:
+    with Deployment(settings) as deployment:
         deployment.start_superlink()
         for spec in site.values():
             deployment.start_supernode(spec)
         deployment.wait_for_nodes(list(site))
-        first = deployment.submit(launcher.build_run_config("demo", overrides, False))
+        first = deployment.submit(build_run_config("demo", overrides, False))
         deployment.follow(first)
         wait_until(lambda: (checkpoints / "round_0001.pt").exists(), 600, "the round-1 checkpoint")
         # The whole server side dies: SuperLink, SuperExec and the ServerApp, SIGKILL.
@@ -193,7 +183,7 @@ def test_real_app_server_killed_mid_run_resumes_with_nothing_lost(
 
         deployment.start_superlink()  # same port and state database; the sites reconnect
         deployment.wait_for_nodes(list(site))
-        resumed = deployment.submit(launcher.build_run_config("demo", overrides, True))
+        resumed = deployment.submit(build_run_config("demo", overrides, True))
         deployment.follow(resumed)
         details = deployment.wait_for_run(resumed, timeout=900)
     assert details["status"] == "finished:completed", details

@@ -1,4 +1,4 @@
-"""The deployment launcher (scripts/run_deployment.py) on real Flower processes on loopback.
+"""The deployment launcher (ppa-deploy, ppa.launch.deployment) on real Flower processes on loopback.
 
 A minimal Flower app with the PPA app's contract (run-config `experiment`/`overrides`/`resume`,
 node-config `site`/`modality`/`data-root`/`dataset`) is written into tmp_path: its ServerApp runs
@@ -14,7 +14,6 @@ The real PPA app through the same launcher: tests/test_deployment_app.py.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import socket
@@ -26,8 +25,11 @@ from pathlib import Path
 
 import pytest
 
+from ppa.launch.deployment import Deployment, DeploymentError, DeploymentSettings
+from ppa.node_config import SiteSpec
+
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "scripts" / "run_deployment.py"
+SCRIPT = Path(sys.executable).parent / "ppa-deploy"  # the console script (pip install -e .)
 
 pytestmark = pytest.mark.integration
 
@@ -184,18 +186,6 @@ def read_client_records(workdir: Path) -> list[dict]:
 # --------------------------------------------------------------------------- helpers
 
 
-def load_launcher():
-    """Import scripts/run_deployment.py as a module (scripts/ is not a package)."""
-    name = "run_deployment_under_test"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
 def live_processes_mentioning(marker: str) -> list[str]:
     """Command lines of live processes whose environment or arguments contain `marker`.
 
@@ -329,8 +319,7 @@ def test_launcher_runs_two_sites_two_rounds(probe: dict, secure: bool) -> None:
 
 @pytest.mark.slow
 def test_unregistered_supernode_is_refused_and_never_gets_the_model(probe: dict) -> None:
-    launcher = load_launcher()
-    settings = launcher.DeploymentSettings(
+    settings = DeploymentSettings(
         output_dir=probe["out"],
         app_dir=probe["app"],
         workdir=probe["workdir"],
@@ -340,11 +329,11 @@ def test_unregistered_supernode_is_refused_and_never_gets_the_model(probe: dict)
         stop_grace=10,
     )
     sites = [
-        launcher.SiteSpec("cam1", "visible", probe["roots"]["cam1"], "sysu"),
-        launcher.SiteSpec("cam3", "infrared", probe["roots"]["cam3"], "sysu"),
+        SiteSpec.deployed("cam1", "visible", probe["roots"]["cam1"], "sysu"),
+        SiteSpec.deployed("cam3", "infrared", probe["roots"]["cam3"], "sysu"),
     ]
-    rogue_site = launcher.SiteSpec("rogue", "visible", probe["roots"]["cam1"], "sysu")
-    with launcher.Deployment(settings) as deployment:
+    rogue_site = SiteSpec.deployed("rogue", "visible", probe["roots"]["cam1"], "sysu")
+    with Deployment(settings) as deployment:
         deployment.start_superlink()
         # TLS really is on, with a certificate for 127.0.0.1 issued by our CA.
         context = ssl.create_default_context(cafile=str(probe["out"] / "certs" / "ca.crt"))
@@ -385,17 +374,16 @@ def test_unregistered_supernode_is_refused_and_never_gets_the_model(probe: dict)
 
 @pytest.mark.slow
 def test_supernode_killed_mid_round_run_completes_and_node_rejoins(probe: dict) -> None:
-    launcher = load_launcher()
-    settings = launcher.DeploymentSettings(
+    settings = DeploymentSettings(
         output_dir=probe["out"],
         app_dir=probe["app"],
         workdir=probe["workdir"],
         startup_timeout=60,
         stop_grace=10,
     )
-    cam1 = launcher.SiteSpec("cam1", "visible", probe["roots"]["cam1"], "sysu")
-    cam3 = launcher.SiteSpec("cam3", "infrared", probe["roots"]["cam3"], "sysu")
-    with launcher.Deployment(settings) as deployment:
+    cam1 = SiteSpec.deployed("cam1", "visible", probe["roots"]["cam1"], "sysu")
+    cam3 = SiteSpec.deployed("cam3", "infrared", probe["roots"]["cam3"], "sysu")
+    with Deployment(settings) as deployment:
         deployment.start_superlink()
         deployment.start_supernode(cam1)
         deployment.start_supernode(cam3)
@@ -448,16 +436,15 @@ def test_launcher_timeout_stops_the_run_and_every_process(probe: dict) -> None:
 
 
 def test_superlink_that_cannot_start_is_reported_with_its_log(probe: dict) -> None:
-    launcher = load_launcher()
-    settings = launcher.DeploymentSettings(
+    settings = DeploymentSettings(
         output_dir=probe["out"], app_dir=probe["app"], workdir=probe["workdir"], startup_timeout=30
     )
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        with launcher.Deployment(settings) as deployment:
+        with Deployment(settings) as deployment:
             deployment.port = taken.getsockname()[1]  # someone else holds the port
-            with pytest.raises(launcher.DeploymentError, match=r"superlink exited") as info:
+            with pytest.raises(DeploymentError, match=r"superlink exited") as info:
                 deployment.start_superlink()
     assert str(probe["out"] / "logs" / "superlink.log") in str(info.value)
     assert live_processes_mentioning(str(probe["out"])) == []

@@ -12,7 +12,6 @@ The dashboard's queries run against a real Prometheus scraping the ServerApp's r
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -26,7 +25,8 @@ import pytest
 import yaml
 from test_deployment_engine import read_client_records, read_server_record, write_probe_app
 
-from flower_launch import health_ok
+from ppa.launch.deployment import CONNECTION, Deployment, DeploymentSettings
+from ppa.launch.processes import ManagedProcess, free_port, health_ok
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
@@ -57,17 +57,6 @@ VARIANTS = {
     "regdb": (["compose.regdb.yml"], REGDB_SITES),
     "site": (["compose.site.yml"], {"cam3": "infrared"}),
 }
-
-
-def load_launcher():
-    name = "run_deployment_under_test"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def compose_env(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -367,7 +356,6 @@ def test_dashboard_queries_return_data_from_real_prometheus(tmp_path: Path) -> N
     import urllib.parse
     import urllib.request
 
-    launcher = load_launcher()
     _, telemetry = telemetry_exposition()
     metrics_port = telemetry.serve("127.0.0.1", 0)
     config = yaml.safe_load((DOCKER / "prometheus.yml").read_text())
@@ -375,8 +363,8 @@ def test_dashboard_queries_return_data_from_real_prometheus(tmp_path: Path) -> N
     config["scrape_configs"][0]["static_configs"][0]["targets"] = [f"127.0.0.1:{metrics_port}"]
     config_path = tmp_path / "prometheus.yml"
     config_path.write_text(yaml.safe_dump(config))
-    web_port = launcher.free_port()
-    process = launcher.ManagedProcess(
+    web_port = free_port()
+    process = ManagedProcess(
         "prometheus",
         [
             "prometheus",
@@ -427,7 +415,6 @@ class Topology:
     """
 
     def __init__(self, config: dict, tmp_path: Path, superlink_port: int) -> None:
-        self.launcher = load_launcher()
         self.config = config
         self.tmp = tmp_path
         self.port = superlink_port
@@ -452,15 +439,13 @@ class Topology:
         rewrite = {
             "--host": lambda v: "127.0.0.1" if v == "0.0.0.0" else v,
             "--port": lambda v: str(
-                self.port
-                if service["entrypoint"][0] == "flower-superlink"
-                else self.launcher.free_port()
+                self.port if service["entrypoint"][0] == "flower-superlink" else free_port()
             ),
             "--superlink": lambda v: re.sub(r"^superlink:\d+$", f"127.0.0.1:{self.port}", v),
             "--runtime-api-address": lambda v: re.sub(
                 r"^superlink:\d+$", f"127.0.0.1:{self.port}", v
             ),
-            "--health-server-address": lambda v: f"127.0.0.1:{self.launcher.free_port()}",
+            "--health-server-address": lambda v: f"127.0.0.1:{free_port()}",
         }
         for i in range(len(command) - 1):
             if command[i] in rewrite:
@@ -470,7 +455,7 @@ class Topology:
 
     def start(self, name: str, deployment) -> object:
         service = self.config["services"][name]
-        process = self.launcher.ManagedProcess(
+        process = ManagedProcess(
             name, self.argv(service), self.tmp / "logs" / f"{name}.log", deployment.env(name)
         ).start()
         self.processes.append(process)
@@ -499,7 +484,6 @@ def healthcheck(kind: str, port: int | str) -> int:
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", ["sysu", "sysu-tls", "regdb"])
 def test_compose_topology_starts_on_loopback(variant: str, tmp_path: Path) -> None:
-    launcher = load_launcher()
     files, expected_sites = VARIANTS[variant]
     certs = tmp_path / "certs"
     subprocess.run(
@@ -510,13 +494,13 @@ def test_compose_topology_starts_on_loopback(variant: str, tmp_path: Path) -> No
     )
     config = compose_config(files, compose_env(tmp_path))
     services = flower_services(config)
-    topology = Topology(config, tmp_path, launcher.free_port())
+    topology = Topology(config, tmp_path, free_port())
     link_argv = topology.argv(services["superlink"])
     tls = "--insecure" not in link_argv
     auth = "--enable-supernode-auth" in link_argv
     workdir = tmp_path / "work"
     workdir.mkdir()
-    settings = launcher.DeploymentSettings(
+    settings = DeploymentSettings(
         output_dir=tmp_path / "out",
         tls=tls,
         auth=auth,
@@ -525,7 +509,7 @@ def test_compose_topology_starts_on_loopback(variant: str, tmp_path: Path) -> No
         app_dir=write_probe_app(tmp_path / "app"),
         workdir=workdir,
     )
-    deployment = launcher.Deployment(settings)
+    deployment = Deployment(settings)
     deployment.port = topology.port
     try:
         link = topology.start("superlink", deployment)
@@ -548,9 +532,7 @@ def test_compose_topology_starts_on_loopback(variant: str, tmp_path: Path) -> No
             argv = topology.argv(services[name])
             if auth:
                 key = Path(flag(argv, "--auth-supernode-private-key"))
-                answer = deployment.flwr_json(
-                    "supernode", "register", f"{key}.pub", launcher.CONNECTION
-                )
+                answer = deployment.flwr_json("supernode", "register", f"{key}.pub", CONNECTION)
                 node_ids.add(int(answer["node-id"]))
             topology.start(name, deployment)
 
@@ -603,11 +585,10 @@ def test_compose_topology_starts_on_loopback(variant: str, tmp_path: Path) -> No
 @pytest.mark.integration
 def test_site_compose_joins_a_remote_superlink_with_tls_and_auth(tmp_path: Path) -> None:
     """compose.site.yml's SuperNode command, against a SuperLink elsewhere (here: loopback)."""
-    launcher = load_launcher()
-    settings = launcher.DeploymentSettings(
+    settings = DeploymentSettings(
         output_dir=tmp_path / "link", tls=True, auth=True, startup_timeout=60, stop_grace=10
     )
-    with launcher.Deployment(settings) as link:
+    with Deployment(settings) as link:
         link.start_superlink()
         node_id = link.register_supernode("cam3")
         certs = settings.certs_dir

@@ -15,13 +15,13 @@ from flwr.app import RecordDict
 from omegaconf import DictConfig
 from opacus.accountants import RDPAccountant
 
-from client.node_config import NodeSite
 from client.private import DP_LEDGER
 from client.site import SiteTrainer
 from ppa.config import load_config
 from ppa.data.partition import partition_sites
 from ppa.data.protocols import load_train_set
 from ppa.dp import PrivacyBudgetExhaustedError, release_noise_multiplier
+from ppa.node_config import SiteSpec
 from ppa.wire import global_keys, pack
 
 from conftest import REPO, tiny_overrides
@@ -83,7 +83,7 @@ def test_epsilon_composes_across_rounds_and_equals_opacus(
     tiny_sysu_root: Path, tmp_path: Path
 ) -> None:
     cfg = dp_cfg(tiny_sysu_root, tmp_path, "privacy.epsilon_budget=null")  # unlimited
-    trainer = SiteTrainer(cfg, NodeSite(None, None, None, 2, 6))  # cam3, infrared
+    trainer = SiteTrainer(cfg, SiteSpec(None, None, None, 2, 6))  # cam3, infrared
     assert trainer.site.name == "cam3"
     records = site_sizes(cfg)["cam3"]
     state = RecordDict()
@@ -107,7 +107,7 @@ def test_epsilon_composes_across_rounds_and_equals_opacus(
     with pytest.raises(ValueError, match="round 3 of run '' was already accounted"):
         train(trainer, state, 3)
     # A fresh process (new trainer) with the same context.state carries the ledger on.
-    again = SiteTrainer(cfg, NodeSite(None, None, None, 2, 6))
+    again = SiteTrainer(cfg, SiteSpec(None, None, None, 2, 6))
     eps4 = train(again, state, 4).metrics["epsilon"]
     assert eps4 == pytest.approx(expected_epsilon(cfg, records, 4), rel=1e-9)
     # Prototypes: only the site's modality row travels, noised everywhere (also identities
@@ -135,8 +135,8 @@ def test_tight_budget_site_stops_and_says_so_loose_site_goes_on(
     one, two = (expected_epsilon(probe, records, r) for r in (1, 2))
     budget = (one + two) / 2  # enough for round 1, not for round 2
     cfg = dp_cfg(tiny_sysu_root, tmp_path, f"+privacy.site_budgets.cam3={budget}")
-    tight = SiteTrainer(cfg, NodeSite(None, None, None, 2, 6))
-    loose = SiteTrainer(cfg, NodeSite(None, None, None, 0, 6))  # cam1, default budget 8
+    tight = SiteTrainer(cfg, SiteSpec(None, None, None, 2, 6))
+    loose = SiteTrainer(cfg, SiteSpec(None, None, None, 0, 6))  # cam1, default budget 8
     tight_state, loose_state = RecordDict(), RecordDict()
     assert train(tight, tight_state, 1).metrics["epsilon-budget"] == pytest.approx(budget)
     train(loose, loose_state, 1)
@@ -220,13 +220,13 @@ def test_a_ledger_file_keeps_counting_across_runs(tiny_sysu_root: Path, tmp_path
         tiny_sysu_root, tmp_path, "privacy.epsilon_budget=null", f"privacy.ledger_dir={ledger_dir}"
     )
     records = site_sizes(cfg)["cam3"]
-    first = SiteTrainer(cfg, NodeSite(None, None, None, 2, 6))
+    first = SiteTrainer(cfg, SiteSpec(None, None, None, 2, 6))
     train(first, RecordDict(), 1, run_id="run-a")
     train(first, RecordDict(), 2, run_id="run-a")
     assert (ledger_dir / "cam3.dp-ledger.json").is_file()
     # A resumed run (new run id, empty context.state, new process) goes on from the file:
     # its round 3 is the site's third release, and it may reuse round numbers of run-a.
-    resumed = SiteTrainer(cfg, NodeSite(None, None, None, 2, 6))
+    resumed = SiteTrainer(cfg, SiteSpec(None, None, None, 2, 6))
     eps = train(resumed, RecordDict(), 3, run_id="run-b").metrics["epsilon"]
     assert eps == pytest.approx(expected_epsilon(cfg, records, 3), rel=1e-9)
     eps_again = train(resumed, RecordDict(), 1, run_id="run-c").metrics["epsilon"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import re
 import shutil
-from importlib import import_module
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +18,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
-from client.node_config import NodeConfigError, site_spec
 from client.site import SiteTrainer
 from ppa.checkpoint import CheckpointError, save_checkpoint
+from ppa.cli import evaluate
+from ppa.cli import train as train_central
 from ppa.config import load_config
 from ppa.data import protocols
 from ppa.data.errors import CorruptImageError, DatasetLayoutError
@@ -29,6 +29,7 @@ from ppa.data.keypoints import KeypointCache, MissingKeypointsError
 from ppa.data.loader import create_eval_loader, create_train_loader
 from ppa.data.protocols import load_train_set
 from ppa.model import create_model
+from ppa.node_config import NodeConfigError, site_spec
 from ppa.wire import global_keys, pack
 from server.checkpoints import CheckpointStore, ServerCheckpoint
 from server.run import FederatedRun
@@ -197,7 +198,6 @@ def test_wrong_image_modes_are_read_as_rgb_by_the_loader(
 def test_bad_test_image_is_an_error_even_with_skip(
     tiny_sysu_root: Path, tmp_path: Path, random_checkpoint: Path
 ) -> None:
-    evaluate = import_module("ppa.cli.evaluate")
     root = copy_root(tiny_sysu_root, tmp_path / "root")
     overrides = tiny_overrides(
         root,
@@ -260,7 +260,6 @@ def test_missing_keypoints_error_skip_or_prior_at_the_train_loader(
 def test_missing_test_keypoints_with_skip_fall_back_to_the_prior(
     tiny_sysu_root: Path, tmp_path: Path, random_checkpoint: Path, caplog
 ) -> None:
-    evaluate = import_module("ppa.cli.evaluate")
     root = copy_root(tiny_sysu_root, tmp_path / "root")
     drop_keypoints(root, keep=lambda path: not path.startswith("cam3/"))
     overrides = tiny_overrides(
@@ -428,7 +427,6 @@ def test_empty_split_and_index_files_are_named(
 def test_train_central_refuses_a_checkpoint_of_another_model(
     tiny_sysu_root: Path, tmp_path: Path, cfg_for
 ) -> None:
-    train_central = import_module("ppa.cli.train")
     other = save_checkpoint(
         tmp_path / "other.pt",
         create_model(cfg_for(tiny_sysu_root).model, 5),

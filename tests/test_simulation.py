@@ -1,4 +1,4 @@
-"""The simulation launcher (scripts/run_simulation.py) and the federation it runs.
+"""The simulation launcher (ppa-simulate, ppa.launch.simulation) and the federation it runs.
 
 Fast tests: the launcher's argument handling, site counting and resources, without Flower.
 Integration tests (slow): real `flwr run` on a SuperLink of the launcher's own with Flower's
@@ -26,21 +26,17 @@ from flwr.common.config import parse_config_args
 from flwr.supercore.utils import simulation_config_from_json
 from test_deployment_engine import live_processes_mentioning
 
+from ppa.cli import simulate as simulate_cli
 from ppa.config import load_config
+from ppa.launch.command_line import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE
+from ppa.launch.flower_config import format_config_args
+from ppa.launch.proctree import alive, descendants
+from ppa.launch.simulation import plan_simulation
 
-import run_simulation
 from conftest import tiny_overrides
-from flower_launch import (
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    EXIT_RUN_FAILED,
-    EXIT_USAGE,
-    _alive,
-    _descendants,
-)
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "scripts" / "run_simulation.py"
+SCRIPT = Path(sys.executable).parent / "ppa-simulate"  # the console script (pip install -e .)
 SITE_MODALITY = {
     "cam1": "visible",
     "cam2": "visible",
@@ -58,14 +54,14 @@ RUN_TIMEOUT_S = 300  # one launcher run; ~35 s on an idle 2-core machine
 
 
 def test_arguments_default_to_the_demo_experiment() -> None:
-    args = run_simulation.parse_args([])
+    args = simulate_cli.parse_args([])
     assert (args.experiment, args.resume, args.num_supernodes, args.overrides) == (
         "demo",
         False,
         None,
         [],
     )
-    args = run_simulation.parse_args(
+    args = simulate_cli.parse_args(
         [
             "--resume",
             "--num-supernodes",
@@ -85,7 +81,7 @@ def test_arguments_default_to_the_demo_experiment() -> None:
 
 def test_plan_counts_the_sites_of_the_partition(tiny_sysu_root: Path, tmp_path: Path) -> None:
     cfg = load_config(["experiment=demo", *tiny_overrides(tiny_sysu_root, tmp_path)])
-    plan = run_simulation.plan_simulation(cfg, tmp_path)
+    plan = plan_simulation(cfg, tmp_path)
     assert plan.sites == tuple(SITE_MODALITY.items())
     assert plan.federation_config() == {
         "num-supernodes": 6,
@@ -93,7 +89,7 @@ def test_plan_counts_the_sites_of_the_partition(tiny_sysu_root: Path, tmp_path: 
         "client-resources-num-gpus": 0.0,
     }
     assert plan.output_dir == (tmp_path / "out").resolve()
-    assert run_simulation.plan_simulation(cfg, tmp_path, num_supernodes=6) == plan
+    assert plan_simulation(cfg, tmp_path, num_supernodes=6) == plan
 
     cfg = load_config(
         [
@@ -105,7 +101,7 @@ def test_plan_counts_the_sites_of_the_partition(tiny_sysu_root: Path, tmp_path: 
             "output_dir=outputs/x",
         ]
     )
-    plan = run_simulation.plan_simulation(cfg, tmp_path)
+    plan = plan_simulation(cfg, tmp_path)
     assert plan.num_supernodes == 6
     assert plan.sites[0] == ("infrared-0", "infrared")
     assert (plan.num_cpus, plan.num_gpus) == (2, 0.25)
@@ -114,8 +110,8 @@ def test_plan_counts_the_sites_of_the_partition(tiny_sysu_root: Path, tmp_path: 
 
 def test_federation_config_is_what_flower_accepts(tiny_sysu_root: Path, tmp_path: Path) -> None:
     cfg = load_config(["experiment=demo", *tiny_overrides(tiny_sysu_root, tmp_path)])
-    plan = run_simulation.plan_simulation(cfg, tmp_path)
-    text = run_simulation.format_config_args(plan.federation_config(), "--federation-config")
+    plan = plan_simulation(cfg, tmp_path)
+    text = format_config_args(plan.federation_config(), "--federation-config")
     # What `flwr run --federation-config` does with the string (flwr/cli/run/run.py).
     parsed = {k.replace("-", "_"): v for k, v in parse_config_args([text]).items()}
     proto = simulation_config_from_json(parsed)
@@ -139,7 +135,7 @@ def test_plan_rejects_bad_settings(
 ) -> None:
     cfg = load_config([*tiny_overrides(tiny_sysu_root, tmp_path), *extra])
     with pytest.raises(ValueError, match=message):
-        run_simulation.plan_simulation(cfg, tmp_path)
+        plan_simulation(cfg, tmp_path)
 
 
 def test_plan_rejects_a_supernode_count_that_is_not_the_partition(
@@ -147,23 +143,23 @@ def test_plan_rejects_a_supernode_count_that_is_not_the_partition(
 ) -> None:
     cfg = load_config(tiny_overrides(tiny_sysu_root, tmp_path))
     with pytest.raises(ValueError, match=r"--num-supernodes 4 .* 6 site\(s\) \(cam1, cam2"):
-        run_simulation.plan_simulation(cfg, tmp_path, num_supernodes=4)
+        plan_simulation(cfg, tmp_path, num_supernodes=4)
 
 
 def test_plan_names_a_missing_dataset(tmp_path: Path) -> None:
     cfg = load_config([f"dataset.root={tmp_path / 'nowhere'}"])
-    with pytest.raises(FileNotFoundError, match=r"nowhere.*make_synthetic\.py"):
-        run_simulation.plan_simulation(cfg, tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"nowhere.*ppa-make-synthetic"):
+        plan_simulation(cfg, tmp_path)
 
 
 def test_usage_errors_exit_2_before_anything_starts(
     tiny_sysu_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     base = tiny_overrides(tiny_sysu_root, tmp_path)
-    assert run_simulation.main([*base, "federation.no_such_key=1"]) == EXIT_USAGE
+    assert simulate_cli.main([*base, "federation.no_such_key=1"]) == EXIT_USAGE
     assert "no_such_key" in caplog.text
-    assert run_simulation.main(["--num-supernodes", "2", *base]) == EXIT_USAGE
-    assert run_simulation.main([*base, "dataset.root=/a b"]) == EXIT_USAGE
+    assert simulate_cli.main(["--num-supernodes", "2", *base]) == EXIT_USAGE
+    assert simulate_cli.main([*base, "dataset.root=/a b"]) == EXIT_USAGE
     assert "whitespace" in caplog.text
     assert not (tmp_path / "out").exists()  # no summary, no SuperLink state: nothing started
 
@@ -187,12 +183,12 @@ class Launched:
 
     def _watch(self) -> None:
         while not self._done.is_set():
-            self.seen.update(_descendants(self.process.pid))
+            self.seen.update(descendants(self.process.pid))
             self._done.wait(0.5)
 
     def tree(self) -> list[str]:
         """Command lines of the processes below the launcher now."""
-        return [cmdline(pid) for pid in _descendants(self.process.pid)]
+        return [cmdline(pid) for pid in descendants(self.process.pid)]
 
     def finish(self, timeout: float = RUN_TIMEOUT_S) -> int:
         """Wait for the exit code; past `timeout` SIGTERM it first (it stops what it
@@ -216,7 +212,7 @@ class Launched:
 
     def leftovers(self) -> list[str]:
         """Processes that ran below the launcher and still run (zombies do not count)."""
-        return [cmdline(pid) for pid, start in self.seen.items() if _alive(pid, start)]
+        return [cmdline(pid) for pid, start in self.seen.items() if alive(pid, start)]
 
 
 def cmdline(pid: int) -> str:
