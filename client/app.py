@@ -20,6 +20,7 @@ from flwr.clientapp import ClientApp
 from client.private import BUDGET_EXHAUSTED_CODE
 from client.site import SiteTrainer, site_spec
 from ppa.config import load_run_config, overrides_from_run_config
+from ppa.cpu_threads import apply_share
 from ppa.dp import PrivacyBudgetExhaustedError
 from ppa.federation import PROTO_COUNT, PROTO_SUM
 
@@ -41,6 +42,7 @@ def _trainer(context: Context) -> SiteTrainer:
         _TRAINERS.move_to_end(key)
         return _TRAINERS[key]
     cfg = load_run_config(context.run_config)
+    apply_share()  # torch/BLAS threads: this site's share of the host's cores (ppa/cpu_threads.py)
     trainer = SiteTrainer(cfg, site_spec(context.node_config, cfg))
     _TRAINERS[key] = trainer
     while len(_TRAINERS) > max(int(cfg.federation.trainers_per_process), 1):

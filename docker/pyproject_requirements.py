@@ -5,6 +5,7 @@ sources are copied, so a code change does not reinstall the dependencies."""
 from __future__ import annotations
 
 import sys
+
 import tomllib
 
 

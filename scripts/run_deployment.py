@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ppa.config import load_config
+from ppa.cpu_threads import thread_env, threads_per_site
 from ppa.data import partition
 from ppa.data.protocols import protocol_of
 from ppa.data.records import Modality
@@ -134,6 +135,7 @@ class DeploymentSettings(LaunchSettings):
     tls: bool = False
     auth: bool = False
     certs_dir: Path | None = None  # default: <output_dir>/certs, created with make_certs.sh
+    site_threads: int | None = None  # torch/BLAS threads per SuperNode (None: torch's default)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -277,11 +279,11 @@ class Deployment(SuperLinkSession):
             if register and site.name not in self.node_ids:
                 self.register_supernode(site.name)
             argv += ["--auth-supernode-private-key", str(key)]
+        env = self.env(f"supernode-{site.name}")
+        if self.settings.site_threads is not None:  # sites on one host share its cores
+            env.update(thread_env(self.settings.site_threads))
         process = ManagedProcess(
-            f"supernode-{site.name}",
-            argv,
-            self.logs / f"supernode-{site.name}.log",
-            self.env(f"supernode-{site.name}"),
+            f"supernode-{site.name}", argv, self.logs / f"supernode-{site.name}.log", env
         ).start()
         self.supernodes[site.name] = process
         return process
@@ -369,6 +371,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="logs, Flower homes, state (default outputs/deployment/<experiment>-<time>)",
     )
     parser.add_argument(
+        "--site-threads",
+        type=int,
+        help="torch/BLAS threads per SuperNode (default: this machine's cores / sites, at "
+        "least 1; 0: torch's default, every site sizes its pool by all cores)",
+    )
+    parser.add_argument(
         "--no-data-check",
         action="store_true",
         help="do not require each site's data root to exist here",
@@ -438,6 +446,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         auth=args.auth,
         certs_dir=args.certs_dir,
         startup_timeout=args.startup_timeout,
+        site_threads=(
+            threads_per_site(len(sites)) if args.site_threads is None else args.site_threads or None
+        ),
     )
     if args.auth and not args.tls:
         LOGGER.info("--auth: enabling TLS as well (Flower requires it)")
@@ -447,6 +458,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "run_config": run_config,
         "tls": settings.tls,
         "auth": settings.auth,
+        "site_threads": settings.site_threads,
         "output_dir": str(settings.output_dir),
     }
     deployment = Deployment(settings)
