@@ -1,12 +1,13 @@
 """docker/: compose files, Dockerfile, Prometheus and Grafana provisioning.
 
-No Docker engine runs here, so: every compose file is validated by docker-compose itself
-(`docker-compose config`, Debian's 1.29 works without an engine), the Dockerfile is linted
-(hadolint when installed, and a structural test always), and the command lines of the compose
-services are started as plain processes on loopback with the same flags (the topology test
-below): the SuperLink, the ServerApp's SuperExec and every site come up, the sites connect
-(with TLS + authentication: the registered ones), the images' HEALTHCHECK commands pass, and
-one round of a minimal app (tests/test_deployment_engine.py) runs through the topology.
+Without an engine: every compose file is validated by docker-compose itself (`docker-compose
+config`), the Dockerfile is linted (hadolint when installed, and a structural test always),
+and the compose services' command lines run as plain processes on loopback with the same flags
+(the topology test). With a Docker engine (installed and started by the tests when missing,
+`make docker-test`): the images are built for real (docker/build_local_images.sh: a Debian
+stand-in for Flower's base images), the SYSU compose deployment runs two rounds in
+containers on an internal network, then TLS + SuperNode authentication with an unregistered
+site and a site container killed mid-round; everything is removed afterwards.
 The dashboard's queries run against a real Prometheus scraping the ServerApp's real metrics.
 """
 
@@ -55,6 +56,8 @@ VARIANTS = {
     "sysu": (["compose.yml"], SYSU_SITES),
     "sysu-tls": (["compose.yml", "compose.tls.yml"], SYSU_SITES),
     "sysu-gpu": (["compose.yml", "compose.gpu.yml"], SYSU_SITES),
+    "sysu-isolated": (["compose.yml", "compose.isolated.yml"], SYSU_SITES),
+    "sysu-tls-isolated": (["compose.yml", "compose.tls.yml", "compose.isolated.yml"], SYSU_SITES),
     "regdb": (["compose.regdb.yml"], REGDB_SITES),
     "site": (["compose.site.yml"], {"cam3": "infrared"}),
 }
@@ -85,6 +88,7 @@ def compose_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env["PPA_SYSU_ROOT"] = str(data / "cam1")
     env["PPA_REGDB_ROOT"] = str(data / "visible")
     env["PPA_CERTS_DIR"] = str(tmp_path / "certs")
+    env["PPA_CONTROL_HOME"] = str(tmp_path / "control")
     env.update(
         {  # the single-site file's mandatory variables
             "SUPERLINK_ADDRESS": "superlink.example.org:9091",
@@ -283,7 +287,7 @@ def test_dockerfile_structure() -> None:
     ]
     for instruction, args in everything:
         if instruction == "RUN" and "pip install" in args:
-            assert " -c " in args and "constraints.txt" in args or "--no-deps" in args, args
+            assert (" -c " in args and "constraints.txt" in args) or "--no-deps" in args, args
             if "--no-deps" not in args:
                 assert "--mount=type=secret,id=ca" in args, args
         if instruction == "COPY" and "--from" not in args:
@@ -806,12 +810,16 @@ def server_history(stack: docker_stack.ComposeStack) -> list[dict]:
 
 
 def wait_healthy(stack: docker_stack.ComposeStack, services: list[str]) -> None:
+    states: dict[str, str] = {}
+
     def all_healthy() -> bool:
-        states = {s: stack.health(s) for s in services}
-        assert "unhealthy" not in states.values(), states
+        states.update({s: stack.health(s) for s in services})
         return set(states.values()) == {"healthy"}
 
-    docker_stack.wait_until(all_healthy, HEALTHY_TIMEOUT_S, f"{services} to be healthy", poll=5)
+    try:
+        docker_stack.wait_until(all_healthy, HEALTHY_TIMEOUT_S, "healthy containers", poll=5)
+    except AssertionError as err:
+        raise AssertionError(f"{err}: {states}") from None
 
 
 def prometheus_value(stack: docker_stack.ComposeStack, query: str) -> list[dict]:

@@ -25,7 +25,7 @@ RUN groupadd --gid 49999 app \
     && useradd --uid 49999 --gid 49999 --home-dir /app --create-home --shell /bin/bash app \
     && python3 -m venv /python/venv \
     && chown -R app:app /python
-USER app
+USER 49999:49999
 WORKDIR /app
 RUN --mount=type=secret,id=ca,mode=0444 \
     if [ -f /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \

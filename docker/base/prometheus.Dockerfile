@@ -8,12 +8,14 @@
 
 ARG DEBIAN_IMAGE=debian:bookworm-slim
 FROM ${DEBIAN_IMAGE}
+# The Debian release fixes the package's version (bookworm: 2.42).
+# hadolint ignore=DL3008
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus \
     && rm -rf /var/lib/apt/lists/* \
     && mkdir -p /prometheus \
     && chown nobody:nogroup /prometheus
-USER nobody
+USER 65534:65534
 WORKDIR /prometheus
 VOLUME ["/prometheus"]
 EXPOSE 9090
