@@ -7,6 +7,11 @@
 #   docker/engine.sh stop    stops the dockerd this script started (and only that one)
 #
 # DOCKER (default /usr/bin/docker, Debian's client) is the client used for `docker info`.
+# ENGINE_CPU_SHARES (optional): CPU weight of the engine's container group on cgroup v1.
+#   There, every process outside a cgroup weighs as much as ALL containers together (the
+#   group `docker` has the default weight 1024), so on a host busy with other processes the
+#   containers starve (seen here: Flower's ServerApp took minutes to start and its task token
+#   expired). 1024 per container that works at once gives them the share of as many processes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DOCKER=${DOCKER:-/usr/bin/docker}
@@ -26,7 +31,15 @@ case "${1:-}" in
     nohup dockerd >"$LOG" 2>&1 </dev/null &
     echo $! >"$PIDFILE"
     for _ in $(seq "$START_TIMEOUT_S"); do
-      if answers; then echo started; exit 0; fi
+      if answers; then
+        group=/sys/fs/cgroup/cpu/docker
+        if [ -n "${ENGINE_CPU_SHARES:-}" ]; then
+          mkdir -p "$group" 2>/dev/null && echo "$ENGINE_CPU_SHARES" >"$group/cpu.shares" 2>/dev/null \
+            || echo "engine: could not set $group/cpu.shares" >&2
+        fi
+        echo started
+        exit 0
+      fi
       if ! kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then break; fi
       sleep 1
     done

@@ -29,6 +29,7 @@ LOCAL_FLWR = "ppa-local/flwr:1.41.0"
 LOCAL_PROMETHEUS = "ppa-local/prometheus:bookworm"
 CONNECTION = "isolated"  # the control container's connection name (compose.isolated.yml)
 UID = 49999  # the images' user
+CONTAINERS = 9  # of the SYSU deployment: SuperLink, ServerApp, six sites, Prometheus
 
 T = TypeVar("T")
 
@@ -66,7 +67,10 @@ def run(argv: Sequence[str], *, timeout: float, env=None, cwd=None, check=True):
 
 def start_engine() -> bool:
     """Start dockerd unless an engine answers; True when this call started it."""
-    done = run(["bash", ENGINE, "start"], timeout=180)
+    # Containers get the CPU weight of as many host processes as the deployment has
+    # containers (docker/engine.sh: on cgroup v1 they would otherwise weigh as one).
+    env = {**os.environ, "ENGINE_CPU_SHARES": str(1024 * CONTAINERS)}
+    done = run(["bash", ENGINE, "start"], timeout=180, env=env)
     return done.stdout.strip().endswith("started")
 
 

@@ -673,6 +673,8 @@ needs_engine = pytest.mark.skipif(ENGINE_MISSING is not None, reason=ENGINE_MISS
 BUILD_TIMEOUT_S = 3600
 RUN_TIMEOUT_S = 1500
 HEALTHY_TIMEOUT_S = 300
+# pytest-timeout of a container test: it may build the images from a cold cache first.
+CONTAINER_TEST_TIMEOUT_S = BUILD_TIMEOUT_S + 2 * RUN_TIMEOUT_S
 SITE_SERVICES = [f"site-{s}" for s in SYSU_SITES]
 SERVER_SERVICES = ["superlink", "serverapp"]
 OUT = ROOT / "outputs" / "docker"  # logs and measurements of the container tests
@@ -836,6 +838,7 @@ def prometheus_value(stack: docker_stack.ComposeStack, query: str) -> list[dict]
 @needs_engine
 @pytest.mark.integration
 @pytest.mark.slow
+@pytest.mark.timeout(CONTAINER_TEST_TIMEOUT_S)
 def test_images_are_non_root_flower_based_and_sized(images: dict) -> None:
     for target in ("superlink", "serverapp", "site"):
         config = json.loads(
@@ -857,6 +860,7 @@ def test_images_are_non_root_flower_based_and_sized(images: dict) -> None:
 @needs_engine
 @pytest.mark.integration
 @pytest.mark.slow
+@pytest.mark.timeout(CONTAINER_TEST_TIMEOUT_S)
 def test_code_change_does_not_rebuild_torch(images: dict, tmp_path: Path) -> None:
     """Layer order: a changed source file rebuilds only the layers after the sources."""
     probe = ROOT / "ppa" / f"_layer_probe_{os.getpid()}.py"
@@ -904,6 +908,7 @@ def test_code_change_does_not_rebuild_torch(images: dict, tmp_path: Path) -> Non
 @needs_engine
 @pytest.mark.integration
 @pytest.mark.slow
+@pytest.mark.timeout(CONTAINER_TEST_TIMEOUT_S)
 def test_sysu_federation_in_containers_two_rounds(
     images: dict, sysu_sites: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -1014,6 +1019,7 @@ def test_sysu_federation_in_containers_two_rounds(
 @needs_engine
 @pytest.mark.integration
 @pytest.mark.slow
+@pytest.mark.timeout(CONTAINER_TEST_TIMEOUT_S)
 def test_tls_auth_refuses_unknown_key_and_a_killed_site_rejoins(
     images: dict, sysu_sites: dict[str, Path], tmp_path: Path
 ) -> None:
