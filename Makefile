@@ -17,7 +17,7 @@ export FLWR_HOME := $(CURDIR)/outputs/flwr-home
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 export PPA_WORKDIR := $(CURDIR)
 
-.PHONY: setup demo test lint pose-setup synthetic system-deps deploy certs bench clean
+.PHONY: setup demo test docker-test lint pose-setup synthetic system-deps deploy certs bench clean
 
 setup: $(STAMP)
 
@@ -26,8 +26,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -q -c constraints.txt -e '.[dev]'
 	@touch $(STAMP)
 
-# Debian packages that the integration tests run for real (Prometheus server, docker-compose
-# for validating compose files). Skipped when present or when apt-get is unavailable.
+# Debian packages that the integration tests run for real (Prometheus server, the Docker
+# engine, docker-compose, debootstrap). Skipped when present or when apt-get is unavailable.
 system-deps:
 	@bash scripts/install_system_deps.sh
 
@@ -46,6 +46,12 @@ demo: setup
 
 test: setup system-deps pose-setup
 	$(PY) -m pytest
+
+# The container tests alone (also part of `make test`): starts dockerd unless one runs (and
+# stops it again), builds the images from Debian packages and this machine's wheels
+# (docker/build_local_images.sh), runs the SYSU compose deployment for real and removes it.
+docker-test: setup system-deps
+	$(PY) -m pytest tests/test_docker.py
 
 lint: setup
 	$(PY) -m ruff check .

@@ -20,6 +20,7 @@ from flwr.clientapp import ClientApp
 from client.private import BUDGET_EXHAUSTED_CODE
 from client.site import SiteTrainer
 from ppa.config import load_run_config, overrides_from_run_config
+from ppa.cpu_threads import apply_share
 from ppa.dp import PrivacyBudgetExhaustedError
 from ppa.node_config import site_spec
 from ppa.wire import (
@@ -57,6 +58,7 @@ def _trainer(context: Context) -> SiteTrainer:
         _TRAINERS.move_to_end(key)
         return _TRAINERS[key]
     cfg = load_run_config(context.run_config)
+    apply_share()  # torch/BLAS threads: this site's share of the host's cores (ppa/cpu_threads.py)
     trainer = SiteTrainer(cfg, site_spec(context.node_config, cfg))
     _TRAINERS[key] = trainer
     while len(_TRAINERS) > max(int(cfg.federation.trainers_per_process), 1):

@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the integration tests start for real: the Prometheus server
-# and docker-compose (validates compose files without a Docker engine). Idempotent.
+# Installs the Debian packages the integration tests start for real: the Prometheus server,
+# docker-compose (also validates compose files without an engine), the Docker engine
+# (docker.io: dockerd and Debian's BuildKit-capable client /usr/bin/docker) and debootstrap
+# (the local Debian base image of docker/build_local_images.sh). Idempotent.
 set -euo pipefail
 need=()
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
+{ [ -x /usr/bin/docker ] && [ -x /usr/sbin/dockerd ]; } || need+=(docker.io)
+[ -x /usr/sbin/debootstrap ] || command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 if ! command -v apt-get >/dev/null 2>&1; then
   echo "system-deps: apt-get not available; tests needing ${need[*]} will be skipped" >&2

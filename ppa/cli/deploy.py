@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ppa.config import load_config
+from ppa.cpu_threads import threads_per_site
 from ppa.data.protocols import protocol_of
 from ppa.launch.command_line import (
     EXIT_USAGE,
@@ -80,6 +81,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--output-dir",
         type=Path,
         help="logs, Flower homes, state (default outputs/deployment/<experiment>-<time>)",
+    )
+    parser.add_argument(
+        "--site-threads",
+        type=int,
+        help="torch/BLAS threads per SuperNode (default: this machine's cores / sites, at "
+        "least 1; 0: torch's default, every site sizes its pool by all cores)",
     )
     parser.add_argument(
         "--no-data-check",
@@ -151,6 +158,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         auth=args.auth,
         certs_dir=args.certs_dir,
         startup_timeout=args.startup_timeout,
+        site_threads=(
+            threads_per_site(len(sites)) if args.site_threads is None else args.site_threads or None
+        ),
     )
     if args.auth and not args.tls:
         LOGGER.info("--auth: enabling TLS as well (Flower requires it)")
@@ -160,6 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "run_config": run_config,
         "tls": settings.tls,
         "auth": settings.auth,
+        "site_threads": settings.site_threads,
         "output_dir": str(settings.output_dir),
     }
     deployment = Deployment(settings)

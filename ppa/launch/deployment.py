@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ppa.cpu_threads import thread_env
 from ppa.launch.flower_config import format_config_args
 from ppa.launch.processes import LOOPBACK, LaunchError, ManagedProcess, free_port, tail_text
 from ppa.launch.session import SuperLinkSession
@@ -38,6 +39,7 @@ class DeploymentSettings(LaunchSettings):
     tls: bool = False
     auth: bool = False
     certs_dir: Path | None = None  # default: <output_dir>/certs, created with make_certs.sh
+    site_threads: int | None = None  # torch/BLAS threads per SuperNode (None: torch's default)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -181,11 +183,11 @@ class Deployment(SuperLinkSession):
             if register and site.name not in self.node_ids:
                 self.register_supernode(site.name)
             argv += ["--auth-supernode-private-key", str(key)]
+        env = self.env(f"supernode-{site.name}")
+        if self.settings.site_threads is not None:  # sites on one host share its cores
+            env.update(thread_env(self.settings.site_threads))
         process = ManagedProcess(
-            f"supernode-{site.name}",
-            argv,
-            self.logs / f"supernode-{site.name}.log",
-            self.env(f"supernode-{site.name}"),
+            f"supernode-{site.name}", argv, self.logs / f"supernode-{site.name}.log", env
         ).start()
         self.supernodes[site.name] = process
         return process
