@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ppa.anonymize import KprAnonymizer
 from ppa.data.keypoints import KeypointCache
+from ppa.data.leakage import TrainingSource, check_disjoint
 from ppa.data.loader import create_eval_loader
 from ppa.data.protocols import TestSetting, test_settings
 from ppa.data.records import ImageRecord
@@ -97,12 +99,17 @@ def evaluate(
     keypoints: KeypointCache | None = None,
     settings: Sequence[TestSetting] | None = None,
     progress: bool = True,
+    trained_on: Any | None = None,
 ) -> dict:
     """Evaluate `model` on the test protocol of `cfg.dataset` under privacy protocols.
 
     Returns a JSON-ready dict: ``results[protocol][group] = {"mean": {...}, "trials": [...]}``
     where group is the SYSU mode (all/indoor) or the RegDB direction, and each entry holds
     rank1/5/10/20, mAP, mINP (and the mean CMC curve).
+
+    `trained_on` is the ``dataset`` config the model was trained with (default
+    ``cfg.dataset``): test settings that hold its training identities are refused
+    (`ppa.data.leakage`), e.g. a RegDB model tested on another trial.
     """
     protocols = list(protocols or cfg.eval.protocols)
     unknown = [p for p in protocols if p not in PRIVACY_PROTOCOLS]
@@ -118,6 +125,7 @@ def evaluate(
     settings = list(settings) if settings is not None else test_settings(cfg.dataset)
     if not settings:
         raise ValueError(f"dataset {cfg.dataset.name}: no test settings configured")
+    check_disjoint(TrainingSource.from_config(trained_on or cfg.dataset), settings)
     images = TestImages.from_settings(settings)
     root = settings[0].split.root
     pose_cfg = cfg.pose
