@@ -18,7 +18,7 @@ from flwr.app import (
 from flwr.clientapp import ClientApp
 
 from client.private import BUDGET_EXHAUSTED_CODE
-from client.site import SiteTrainer, site_spec
+from client.site import RoundResult, SiteTrainer, site_spec
 from ppa.config import load_run_config, overrides_from_run_config
 from ppa.dp import PrivacyBudgetExhaustedError
 from ppa.federation import PROTO_COUNT, PROTO_SUM
@@ -69,19 +69,32 @@ def train(msg: Message, context: Context) -> Message:
         # Out of DP budget: nothing was trained or released. An error reply, which the strategy
         # drops with this reason while the other sites go on.
         return Message(Error(code=BUDGET_EXHAUSTED_CODE, reason=str(err)), reply_to=msg)
+    content = train_reply(
+        result,
+        site=trainer.site.name,
+        modality=trainer.site.modality.value,
+        send_prototypes=bool(trainer.cfg.federation.get("prototypes", True)),
+    )
+    return Message(content=content, reply_to=msg)
+
+
+def train_reply(
+    result: RoundResult, *, site: str, modality: str, send_prototypes: bool
+) -> RecordDict:
+    """The content of a site's training reply; prototypes only with
+    ``federation.prototypes=true`` (the server then keeps the ones it has)."""
     content = RecordDict(
         {
             "arrays": ArrayRecord({k: Array(v) for k, v in result.arrays.items()}),
-            "prototypes": ArrayRecord(
-                {PROTO_SUM: Array(result.proto_sum), PROTO_COUNT: Array(result.proto_count)}
-            ),
             "metrics": MetricRecord(result.metrics),
-            "site": ConfigRecord(
-                {"site": trainer.site.name, "modality": trainer.site.modality.value}
-            ),
+            "site": ConfigRecord({"site": site, "modality": modality}),
         }
     )
-    return Message(content=content, reply_to=msg)
+    if send_prototypes:
+        content["prototypes"] = ArrayRecord(
+            {PROTO_SUM: Array(result.proto_sum), PROTO_COUNT: Array(result.proto_count)}
+        )
+    return content
 
 
 @app.evaluate()

@@ -31,7 +31,14 @@ from ppa.engine import (
     set_epoch_lr,
     train_one_epoch,
 )
-from ppa.federation import PROTO_COUNT, PROTO_SUM, pack, site_keys, unpack_into
+from ppa.federation import (
+    PROTO_COUNT,
+    PROTO_SUM,
+    check_federated_anonymizer,
+    pack,
+    site_keys,
+    unpack_into,
+)
 from ppa.model import create_model
 from ppa.norm_calibration import measure_norm_statistics
 from ppa.prototypes import IdentityPrototypes, PrototypeAccumulator
@@ -144,6 +151,7 @@ class SiteTrainer:
 
     def __init__(self, cfg: DictConfig, spec: SiteSpec):
         self.cfg = cfg
+        check_federated_anonymizer(cfg)
         self.objective = PPAObjective.from_config(cfg.ppa)
         self.device = DeviceSettings.from_config(cfg)
         fed = cfg.federation

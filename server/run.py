@@ -21,7 +21,7 @@ from ppa.checkpoint import save_checkpoint
 from ppa.config import resolve_path
 from ppa.data.protocols import load_label_space
 from ppa.engine import DeviceSettings
-from ppa.federation import check_global, global_keys, pack, unpack_into
+from ppa.federation import check_federated_anonymizer, check_global, global_keys, pack, unpack_into
 from ppa.model import PPAEncoder, create_model
 from ppa.norm_calibration import norm_statistics_keys
 from ppa.runtime import seed_everything
@@ -62,6 +62,7 @@ class FederatedRun:
 
     def __init__(self, cfg: DictConfig, *, resume: bool = False):
         self.cfg = cfg
+        check_federated_anonymizer(cfg)
         self.out = resolve_path(cfg.output_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         seed_everything(int(cfg.seed), bool(cfg.deterministic))
@@ -173,8 +174,11 @@ class FederatedRun:
             else:
                 self.arrays = candidate
         evaluating = server_round % int(fed.evaluate_every) == 0 or server_round == rounds
+        # The statistics round has its own cadence (default: the evaluation's), so how often
+        # the server evaluates does not change the model it trains.
+        calibrating = server_round % int(fed.calibrate_every) == 0 or server_round == rounds
         calibration = None
-        if evaluating and self.calibration is not None and aggregated is not None:
+        if calibrating and self.calibration is not None and aggregated is not None:
             calibration = self._calibrate(grid, server_round)
         record = {
             "round": server_round,

@@ -294,12 +294,3 @@ def test_total_is_the_configured_weighted_sum(wiring_cfg: DictConfig, batch: Bat
             assert terms[key] == pytest.approx(float(value), rel=1e-5), key
     expected = sum(weights[k] * terms[k] for k in TERMS)
     assert float(total.detach()) == pytest.approx(expected, rel=1e-5)
-    # Doubling one weight moves the total by exactly that term once more.
-    for key in TERMS:
-        doubled = make_context(
-            wiring_cfg, NUM_CLASSES, weights={**weights, key: 2.0 * weights[key]}
-        )
-        total2, terms2, _ = run_step(doubled, batch)
-        assert float(total2.detach()) - float(total.detach()) == pytest.approx(
-            weights[key] * terms2[key], rel=1e-4, abs=1e-6
-        ), key
