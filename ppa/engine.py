@@ -20,6 +20,7 @@ from ppa.data.loader import Batch
 from ppa.data.transforms import normalize
 from ppa.model import PPAEncoder
 from ppa.pose.heatmaps import joint_heatmaps
+from ppa.pose.joint_sets import ALL_JOINTS, joint_indices
 from ppa.prototypes import IdentityPrototypes, PrototypeAccumulator
 
 logger = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ class PPAObjective:
     weights: Mapping[str, float]
     label_smoothing: float = 0.1
     align_temperature: float | None = None
+    kpr_joints: tuple[int, ...] = ALL_JOINTS  # the joints L_kpr pools (ppa.kpr_joints)
 
     @classmethod
     def from_config(cls, ppa_cfg: DictConfig) -> PPAObjective:
@@ -56,6 +58,7 @@ class PPAObjective:
                 if ppa_cfg.get("align_temperature") is not None
                 else None
             ),
+            kpr_joints=joint_indices(ppa_cfg.get("kpr_joints", "all")),
         )
 
     def uses(self, term: str) -> bool:
@@ -258,6 +261,9 @@ def step_inputs(ctx: StepContext, batch: Batch) -> StepInputs:
     heatmaps = confidence = None
     if obj.uses("kpr"):
         heat, confidence = _heatmaps(ctx, batch.keypoints, height, width)
+        if obj.kpr_joints != ALL_JOINTS:
+            joints = list(obj.kpr_joints)
+            heat, confidence = heat[:, joints], confidence[:, joints]
         heatmaps = heat.repeat(nviews, 1, 1, 1)
     return StepInputs(
         images=ctx.device.prepare(normalize(torch.cat(views), ctx.mean, ctx.std)),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -104,13 +104,7 @@ def make_context(
             param.copy_(torch.randn_like(param) * (0.5 if name == "visible" else 0.3))
     objective = PPAObjective.from_config(cfg.ppa)
     if weights is not None:
-        objective = PPAObjective(
-            anonymized_view=objective.anonymized_view,
-            offsets=objective.offsets,
-            weights={k: float(weights.get(k, 0.0)) for k in TERMS},
-            label_smoothing=objective.label_smoothing,
-            align_temperature=objective.align_temperature,
-        )
+        objective = replace(objective, weights={k: float(weights.get(k, 0.0)) for k in TERMS})
     generator = torch.Generator().manual_seed(1)
     prototypes = IdentityPrototypes(
         torch.randn(2, num_classes, model.num_features, generator=generator),
@@ -209,14 +203,17 @@ def test_kpr_stops_the_gradient_on_the_raw_side(wiring_cfg: DictConfig, batch: B
         min_confidence=ctx.min_confidence,
         scale=fh / batch.images.shape[-2],
     )
-    heat = maps.heatmaps.repeat(2, 1, 1, 1)  # the same joints on the raw and anonymised view
+    joints = list(ctx.objective.kpr_joints)
+    assert joints == list(range(5, 17))  # the body joints, no head joints (the default)
+    heat = maps.heatmaps[:, joints].repeat(2, 1, 1, 1)  # same joints on both views
     fmap = seen.feature_map.detach()
     parts = torch.einsum("bchw,bjhw->bjc", fmap, heat) / heat.sum(dim=(-2, -1)).clamp(
         min=1e-6
     ).unsqueeze(-1)
     assert torch.allclose(parts, seen.out.parts.detach(), atol=1e-5)
     sq = (parts[n:] - parts[:n]).pow(2).mean(-1)
-    expected = float((sq * maps.weights).sum() / maps.weights.sum())
+    weights = maps.weights[:, joints]
+    expected = float((sq * weights).sum() / weights.sum())
     assert terms["kpr"] == pytest.approx(expected, rel=1e-4)
 
 
@@ -294,3 +291,13 @@ def test_total_is_the_configured_weighted_sum(wiring_cfg: DictConfig, batch: Bat
             assert terms[key] == pytest.approx(float(value), rel=1e-5), key
     expected = sum(weights[k] * terms[k] for k in TERMS)
     assert float(total.detach()) == pytest.approx(expected, rel=1e-5)
+
+
+def test_kpr_pools_the_configured_joints(wiring_cfg: DictConfig, batch: Batch) -> None:
+    body = make_context(wiring_cfg, NUM_CLASSES, weights={"kpr": 1.0})
+    _, _, seen = run_step(body, batch)
+    assert seen.out.parts.shape[1] == 12
+    every = make_context(wiring_cfg, NUM_CLASSES, weights={"kpr": 1.0})
+    every.objective = replace(every.objective, kpr_joints=tuple(range(17)))
+    _, _, seen = run_step(every, batch)
+    assert seen.out.parts.shape[1] == 17
