@@ -18,7 +18,8 @@ import torch
 from omegaconf import DictConfig
 
 from ppa.anonymize import KprAnonymizer
-from ppa.checkpoint import load_checkpoint, load_state_strict, save_checkpoint
+from ppa.central_resume import restore_training_state
+from ppa.checkpoint import load_checkpoint, save_checkpoint
 from ppa.config import CONFIG_DIR, resolve_path
 from ppa.data.keypoints import load_dataset_keypoints
 from ppa.data.loader import create_train_loader
@@ -84,11 +85,14 @@ def train(cfg: DictConfig) -> Path:
     start_epoch, history = 0, []
     if cfg.checkpoint:
         payload = load_checkpoint(resolve_path(cfg.checkpoint))
-        load_state_strict(model, payload["state_dict"], cfg.checkpoint)
-        if "optimizer" in payload:
-            optimizer.load_state_dict(payload["optimizer"])
-        start_epoch = int(payload.get("epoch", 0))
-        history = list(payload.get("history", []))
+        start_epoch, history = restore_training_state(
+            payload,
+            cfg.checkpoint,
+            model=model,
+            optimizer=optimizer,
+            prototypes=prototypes,
+            anonymizer=anonymizer if anonymizer_optimizer is not None else None,
+        )
         logger.info("resumed from %s at epoch %d", cfg.checkpoint, start_epoch)
 
     ctx = StepContext.from_config(

@@ -217,3 +217,9 @@ def test_errors_name_the_problem() -> None:
         aggregate_updates([], [], ["w"])
     with pytest.raises(ValueError, match="unknown aggregation rule 'mean'"):
         aggregate_updates([{"w": np.ones(1)}], [1], ["w"], "mean")
+
+
+def test_an_update_of_norm_one_is_still_clipped() -> None:
+    ref = {"w": np.zeros(2)}
+    clipped = clip_update({"w": np.array([0.6, 0.8])}, ref, ["w"], 0.5)
+    assert clipped["w"].tolist() == pytest.approx([0.3, 0.4])
