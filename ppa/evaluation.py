@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ppa.anonymize import KprAnonymizer
 from ppa.data.keypoints import KeypointCache
-from ppa.data.leakage import TrainingSource, check_disjoint
+from ppa.data.leakage import check_trained_on
 from ppa.data.loader import create_eval_loader
 from ppa.data.protocols import TestSetting, test_settings
 from ppa.data.records import ImageRecord
@@ -125,7 +125,7 @@ def evaluate(
     settings = list(settings) if settings is not None else test_settings(cfg.dataset)
     if not settings:
         raise ValueError(f"dataset {cfg.dataset.name}: no test settings configured")
-    check_disjoint(TrainingSource.from_config(trained_on or cfg.dataset), settings)
+    check_trained_on(trained_on or cfg.dataset, settings)
     images = TestImages.from_settings(settings)
     root = settings[0].split.root
     pose_cfg = cfg.pose

@@ -12,7 +12,7 @@ from test_data_protocols import write_regdb, write_sysu
 from ppa.checkpoint import save_checkpoint
 from ppa.config import load_config
 from ppa.data import protocols
-from ppa.data.leakage import IdentityLeakError, TrainingSource, check_disjoint
+from ppa.data.leakage import IdentityLeakError, TrainingSource, check_disjoint, check_trained_on
 from ppa.engine import DeviceSettings
 from ppa.evaluation import evaluate
 from ppa.model import create_model
@@ -115,3 +115,16 @@ def test_evaluate_script_uses_the_checkpoints_training_trial(
     )
     with pytest.raises(IdentityLeakError, match=r"trial 1 cannot be evaluated on trial\(s\) \[2\]"):
         evaluate_script.run(asked)
+
+
+def test_a_training_root_that_is_gone_is_not_opened(tmp_path: Path) -> None:
+    """A checkpoint from another machine names a root that does not exist here."""
+    root = write_sysu(tmp_path / "sysu")
+    cfg = OmegaConf.create(
+        {"protocol": "sysu", "root": str(root), "test": {"modes": ["all"], "trials": 1, "shots": 1}}
+    )
+    elsewhere = OmegaConf.create({"protocol": "sysu", "root": str(tmp_path / "gone")})
+    check_trained_on(elsewhere, protocols.test_settings(cfg))
+    (root / "exp" / "test_id.txt").write_text("5,4,1")
+    with pytest.raises(IdentityLeakError, match=r"\(1\)"):
+        check_trained_on(cfg, protocols.test_settings(cfg))

@@ -83,3 +83,12 @@ def check_disjoint(source: TrainingSource, settings: Sequence[TestSetting]) -> N
 
 def _same_root(a: Path, b: Path) -> bool:
     return Path(a).resolve() == Path(b).resolve()
+
+
+def check_trained_on(dataset_cfg: Any, settings: Sequence[TestSetting]) -> None:
+    """`check_disjoint` for a model trained with this ``dataset`` config. A training root
+    that none of the settings reads (another dataset, or a checkpoint from another machine)
+    is not opened."""
+    root = dataset_root(dataset_cfg)
+    if any(_same_root(s.split.root, root) for s in settings):
+        check_disjoint(TrainingSource.from_config(dataset_cfg), settings)
