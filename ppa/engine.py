@@ -307,6 +307,8 @@ def ppa_step(ctx: StepContext, batch: Batch) -> tuple[torch.Tensor, dict[str, fl
         )
     total = sum(obj.weights[k] * v for k, v in terms.items())
 
+    # Prototypes hold both views: BNNeck(f) of raw images and BNNeck(g) of anonymised ones,
+    # g = f(x_anon) - delta_m the corrected feature; retrieval compares exactly these two.
     feats = out.neck.detach().float()
     if ctx.accumulator is not None:
         ctx.accumulator.add(feats, labels, modality)

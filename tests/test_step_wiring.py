@@ -28,7 +28,7 @@ from ppa.data.protocols import load_train_set
 from ppa.engine import DeviceSettings, PPAObjective, StepContext, ppa_step
 from ppa.model import EncoderOutput, PPAEncoder, create_model
 from ppa.pose.heatmaps import joint_heatmaps
-from ppa.prototypes import IdentityPrototypes
+from ppa.prototypes import IdentityPrototypes, PrototypeAccumulator
 
 from conftest import tiny_overrides
 
@@ -301,3 +301,25 @@ def test_kpr_pools_the_configured_joints(wiring_cfg: DictConfig, batch: Batch) -
     every.objective = replace(every.objective, kpr_joints=tuple(range(17)))
     _, _, seen = run_step(every, batch)
     assert seen.out.parts.shape[1] == 17
+
+
+def test_prototypes_accumulate_raw_and_corrected_anonymised_features(
+    wiring_cfg: DictConfig, batch: Batch
+) -> None:
+    """Prototypes are BNNeck features of both views: f of the raw view and the corrected g of
+    the anonymised one (the two features retrieval compares at test time)."""
+    ctx = make_context(wiring_cfg, NUM_CLASSES)
+    ctx.accumulator = PrototypeAccumulator(2, NUM_CLASSES, ctx.model.num_features)
+    _, _, seen = run_step(ctx, batch)
+    n = len(batch)
+    neck = seen.out.neck.detach()
+    offsets = ctx.model.offsets(batch.modality).detach()
+    # The anonymised rows' neck input is the corrected feature.
+    assert torch.allclose(seen.out.corrected[n:], seen.out.pooled[n:] - offsets, atol=1e-6)
+    labels, modality = batch.labels.repeat(2), batch.modality.repeat(2)
+    for m in (0, 1):
+        for label in batch.labels.unique().tolist():
+            rows = (modality == m) & (labels == label)
+            if rows.any():
+                assert ctx.accumulator.counts[m, label] == rows.sum()
+                assert torch.allclose(ctx.accumulator.sums[m, label], neck[rows].sum(0), atol=1e-5)
