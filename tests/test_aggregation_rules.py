@@ -223,3 +223,21 @@ def test_an_update_of_norm_one_is_still_clipped() -> None:
     ref = {"w": np.zeros(2)}
     clipped = clip_update({"w": np.array([0.6, 0.8])}, ref, ["w"], 0.5)
     assert clipped["w"].tolist() == pytest.approx([0.3, 0.4])
+
+
+def test_defaults_are_fedavg_and_one_byzantine_site() -> None:
+    ups = [{"w": np.array([v])} for v in (0.0, 1.0, 2.0, 10.0, 11.0)]
+    assert aggregate_updates(ups, [1, 1, 1, 1, 6], ["w"])["w"].tolist() == pytest.approx([7.9])
+    # Krum with f = 1 picks 1.0 (f = 2 would pick 0.0, see the scores above).
+    assert aggregate_updates(ups, [1] * 5, ["w"], "krum")["w"].tolist() == [1.0]
+
+
+def test_error_messages_exactly() -> None:
+    with pytest.raises(ValueError, match=r"^aggregate_updates needs at least one update$"):
+        aggregate_updates([], [], ["w"])
+    with pytest.raises(
+        ValueError,
+        match=r"^unknown aggregation rule 'mean'; expected one of "
+        r"\('fedavg', 'trimmed_mean', 'median', 'krum'\)$",
+    ):
+        aggregate_updates([{"w": np.ones(1)}], [1], ["w"], "mean")

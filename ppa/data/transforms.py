@@ -137,13 +137,14 @@ class ReidTransform:
 
 def build_train_transform(input_cfg: Any, augment_cfg: Any) -> ReidTransform:
     """Training transform from ``cfg.input`` (height, width) and ``cfg.train.augment``."""
+    channels = ChannelAugment.from_config(augment_cfg)
     return ReidTransform(
         height=int(input_cfg.height),
         width=int(input_cfg.width),
         pad=int(augment_cfg.pad),
         flip=float(augment_cfg.flip),
         grayscale=float(getattr(augment_cfg, "grayscale", 0.0)),
-        channels=ChannelAugment.from_config(augment_cfg),
+        channels=channels if channels.is_random else None,
     )
 
 
