@@ -241,3 +241,12 @@ def test_error_messages_exactly() -> None:
         r"\('fedavg', 'trimmed_mean', 'median', 'krum'\)$",
     ):
         aggregate_updates([{"w": np.ones(1)}], [1], ["w"], "mean")
+
+
+def test_fractional_weights_and_float32_output_of_every_rule() -> None:
+    ups = [{"w": np.array([0.0, 4.0])}, {"w": np.array([8.0, 0.0])}, {"w": np.array([1.0, 1.0])}]
+    # Weights summing to less than one are still weights, not a fall-back to the plain mean.
+    out = aggregate_updates(ups[:2], [0.25, 0.5], ["w"], "fedavg")["w"]
+    assert out.tolist() == pytest.approx([16 / 3, 4 / 3])
+    for rule in RULES:
+        assert aggregate_updates(ups, [1, 1, 1], ["w"], rule)["w"].dtype == np.float32, rule
