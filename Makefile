@@ -17,7 +17,7 @@ export FLWR_HOME := $(CURDIR)/outputs/flwr-home
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 export PPA_WORKDIR := $(CURDIR)
 
-.PHONY: setup demo test docker-test lint pose-setup synthetic system-deps deploy certs bench clean
+.PHONY: setup demo test docker-test lint pose-setup synthetic system-deps deploy certs bench clean mutation
 
 setup: $(STAMP)
 
@@ -72,6 +72,21 @@ deploy: setup
 # Speed and memory ratios (docs/benchmarks.md); make bench ARGS=--quick
 bench: setup
 	$(BIN)/ppa-bench $(ARGS)
+
+# Mutation testing (docs/testing.md; not part of `make test`): mutmut mutates the losses, the
+# training step, the metrics and the server's aggregation rules ([tool.mutmut] in pyproject.toml
+# names the judging test files) and prints the killed share per module. One worker, one thread.
+MUTANTS ?= server.aggregation.* ppa.losses.* ppa.training.step.* ppa.training.objective.* \
+	ppa.eval.metrics.*
+mutation: setup
+	@mkdir -p outputs
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(VENV)/bin/mutmut run --max-children 1 $(MUTANTS) \
+		> outputs/mutation.log 2>&1 || (tail -n 20 outputs/mutation.log; exit 1)
+	$(VENV)/bin/mutmut results --all true | awk -F'[.:]' \
+		'/__mutmut_/ { split($$0, p, "__mutmut_"); mod = $$1 "." $$2; if ($$1 ~ /ppa$$/ && $$2 != "losses") mod = mod "." $$3; gsub(/^ +/, "", mod); \
+		  total[mod]++; if ($$0 ~ /killed|timeout/) killed[mod]++ } \
+		END { for (m in total) printf "%-22s %4d/%4d killed  %5.1f %%\n", m, killed[m], total[m], 100 * killed[m] / total[m] }' \
+		| sort | tee outputs/mutation-scores.txt
 
 certs:
 	bash scripts/make_certs.sh -o outputs/certs cam1 cam2 cam3 cam4 cam5 cam6

@@ -18,9 +18,10 @@ from flwr.app import (
 from flwr.clientapp import ClientApp
 
 from client.private import BUDGET_EXHAUSTED_CODE
-from client.site import SiteTrainer
+from client.site import RoundResult, SiteTrainer
 from ppa.config import load_run_config, overrides_from_run_config
 from ppa.cpu_threads import apply_share
+from ppa.data.records import Modality
 from ppa.dp import PrivacyBudgetExhaustedError
 from ppa.node_config import site_spec
 from ppa.wire import (
@@ -87,17 +88,32 @@ def train(msg: Message, context: Context) -> Message:
         # Out of DP budget: nothing was trained or released. An error reply, which the strategy
         # drops with this reason while the other sites go on.
         return Message(Error(code=BUDGET_EXHAUSTED_CODE, reason=str(err)), reply_to=msg)
+    content = train_reply(
+        result,
+        site=trainer.site.name,
+        modality=trainer.site.modality.value,
+        send_prototypes=bool(trainer.cfg.federation.get("prototypes", True)),
+    )
+    return Message(content=content, reply_to=msg)
+
+
+def train_reply(
+    result: RoundResult, *, site: str, modality: str, send_prototypes: bool
+) -> RecordDict:
+    """The content of a site's training reply; prototypes only with
+    ``federation.prototypes=true`` (the server then keeps the ones it has)."""
     content = RecordDict(
         {
             ARRAYS: ArrayRecord({k: Array(v) for k, v in result.arrays.items()}),
-            PROTOTYPES: ArrayRecord(
-                {PROTO_SUM: Array(result.proto_sum), PROTO_COUNT: Array(result.proto_count)}
-            ),
             METRICS: MetricRecord(result.metrics),
-            SITE: ConfigRecord(site_identity(trainer.site.name, trainer.site.modality)),
+            SITE: ConfigRecord(site_identity(site, Modality.parse(modality))),
         }
     )
-    return Message(content=content, reply_to=msg)
+    if send_prototypes:
+        content[PROTOTYPES] = ArrayRecord(
+            {PROTO_SUM: Array(result.proto_sum), PROTO_COUNT: Array(result.proto_count)}
+        )
+    return content
 
 
 @app.evaluate()

@@ -31,6 +31,7 @@ from ppa.wire import (
     NUM_EXAMPLES,
     PROTO_COUNT,
     PROTO_SUM,
+    check_federated_anonymizer,
     pack,
     site_keys,
     unpack_into,
@@ -56,6 +57,7 @@ class SiteTrainer:
 
     def __init__(self, cfg: DictConfig, spec: SiteSpec):
         self.cfg = cfg
+        check_federated_anonymizer(cfg)
         fed = cfg.federation
         family = dataset_protocol(cfg.dataset)
         protocol = family.name

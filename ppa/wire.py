@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -185,3 +186,16 @@ def validate_prototypes(
         )
     if not (np.isfinite(sums).all() and np.isfinite(counts).all()) or (counts < 0).any():
         raise MalformedUpdateError(f"site {site!r}: prototypes have NaN/Inf or negative counts")
+
+
+def check_federated_anonymizer(cfg: Any) -> None:
+    """Refuse ``anonymizer=learned`` in a federation: its generator's weights are not among the
+    arrays that travel, so each site would train its own and the server would evaluate with a
+    randomly initialised one. Pixel anonymisers (mosaic, blur, noise) need no weights."""
+    anonymizer = cfg.anonymizer.get("name")
+    if anonymizer == "learned" and cfg.ppa.get("anonymized_view", False):
+        raise ValueError(
+            "anonymizer=learned is not supported in a federation: the generator is neither "
+            "trained jointly by the sites nor sent to the server. Use anonymizer=mosaic, blur or "
+            "noise, or train the learned anonymiser centrally (ppa-train)"
+        )

@@ -27,6 +27,7 @@ from ppa.training.norm_statistics import norm_statistics_keys
 from ppa.wire import (
     HALF_PRECISION,
     LOCAL_EPOCHS,
+    check_federated_anonymizer,
     check_global,
     global_keys,
     pack,
@@ -69,6 +70,7 @@ class FederatedRun:
 
     def __init__(self, cfg: DictConfig, *, resume: bool = False):
         self.cfg = cfg
+        check_federated_anonymizer(cfg)
         self.out = resolve_path(cfg.output_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         seed_everything(int(cfg.seed), bool(cfg.deterministic))
@@ -180,8 +182,11 @@ class FederatedRun:
             else:
                 self.arrays = candidate
         evaluating = server_round % int(fed.evaluate_every) == 0 or server_round == rounds
+        # The statistics round has its own cadence (default: the evaluation's), so how often
+        # the server evaluates does not change the model it trains.
+        calibrating = server_round % int(fed.calibrate_every) == 0 or server_round == rounds
         calibration = None
-        if evaluating and self.calibration is not None and aggregated is not None:
+        if calibrating and self.calibration is not None and aggregated is not None:
             calibration = self._calibrate(grid, server_round)
         record = {
             "round": server_round,

@@ -87,27 +87,29 @@ def test_sysu_multi_shot_and_listed_trials(tmp_path):
     assert len(settings[0].split.gallery) == 2 * 2 * 2  # 2 ids x cams 1, 2 x both images
 
 
-def test_regdb_settings_and_train_trial(tmp_path):
+def test_regdb_tests_the_trial_it_trains_on(tmp_path):
     root = write_regdb(tmp_path / "regdb")
-    cfg = load_config(
+    cfg = load_config(["dataset=synthetic_regdb", f"dataset.root={root}", "dataset.train_trial=2"])
+    train = protocols.load_train_set(cfg.dataset)
+    assert train.pid_to_label == {2: 0, 12: 1}
+    # The test trials follow the training trial: one model per trial, tested on it only.
+    settings = protocols.test_settings(cfg.dataset)
+    assert [(s.group, s.trial) for s in settings] == [
+        ("visible_to_thermal", 2),
+        ("thermal_to_visible", 2),
+    ]
+    assert settings[0].split == regdb.load_test_split(root, 2, "visible_to_thermal")
+    assert settings[1].split.query[0].modality is Modality.INFRARED
+    # Listing other trials still reads them (a reader), but evaluation refuses them.
+    listed = load_config(
         [
             "dataset=synthetic_regdb",
             f"dataset.root={root}",
-            "dataset.test.trials=[1,2]",
             "dataset.train_trial=2",
+            "dataset.test.trials=[1,2]",
         ]
     )
-    train = protocols.load_train_set(cfg.dataset)
-    assert train.pid_to_label == {2: 0, 12: 1}
-    settings = protocols.test_settings(cfg.dataset)
-    assert [(s.group, s.trial) for s in settings] == [
-        ("visible_to_thermal", 1),
-        ("visible_to_thermal", 2),
-        ("thermal_to_visible", 1),
-        ("thermal_to_visible", 2),
-    ]
-    assert settings[1].split == regdb.load_test_split(root, 2, "visible_to_thermal")
-    assert settings[2].split.query[0].modality is Modality.INFRARED
+    assert [s.trial for s in protocols.test_settings(listed.dataset)] == [1, 2, 1, 2]
 
 
 def test_relative_root_resolves_against_the_workdir(tmp_path, monkeypatch):

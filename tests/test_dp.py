@@ -293,7 +293,7 @@ def test_clipping_bounds_a_record_scaled_a_thousandfold(dp_cfg: DictConfig) -> N
     loud = Batch(**{k: getattr(batch, k).clone() for k in batch.__dataclass_fields__})
     loud.images[2] *= 1000.0
     noisy, loud_norms = summed_clipped(loud)
-    assert float(loud_norms[2]) > 100 * max_norm  # the record really is an outlier
+    assert float(loud_norms[2]) > 50 * max_norm  # the record really is an outlier
     assert norm(noisy) <= len(batch) * max_norm + 1e-4
     # Only record 2 changed: the two sums differ by at most the two clipped versions of it.
     diff = {k: noisy[k] - clean[k] for k in clean}

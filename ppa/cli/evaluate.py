@@ -62,7 +62,11 @@ def run(cfg: DictConfig) -> Path:
         raise ValueError("the evaluation needs checkpoint=<path to a .pt file>")
     seed_everything(int(cfg.seed), bool(cfg.deterministic))
     model, payload = model_from_checkpoint(resolve_path(cfg.checkpoint))
-    cfg = effective_config(cfg, payload.get("config"))
+    trained = payload.get("config") or {}
+    cfg = effective_config(cfg, trained)
+    # The dataset the checkpoint was trained on (RegDB: its trial) decides which test
+    # identities it may be scored on.
+    trained_on = OmegaConf.create(trained["dataset"]) if "dataset" in trained else None
     device = DeviceSettings.from_config(cfg)
     device.place(model)
     protocols = list(cfg.eval.protocols)
@@ -85,6 +89,7 @@ def run(cfg: DictConfig) -> Path:
         anonymizer=anonymizer,
         keypoints=keypoints,
         settings=settings,
+        trained_on=trained_on,
     )
     report.extras["checkpoint"] = str(resolve_path(cfg.checkpoint))
     report.extras["method"] = str(cfg.ppa.name)

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from ppa.data.epoch_length import batches_per_epoch
 from ppa.data.errors import CorruptImageError
 from ppa.data.images import read_image
 from ppa.data.keypoints import KeypointCache, MissingKeypointsError
@@ -268,13 +269,20 @@ def create_train_loader(
             f"no usable training images under {root} (all {len(records)} records dropped)"
         )
     max_batches = train_cfg.get("max_batches_per_epoch")
+    modalities = [r.modality for r in dataset.records]
     try:
         sampler = IdentitySampler(
             [r.label for r in dataset.records],  # type: ignore[union-attr]
-            [r.modality for r in dataset.records],
+            modalities,
             num_ids=int(train_cfg.num_ids),
             num_instances=int(train_cfg.num_instances),
             seed=seed,
+            num_batches=batches_per_epoch(
+                modalities,
+                int(train_cfg.num_ids),
+                int(train_cfg.num_instances),
+                str(train_cfg.get("epoch_length", "records")),
+            ),
             max_batches=None if max_batches is None else int(max_batches),
         )
     except ValueError as err:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ppa.data.channel_augment import ChannelAugment
 from ppa.pose.coco import FLIP_PERMUTATION, NUM_KEYPOINTS
 
 _FLIP_PERMUTATION = np.asarray(FLIP_PERMUTATION, dtype=np.int64)
@@ -47,6 +48,7 @@ class ReidTransform:
     pad: int = 0
     flip: float = 0.0
     grayscale: float = 0.0
+    channels: ChannelAugment | None = None  # channel augmentation and random erasing, last
 
     def __post_init__(self) -> None:
         if self.height < 1 or self.width < 1:
@@ -60,7 +62,12 @@ class ReidTransform:
 
     @property
     def is_random(self) -> bool:
-        return self.pad > 0 or self.flip > 0.0 or self.grayscale > 0.0
+        return (
+            self.pad > 0
+            or self.flip > 0.0
+            or self.grayscale > 0.0
+            or (self.channels is not None and self.channels.is_random)
+        )
 
     def __call__(
         self,
@@ -108,6 +115,10 @@ class ReidTransform:
                     np.clip(np.rint(luma), 0, 255).astype(np.uint8)[..., None], 3, axis=2
                 )
 
+        if self.channels is not None and self.channels.is_random:
+            assert rng is not None
+            out = self.channels(out, rng)
+
         # A cache entry with NaN/inf coordinates or score (a broken pose backend) is a missing
         # joint: zeroed, so no non-finite value reaches the masks, heatmaps or losses.
         broken = ~np.isfinite(points).all(axis=1)
@@ -126,12 +137,14 @@ class ReidTransform:
 
 def build_train_transform(input_cfg: Any, augment_cfg: Any) -> ReidTransform:
     """Training transform from ``cfg.input`` (height, width) and ``cfg.train.augment``."""
+    channels = ChannelAugment.from_config(augment_cfg)
     return ReidTransform(
         height=int(input_cfg.height),
         width=int(input_cfg.width),
         pad=int(augment_cfg.pad),
         flip=float(augment_cfg.flip),
         grayscale=float(getattr(augment_cfg, "grayscale", 0.0)),
+        channels=channels if channels.is_random else None,
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ppa.anonymize import KprAnonymizer
 from ppa.data.keypoints import KeypointCache
+from ppa.data.leakage import check_trained_on
 from ppa.data.loader import create_eval_loader
 from ppa.data.protocols import DatasetProtocol, TestSetting, dataset_protocol, test_settings
 from ppa.data.records import ImageRecord
@@ -113,11 +115,16 @@ def evaluate(
     keypoints: KeypointCache | None = None,
     settings: Sequence[TestSetting] | None = None,
     progress: bool = True,
+    trained_on: Any | None = None,
 ) -> EvaluationReport:
     """Evaluate `model` on the test protocol of `cfg.dataset` under privacy protocols.
 
     The report holds, per privacy protocol and group (SYSU mode / RegDB direction), the mean
     over trials of rank1/5/10/20, mAP and mINP, each trial's numbers and the mean CMC curve.
+
+    `trained_on` is the ``dataset`` config the model was trained with (default
+    ``cfg.dataset``): test settings that hold its training identities are refused
+    (`ppa.data.leakage`), e.g. a RegDB model tested on another trial.
     """
     protocols = list(protocols or cfg.eval.protocols)
     unknown = [p for p in protocols if p not in PRIVACY_PROTOCOLS]
@@ -131,6 +138,7 @@ def evaluate(
     settings = list(settings) if settings is not None else test_settings(cfg.dataset)
     if not settings:
         raise ValueError(f"dataset {cfg.dataset.name}: no test settings configured")
+    check_trained_on(trained_on or cfg.dataset, settings)
     images = TestImages.from_settings(settings)
     root = settings[0].split.root
     pose_cfg = cfg.pose

@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from ppa.checkpoint import load_checkpoint, load_state_strict, save_checkpoint
+from ppa.central_resume import restore_training_state
+from ppa.checkpoint import load_checkpoint, save_checkpoint
 from ppa.config import resolve_path
 from ppa.data.protocols import load_train_set
 from ppa.data.records import MODALITIES
@@ -52,11 +53,14 @@ def train_central(cfg: DictConfig) -> Path:
     start_epoch, history = 0, []
     if cfg.checkpoint:
         payload = load_checkpoint(resolve_path(cfg.checkpoint))
-        load_state_strict(model, payload["state_dict"], cfg.checkpoint)
-        if "optimizer" in payload:
-            optimizer.load_state_dict(payload["optimizer"])
-        start_epoch = int(payload.get("epoch", 0))
-        history = list(payload.get("history", []))
+        start_epoch, history = restore_training_state(
+            payload,
+            cfg.checkpoint,
+            model=model,
+            optimizer=optimizer,
+            prototypes=prototypes,
+            anonymizer=anonymizer if anonymizer_optimizer is not None else None,
+        )
         logger.info("resumed from %s at epoch %d", cfg.checkpoint, start_epoch)
 
     ctx = setup.step_context(

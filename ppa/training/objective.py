@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 from omegaconf import DictConfig
 
+from ppa.pose.joint_sets import ALL_JOINTS, joint_indices
+
 LOSS_TERMS = ("id", "triplet", "kpr", "dc", "align")
 
 
@@ -19,6 +21,7 @@ class PPAObjective:
     weights: Mapping[str, float]
     label_smoothing: float = 0.1
     align_temperature: float | None = None
+    kpr_joints: tuple[int, ...] = ALL_JOINTS  # the joints L_kpr pools (ppa.kpr_joints)
 
     @classmethod
     def from_config(cls, ppa_cfg: DictConfig) -> PPAObjective:
@@ -35,6 +38,7 @@ class PPAObjective:
                 if ppa_cfg.get("align_temperature") is not None
                 else None
             ),
+            kpr_joints=joint_indices(ppa_cfg.get("kpr_joints", "all")),
         )
 
     def uses(self, term: str) -> bool:

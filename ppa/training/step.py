@@ -16,6 +16,7 @@ from ppa.data.transforms import normalize
 from ppa.device import DeviceSettings
 from ppa.model import PPAEncoder
 from ppa.pose.heatmaps import joint_heatmaps
+from ppa.pose.joint_sets import ALL_JOINTS
 from ppa.prototypes import IdentityPrototypes, PrototypeAccumulator
 from ppa.training.objective import PPAObjective
 
@@ -116,6 +117,9 @@ def step_inputs(ctx: StepContext, batch: Batch) -> StepInputs:
     heatmaps = confidence = None
     if obj.uses("kpr"):
         heat, confidence = _heatmaps(ctx, batch.keypoints, height, width)
+        if obj.kpr_joints != ALL_JOINTS:
+            joints = list(obj.kpr_joints)
+            heat, confidence = heat[:, joints], confidence[:, joints]
         heatmaps = heat.repeat(nviews, 1, 1, 1)
     return StepInputs(
         images=ctx.device.prepare(normalize(torch.cat(views), ctx.mean, ctx.std)),
@@ -159,6 +163,8 @@ def ppa_step(ctx: StepContext, batch: Batch) -> tuple[torch.Tensor, dict[str, fl
         )
     total = sum(obj.weights[k] * v for k, v in terms.items())
 
+    # Prototypes hold both views: BNNeck(f) of raw images and BNNeck(g) of anonymised ones,
+    # g = f(x_anon) - delta_m the corrected feature; retrieval compares exactly these two.
     feats = out.neck.detach().float()
     if ctx.accumulator is not None:
         ctx.accumulator.add(feats, labels, modality)

@@ -1,0 +1,59 @@
+"""Federation settings the method depends on: prototypes on/off, the learned anonymiser, the
+statistics-round cadence."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from client.app import train_reply
+from client.site import RoundResult, SiteSpec, SiteTrainer
+from ppa.config import load_config
+from ppa.wire import PROTO_COUNT, PROTO_SUM, check_federated_anonymizer
+from server.run import FederatedRun
+
+from conftest import tiny_overrides
+
+
+def _result() -> RoundResult:
+    return RoundResult(
+        arrays={"w": np.ones(3, np.float32)},
+        proto_sum=np.full((4, 2), 2.0, np.float32),
+        proto_count=np.array([1.0, 0.0, 2.0, 0.0], np.float32),
+        metrics={"num-examples": 5.0},
+    )
+
+
+def test_prototypes_travel_only_when_configured() -> None:
+    sent = train_reply(_result(), site="cam1", modality="visible", send_prototypes=True)
+    np.testing.assert_array_equal(sent["prototypes"][PROTO_SUM].numpy(), np.full((4, 2), 2.0))
+    np.testing.assert_array_equal(sent["prototypes"][PROTO_COUNT].numpy(), [1, 0, 2, 0])
+    kept = train_reply(_result(), site="cam1", modality="visible", send_prototypes=False)
+    assert "prototypes" not in kept.array_records
+    assert set(kept.array_records) == {"arrays"}
+    assert kept["site"]["site"] == "cam1" and kept["metrics"]["num-examples"] == 5.0
+
+
+def test_learned_anonymiser_is_refused_in_a_federation(
+    tiny_sysu_root: Path, tmp_path: Path
+) -> None:
+    cfg = load_config(tiny_overrides(tiny_sysu_root, tmp_path, "anonymizer=learned"))
+    with pytest.raises(ValueError, match="anonymizer=learned is not supported in a federation"):
+        check_federated_anonymizer(cfg)
+    with pytest.raises(ValueError, match="anonymizer=learned"):
+        FederatedRun(cfg)
+    with pytest.raises(ValueError, match="anonymizer=learned"):
+        SiteTrainer(cfg, SiteSpec(None, None, None, partition_id=0, num_partitions=6))
+    # Pixel anonymisers, and the baseline that never anonymises, are fine.
+    check_federated_anonymizer(load_config(["anonymizer=noise"]))
+    check_federated_anonymizer(load_config(["anonymizer=learned", "ppa=baseline"]))
+
+
+def test_statistics_round_cadence_defaults_to_the_evaluation_cadence() -> None:
+    assert load_config([]).federation.calibrate_every == 1
+    demo = load_config(["experiment=demo"])
+    assert demo.federation.calibrate_every == demo.federation.evaluate_every == 2
+    own = load_config(["experiment=demo", "federation.calibrate_every=1"])
+    assert own.federation.calibrate_every == 1 and own.federation.evaluate_every == 2
