@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from ppa.anonymize import KprAnonymizer
-from ppa.central_resume import restore_training_state
 from ppa.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ppa.config import load_config
 from ppa.model import create_model
 from ppa.prototypes import IdentityPrototypes
 from ppa.training.optim import create_optimizer
+from ppa.training.resume import restore_training_state
 
 NUM_CLASSES = 5
 

@@ -12,7 +12,6 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from ppa.central_resume import restore_training_state
 from ppa.checkpoint import load_checkpoint, save_checkpoint
 from ppa.config import resolve_path
 from ppa.data.protocols import load_train_set
@@ -22,6 +21,7 @@ from ppa.prototypes import IdentityPrototypes
 from ppa.seeding import seed_everything
 from ppa.training.loop import train_epoch
 from ppa.training.optim import create_optimizer
+from ppa.training.resume import restore_training_state
 from ppa.training.setup import TrainingSetup
 
 logger = logging.getLogger(__name__)
