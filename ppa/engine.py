@@ -21,6 +21,7 @@ from ppa.data.transforms import normalize
 from ppa.model import PPAEncoder
 from ppa.pose.heatmaps import joint_heatmaps
 from ppa.prototypes import IdentityPrototypes, PrototypeAccumulator
+from ppa.pseudo_infrared import PseudoInfraredViews
 
 logger = logging.getLogger(__name__)
 
@@ -183,11 +184,16 @@ class StepContext:
     anonymizer_optimizer: torch.optim.Optimizer | None = None
     extra: dict = field(default_factory=dict)
     private_step: StepHook | None = None  # set: DP-SGD does the step (ppa.dp)
+    # set: rewrites each training batch before the step (ppa.pseudo_infrared)
+    batch_views: Callable[[Batch], Batch] | None = None
 
     @classmethod
     def from_config(cls, cfg: DictConfig, **fields: Any) -> StepContext:
         """A context whose input normalisation and heatmap settings come from the run config
-        (`cfg.input`, `cfg.pose`); `fields` give the rest (model, objective, anonymizer, ...)."""
+        (`cfg.input`, `cfg.pose`) and its batch rewrite from `cfg.train.pseudo_infrared`;
+        `fields` give the rest (model, objective, anonymizer, ...)."""
+        if "batch_views" not in fields:
+            fields["batch_views"] = PseudoInfraredViews.from_config(cfg.train)
         return cls(
             mean=tuple(cfg.input.mean),
             std=tuple(cfg.input.std),
@@ -332,6 +338,8 @@ def train_one_epoch(
         if max_batches is not None and batches >= max_batches:
             break
         batch = batch.to(ctx.device.device, non_blocking=ctx.device.non_blocking)
+        if ctx.batch_views is not None:
+            batch = ctx.batch_views(batch)
         if ctx.private_step is not None:
             # DP-SGD: per-record losses, clipping, noise and the step happen in the hook.
             loss, terms = ctx.private_step(ctx, batch, optimizer)
