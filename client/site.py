@@ -31,6 +31,7 @@ from ppa.engine import (
     set_epoch_lr,
     train_one_epoch,
 )
+from ppa.federated_regularizers import ProximalTerm
 from ppa.federation import PROTO_COUNT, PROTO_SUM, pack, site_keys, unpack_into
 from ppa.model import create_model
 from ppa.norm_calibration import measure_norm_statistics
@@ -273,15 +274,21 @@ class SiteTrainer:
         )
         ctx = self.step_context(prototypes, accumulator=accumulator)
         start = time.perf_counter()
-        epochs = self.run_epochs(
-            ctx,
-            loader,
-            optimizer,
-            loader.batch_sampler,
-            server_round=server_round,
-            local_epochs=local_epochs,
-            max_batches=cfg.train.max_batches_per_epoch,
-        )
+        mu = float(cfg.federation.get("proximal_mu") or 0.0)
+        proximal = ProximalTerm.attach(self.model, mu) if mu > 0 else None
+        try:
+            epochs = self.run_epochs(
+                ctx,
+                loader,
+                optimizer,
+                loader.batch_sampler,
+                server_round=server_round,
+                local_epochs=local_epochs,
+                max_batches=cfg.train.max_batches_per_epoch,
+            )
+        finally:
+            if proximal is not None:
+                proximal.remove()
         seconds = time.perf_counter() - start
         seen = float(sum(e["num_examples"] for e in epochs))
         metrics = {k: float(v) for k, v in epochs[-1].items() if k.startswith("loss")}

@@ -1,10 +1,11 @@
-"""Infrared-like views of visible images that go through the infrared stem (`train.pseudo_infrared`).
+"""Infrared-like views of visible images, run through the infrared stem.
 
-A federated site holds one modality, so none of its batches pairs an identity's visible and
-infrared images: the cross-modal match that centralised training learns from mixed batches
-is missing there. A visible site can make that pair itself: part of each identity's images in
-a batch become channel-augmented (`ppa.data.channel_augment`) and are labelled infrared, so
-they run through the infrared stem and the infrared BNNeck statistics, and the triplet and
+Config: `train.pseudo_infrared`. A federated site holds one modality, so none of its
+batches pairs an identity's visible and infrared images: the cross-modal match that
+centralised training learns from mixed batches is missing there. A visible site can make
+that pair itself: part of each identity's images in a batch become channel-augmented
+(`ppa.data.channel_augment`) and are labelled infrared, so they run through the infrared
+stem and the infrared BNNeck statistics, and the triplet and
 identity losses see visible and infrared-like images of one identity side by side.
 
 Nothing new leaves the site: a visible site still sends only the shared parts and its own
@@ -37,7 +38,9 @@ class PseudoInfraredViews:
 
     def __post_init__(self) -> None:
         if not 0.0 < self.fraction <= 1.0:
-            raise ValueError(f"train.pseudo_infrared.fraction must be in (0, 1], got {self.fraction}")
+            raise ValueError(
+                f"train.pseudo_infrared.fraction must be in (0, 1], got {self.fraction}"
+            )
         if self.view not in VIEWS:
             raise ValueError(
                 f"train.pseudo_infrared.view must be one of {sorted(VIEWS)}, got {self.view!r}"
@@ -51,7 +54,9 @@ class PseudoInfraredViews:
             return None
         return cls(float(settings.fraction), str(settings.get("view", "channel_exchange")))
 
-    def chosen(self, labels: torch.Tensor, visible: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    def chosen(
+        self, labels: torch.Tensor, visible: torch.Tensor, order: torch.Tensor
+    ) -> torch.Tensor:
         """Mask of the images to convert: of each identity's visible images, the first
         round(fraction x count) in `order` (a permutation of the batch positions)."""
         mask = torch.zeros_like(visible)

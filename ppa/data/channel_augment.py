@@ -42,9 +42,7 @@ def single_channel_views(images: Tensor, choice: Tensor) -> Tensor:
 def random_channel(images: Tensor, generator: torch.Generator) -> Tensor:
     """Each image becomes one of its own colour channels (uniform over R, G, B), repeated."""
     _check(images)
-    choice = torch.randint(
-        0, 3, (images.shape[0],), generator=generator, device=generator.device
-    )
+    choice = torch.randint(0, 3, (images.shape[0],), generator=generator, device=generator.device)
     return single_channel_views(images, choice)
 
 
