@@ -76,7 +76,8 @@ def plan_jobs(
         step = lr_step(budget, float(cmp.lr_step_fraction))
         points = eval_epochs(budget, int(cmp.eval_every_epochs), local)
         for seed in (int(s) for s in cmp.seeds):
-            common = [f"train.lr_steps=[{step}]", f"seed={seed}", *overrides]
+            # The plan's keys come last: Hydra keeps the last value of a key.
+            common = [*overrides, f"train.lr_steps=[{step}]", f"seed={seed}"]
             fed_dir = out_dir / f"fed_e{budget}_s{seed}"
             fed = (
                 python,
