@@ -701,11 +701,17 @@ def _cylinder_shade(across: np.ndarray, light_side: float) -> np.ndarray:
 
 # --- posing -----------------------------------------------------------------------------------
 def sample_placement(
-    identity: Identity, camera: CameraProfile, height: int, width: int, rng: np.random.Generator
+    identity: Identity,
+    camera: CameraProfile,
+    height: int,
+    width: int,
+    rng: np.random.Generator,
+    view_jitter: float = VIEW_JITTER,
 ) -> Placement:
-    """Pose and framing of one shot: view, walking phase, scale and position jitter."""
+    """Pose and framing of one shot: view, walking phase, scale and position jitter
+    (`view_jitter`: the standard deviation of the body's yaw around the camera's view, rad)."""
     view = int(rng.choice(4, p=np.asarray(camera.view_weights) / sum(camera.view_weights)))
-    yaw = VIEW_YAWS[view] + float(rng.normal(0.0, VIEW_JITTER))
+    yaw = VIEW_YAWS[view] + float(rng.normal(0.0, view_jitter))
     motion = STANDING_MOTION if rng.random() < STANDING_PROBABILITY else 1.0
     fill = float(rng.uniform(0.8, 0.93)) * identity.stature
     height_px = min(fill, 0.97) * height
@@ -1503,6 +1509,9 @@ class SyntheticRenderer:
         cameras: Mapping[int, CameraProfile],
         seed: int,
         scene_keys: Mapping[int, int] | None = None,
+        *,
+        view_jitter: float = VIEW_JITTER,
+        clutter_max: int = CLUTTER_MAX,
     ):
         if height < 32 or width < 16:
             raise ValueError(f"image size {height}x{width} is too small (at least 32x16)")
@@ -1510,6 +1519,12 @@ class SyntheticRenderer:
         self.cameras = dict(cameras)
         self.seed = seed
         self.scene_keys = dict(scene_keys) if scene_keys else {c: c for c in self.cameras}
+        if view_jitter < 0 or clutter_max < 0:
+            raise ValueError(
+                f"view_jitter and clutter_max must be >= 0, got {view_jitter}, {clutter_max}"
+            )
+        self.view_jitter = float(view_jitter)
+        self.clutter_max = int(clutter_max)
         self._scenes: dict[int, _Scene] = {}
 
     def camera(self, cam: int) -> CameraProfile:
@@ -1526,7 +1541,9 @@ class SyntheticRenderer:
         return self._scenes[key]
 
     def placement(self, identity: Identity, cam: int, rng: np.random.Generator) -> Placement:
-        return sample_placement(identity, self.camera(cam), self.height, self.width, rng)
+        return sample_placement(
+            identity, self.camera(cam), self.height, self.width, rng, self.view_jitter
+        )
 
     def render(
         self,
@@ -1546,7 +1563,7 @@ class SyntheticRenderer:
         col0 = int(placement.scene_x * (scene.width - w))
         look = scene.heat if camera.is_infrared else scene.rgb
         background = look[:, col0 : col0 + w].copy()
-        for _ in range(int(detail.integers(CLUTTER_MAX + 1))):
+        for _ in range(int(detail.integers(self.clutter_max + 1))):
             self._clutter(background, detail, scene.ground_row, camera.is_infrared)
         occluder = None
         if detail.random() < camera.occluder_probability:
