@@ -60,3 +60,27 @@ def test_client_drift_by_hand(tmp_path):
     records = [{"round": 1, "drift": report.as_record()}, {"round": 2}]
     assert plot_drift(records, tmp_path / "drift.png").stat().st_size > 0
     assert plot_drift([{"round": 1}], tmp_path / "none.png") is None
+
+
+def test_drift_gauges_export_every_site_and_modality():
+    from prometheus_client import CollectorRegistry
+
+    from server.drift import DriftGauges, DriftReport
+
+    registry = CollectorRegistry()
+    gauges = DriftGauges(registry)
+    report = DriftReport(
+        sites={
+            "cam3": {"modality": "infrared", "cosine": 0.25, "norm_ratio": 3.0, "stem_cosine": 1.0}
+        },
+        modalities={"infrared": {"cosine": 0.25, "norm_ratio": 3.0, "stem_cosine": 1.0}},
+    )
+    gauges.record(report)
+    site = {"site": "cam3", "modality": "infrared", "measure": "norm_ratio"}
+    assert registry.get_sample_value("ppa_site_drift", site) == 3.0
+    assert (
+        registry.get_sample_value(
+            "ppa_modality_drift", {"modality": "infrared", "measure": "cosine"}
+        )
+        == 0.25
+    )
