@@ -102,3 +102,18 @@ def test_pseudo_infrared_config():
     assert PseudoInfraredViews.from_config(on) == PseudoInfraredViews(0.25, "random_channel")
     with pytest.raises(ValueError, match=r"pseudo_infrared\.view"):
         PseudoInfraredViews(0.5, "sepia")
+
+
+def test_step_context_takes_the_views_from_the_run_config():
+    """Central training and every site build their context with StepContext.from_config, so
+    `train.pseudo_infrared` reaches both."""
+    from ppa.config import load_config
+    from ppa.engine import StepContext
+
+    on = load_config(["train.pseudo_infrared.fraction=0.5"])
+    ctx = StepContext.from_config(on, model=None, objective=None, anonymizer=None, device=None)
+    assert ctx.batch_views == PseudoInfraredViews(0.5, "channel_exchange")
+    off = StepContext.from_config(
+        load_config([]), model=None, objective=None, anonymizer=None, device=None
+    )
+    assert off.batch_views is None
