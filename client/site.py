@@ -19,6 +19,7 @@ from ppa.data.partition import Site, partition_sites
 from ppa.data.protocols import dataset_protocol, load_train_set
 from ppa.data.records import Modality
 from ppa.data.sampler import MIN_USABLE_LABELS
+from ppa.federated_regularizers import ProximalTerm
 from ppa.node_config import NodeConfigError, SiteSpec, check_layout
 from ppa.prototypes import IdentityPrototypes, PrototypeAccumulator
 from ppa.seeding import derive_seed, seed_everything
@@ -202,16 +203,22 @@ class SiteTrainer:
         )
         ctx = self.step_context(prototypes, accumulator=accumulator)
         start = time.perf_counter()
-        epochs = train_round_epochs(
-            ctx,
-            loader,
-            optimizer,
-            cfg.train,
-            server_round=server_round,
-            local_epochs=local_epochs,
-            max_batches=cfg.train.max_batches_per_epoch,
-            desc=f"{site.name} r{server_round}",
-        )
+        mu = float(cfg.federation.get("proximal_mu") or 0.0)
+        proximal = ProximalTerm.attach(self.model, mu) if mu > 0 else None
+        try:
+            epochs = train_round_epochs(
+                ctx,
+                loader,
+                optimizer,
+                cfg.train,
+                server_round=server_round,
+                local_epochs=local_epochs,
+                max_batches=cfg.train.max_batches_per_epoch,
+                desc=f"{site.name} r{server_round}",
+            )
+        finally:
+            if proximal is not None:
+                proximal.remove()
         seconds = time.perf_counter() - start
         seen = float(sum(e["num_examples"] for e in epochs))
         metrics = {k: float(v) for k, v in epochs[-1].items() if k.startswith("loss")}

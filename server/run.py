@@ -35,6 +35,7 @@ from ppa.wire import (
 )
 from server.calibration import NormCalibration
 from server.checkpoints import CheckpointStore, ServerCheckpoint, capture_rng, restore_rng
+from server.drift import DriftGauges, plot_drift
 from server.evaluation import CentralEvaluator, MetricsHistory
 from server.strategy import ModalityAwareFedAvg, NoSitesLeftError, RoundReport
 from server.telemetry import Telemetry
@@ -59,6 +60,9 @@ def build_strategy(cfg: DictConfig, model: PPAEncoder) -> ModalityAwareFedAvg:
         clip_norm=float(agg.clip_norm) if agg.clip_norm else None,
         anomaly_threshold=float(agg.anomaly_threshold) if agg.anomaly_threshold else None,
         exclude_anomalies=bool(agg.exclude_anomalies),
+        drift_min_cosine=(
+            float(agg.drift_min_cosine) if agg.get("drift_min_cosine") is not None else None
+        ),
         server_lr=float(agg.server_lr),
         server_momentum=float(agg.server_momentum),
         seed=int(cfg.seed),
@@ -95,6 +99,7 @@ class FederatedRun:
         self.history = MetricsHistory()
         self.evaluator = CentralEvaluator(cfg, self.device, list(cfg.federation.eval_protocols))
         self.telemetry: Telemetry | None = None
+        self.drift_gauges: DriftGauges | None = None
         self.start_round = 1
         if resume:
             self._resume()
@@ -200,6 +205,9 @@ class FederatedRun:
             "anomalies": report.anomalies.scores if report.anomalies else {},
             "flagged": report.anomalies.flagged if report.anomalies else [],
         }
+        if report.drift is not None:
+            record["drift"] = report.drift.as_record()
+            logger.info("round %d client drift: %s", server_round, report.drift.summary())
         if calibration is not None:
             record["calibration"] = calibration
         if evaluating:
@@ -252,6 +260,7 @@ class FederatedRun:
     def _export(self, server_round: int, record: dict, report: RoundReport) -> None:
         self.history.save(self.out / "history.json")
         self.history.plot(self.out / "history.png", title=f"{self.cfg.run_name}")
+        plot_drift(self.history.records, self.out / "drift.png", title=f"{self.cfg.run_name}")
         self.store.save(
             ServerCheckpoint(
                 server_round=server_round,
@@ -278,6 +287,9 @@ class FederatedRun:
                 flagged={s: s in flagged for s in report.replied},
                 exhausted=report.excluded + len(report.exhausted),
             )
+            if report.drift is not None:
+                self.drift_gauges = self.drift_gauges or DriftGauges(self.telemetry.registry)
+                self.drift_gauges.record(report.drift)
         logger.info(
             "round %d done in %.1fs: %d site(s) aggregated, %d failed, %.2f MB received",
             server_round,

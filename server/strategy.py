@@ -49,6 +49,7 @@ from ppa.wire import (
 )
 from server.aggregation import aggregate_updates, clip_update
 from server.anomaly import AnomalyReport, detect_anomalies
+from server.drift import DriftReport, client_drift
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +86,7 @@ class RoundReport:
     bytes_received: int = 0
     site_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     anomalies: AnomalyReport | None = None
+    drift: DriftReport | None = None
     seconds: float = 0.0
 
 
@@ -126,6 +128,7 @@ class ModalityAwareFedAvg(Strategy):
         clip_norm: float | None = None,
         anomaly_threshold: float | None = 3.0,
         exclude_anomalies: bool = False,
+        drift_min_cosine: float | None = None,
         server_lr: float = 1.0,
         server_momentum: float = 0.0,
         seed: int = 0,
@@ -146,6 +149,7 @@ class ModalityAwareFedAvg(Strategy):
         self.clip_norm = clip_norm
         self.anomaly_threshold = anomaly_threshold
         self.exclude_anomalies = exclude_anomalies
+        self.drift_min_cosine = drift_min_cosine
         if server_lr <= 0 or not 0.0 <= server_momentum < 1.0:
             raise ValueError(
                 f"server_lr must be > 0 and server_momentum in [0, 1), got {server_lr}, "
@@ -335,6 +339,15 @@ class ModalityAwareFedAvg(Strategy):
             shared_keys,
             threshold=self.anomaly_threshold,
         )
+        report.drift = self._drift(parsed, shared_keys)
+        if self.drift_min_cosine is not None and len(parsed) >= 3:
+            for site, values in report.drift.sites.items():
+                report.anomalies.scores[site]["drift_cosine"] = float(values["cosine"])
+                if (
+                    values["cosine"] < self.drift_min_cosine
+                    and site not in report.anomalies.flagged
+                ):
+                    report.anomalies.flagged.append(site)
         voters = parsed
         if self.exclude_anomalies and report.anomalies.flagged:
             voters = [r for r in parsed if r.site not in report.anomalies.flagged] or parsed
@@ -385,6 +398,36 @@ class ModalityAwareFedAvg(Strategy):
         report.seconds = time.perf_counter() - start
         record = ArrayRecord({k: Array(v) for k, v in new.items()})
         return record, self._aggregate_metrics(voters)
+
+    def _drift(self, replies: list[SiteReply], shared_keys: list[str]) -> DriftReport:
+        """Each reply's drift against the FedAvg aggregate of all replies (server/drift.py):
+        the shared parts over every site, stems and offsets within each modality."""
+        weights = [r.num_examples for r in replies]
+        aggregate = aggregate_updates([r.arrays for r in replies], weights, shared_keys)
+        stem_keys: dict[str, list[str]] = {}
+        for modality in MODALITIES:
+            group = [r for r in replies if r.modality == modality]
+            if not group:
+                continue
+            keys = [
+                k
+                for k in group[0].arrays
+                if parameter_group(k).kind in (STEM, OFFSET)
+                and parameter_group(k).modality == modality
+            ]
+            stem_keys[modality.value] = keys
+            aggregate.update(
+                aggregate_updates([r.arrays for r in group], [r.num_examples for r in group], keys)
+            )
+        return client_drift(
+            [r.site for r in replies],
+            [r.modality.value for r in replies],
+            [r.arrays for r in replies],
+            self.current,
+            aggregate,
+            shared_keys,
+            stem_keys,
+        )
 
     def _server_step(self, new: dict[str, np.ndarray], keys: list[str]) -> dict[str, np.ndarray]:
         """FedAvgM (Hsu et al., 2019): treat the aggregated change as a pseudo-gradient,

@@ -713,7 +713,7 @@ def sysu_sites() -> dict[str, Path]:
     """A small synthetic SYSU-MM01 and one root per camera site (ppa/data/site_roots.py),
     under outputs/ (the containers' user must be able to traverse the path)."""
     from ppa.data.site_roots import write_sysu_site_roots
-    from ppa.data.synthetic import write_synthetic_sysu
+    from ppa.synthetic.writer import write_synthetic_sysu
 
     base = OUT / "data"
     if base.exists():

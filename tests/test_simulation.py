@@ -287,6 +287,24 @@ def test_simulation_runs_six_sites_through_flwr_run(clean: Path) -> None:
     assert "round 2 central evaluation" in run_log
 
 
+@pytest.mark.integration
+def test_simulation_records_client_drift_per_round(clean: Path) -> None:
+    """Every round's drift of each site against the aggregate, per site and per modality, in
+    history.json, the round log and drift.png."""
+    for record in history(clean)[1:]:
+        drift = record["drift"]
+        assert sorted(drift["sites"]) == SITES
+        for site, values in drift["sites"].items():
+            assert values["modality"] == SITE_MODALITY[site]
+            assert -1.0 <= values["cosine"] <= 1.0 and values["norm_ratio"] > 0.0
+        assert sorted(drift["modalities"]) == ["infrared", "visible"]
+        visible = [drift["sites"][s]["cosine"] for s in SITES if SITE_MODALITY[s] == "visible"]
+        assert drift["modalities"]["visible"]["cosine"] == pytest.approx(np.mean(visible))
+    assert (clean / "drift.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((clean / "simulation.json").read_text())
+    assert "round 2 client drift: infrared: cos" in Path(summary["run_log"]).read_text()
+
+
 @pytest.fixture(scope="module")
 def resumed(clean: Path, tmp_path_factory: pytest.TempPathFactory, tiny_sysu_root: Path) -> Path:
     """The clean run's folder (stopped after round 2) resumed for a third round.

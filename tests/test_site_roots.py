@@ -12,7 +12,7 @@ import pytest
 from ppa.data import sysu
 from ppa.data.errors import DatasetLayoutError
 from ppa.data.site_roots import write_sysu_site_root, write_sysu_site_roots
-from ppa.data.synthetic import write_synthetic_sysu
+from ppa.synthetic.writer import write_synthetic_sysu
 
 
 @pytest.fixture(scope="module")

@@ -361,3 +361,41 @@ def test_server_momentum_is_fedavgm_by_hand(reference) -> None:
 def test_server_optimiser_settings_are_checked(reference, lr: float, momentum: float) -> None:
     with pytest.raises(ValueError, match="server_lr"):
         make_strategy(reference, server_lr=lr, server_momentum=momentum)
+
+
+def test_client_drift_against_the_aggregate_by_hand(reference) -> None:
+    """Two visible sites move the shared parts by +1, one infrared site by -1: the aggregate
+    moves by +1/3, so the visible sites have cosine 1, the infrared one -1, and every site's
+    step is 3 times the aggregate's. drift_min_cosine=0 flags the infrared site."""
+    base = {k: v.numpy() for k, v in reference.items()}
+
+    def moved(modality: Modality, step: float) -> dict[str, np.ndarray]:
+        return {
+            k: (base[k] + step).astype(base[k].dtype)
+            if np.issubdtype(base[k].dtype, np.floating) and not k.endswith("running_var")
+            else base[k]
+            for k in site_keys(reference, modality)
+        }
+
+    msgs = [
+        reply(1, "cam1", Modality.VISIBLE, moved(Modality.VISIBLE, 1.0), 10),
+        reply(2, "cam2", Modality.VISIBLE, moved(Modality.VISIBLE, 1.0), 10),
+        reply(3, "cam3", Modality.INFRARED, moved(Modality.INFRARED, -1.0), 10),
+    ]
+    strategy = make_strategy(reference, anomaly_threshold=None, drift_min_cosine=0.0)
+    strategy.aggregate_train(1, msgs)
+    report = strategy.last_report
+    drift = report.drift.sites
+    assert drift["cam1"]["cosine"] == pytest.approx(1.0)
+    assert drift["cam3"]["cosine"] == pytest.approx(-1.0)
+    for site in ("cam1", "cam2", "cam3"):
+        assert drift[site]["norm_ratio"] == pytest.approx(3.0)
+        assert drift[site]["stem_cosine"] == pytest.approx(1.0)
+    assert report.drift.modalities["visible"]["cosine"] == pytest.approx(1.0)
+    assert report.anomalies.flagged == ["cam3"]
+    assert report.anomalies.scores["cam3"]["drift_cosine"] == pytest.approx(-1.0)
+    # Off by default: measured, never flagged.
+    default = make_strategy(reference, anomaly_threshold=None)
+    default.aggregate_train(1, msgs)
+    assert default.last_report.anomalies.flagged == []
+    assert default.last_report.drift.sites["cam3"]["cosine"] == pytest.approx(-1.0)

@@ -528,3 +528,37 @@ def test_infrared_luminance_share_controls_how_much_brightness_reaches_infrared(
     )
     with pytest.raises(ValueError, match="share"):
         garment_heat(1.5)
+
+
+def test_writer_knobs_change_what_is_drawn(tmp_path):
+    """view_jitter and clutter_max change the pictures, not only the seed; the defaults
+    reproduce the default writer exactly and are left out of the manifest."""
+    import cv2
+
+    from ppa.synthetic.writer import read_manifest
+
+    common = dict(
+        num_train_ids=2,
+        num_val_ids=1,
+        num_test_ids=1,
+        images_per_camera=1,
+        image_height=64,
+        image_width=32,
+        camera_coverage=1.0,
+        seed=4,
+    )
+    write_synthetic_sysu(tmp_path / "default", **common)
+    write_synthetic_sysu(tmp_path / "same", **common, view_jitter=0.28, clutter_max=2)
+    write_synthetic_sysu(tmp_path / "knobs", **common, view_jitter=0.9, clutter_max=6)
+    rel = "cam1/0001/0001.jpg"
+
+    def image(name):
+        return cv2.imread(str(tmp_path / name / rel))
+
+    assert (image("default") == image("same")).all()
+    assert not (image("default") == image("knobs")).all()
+    assert "view_jitter" not in read_manifest(tmp_path / "default")["parameters"]
+    params = read_manifest(tmp_path / "knobs")["parameters"]
+    assert params["view_jitter"] == 0.9 and params["clutter_max"] == 6
+    with pytest.raises(ValueError, match="view_jitter and clutter_max"):
+        write_synthetic_sysu(tmp_path / "bad", **common, clutter_max=-1)

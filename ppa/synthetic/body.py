@@ -55,11 +55,17 @@ HEAD_POINTS = {
 
 # --- posing -----------------------------------------------------------------------------------
 def sample_placement(
-    identity: Identity, camera: CameraProfile, height: int, width: int, rng: np.random.Generator
+    identity: Identity,
+    camera: CameraProfile,
+    height: int,
+    width: int,
+    rng: np.random.Generator,
+    view_jitter: float = VIEW_JITTER,
 ) -> Placement:
-    """Pose and framing of one shot: view, walking phase, scale and position jitter."""
+    """Pose and framing of one shot: view, walking phase, scale and position jitter
+    (`view_jitter`: the standard deviation of the body's yaw around the camera's view, rad)."""
     view = int(rng.choice(4, p=np.asarray(camera.view_weights) / sum(camera.view_weights)))
-    yaw = VIEW_YAWS[view] + float(rng.normal(0.0, VIEW_JITTER))
+    yaw = VIEW_YAWS[view] + float(rng.normal(0.0, view_jitter))
     motion = STANDING_MOTION if rng.random() < STANDING_PROBABILITY else 1.0
     fill = float(rng.uniform(0.8, 0.93)) * identity.stature
     height_px = min(fill, 0.97) * height

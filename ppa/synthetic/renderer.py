@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from ppa.synthetic.body import sample_placement
-from ppa.synthetic.cameras import CameraProfile, Placement
+from ppa.synthetic.cameras import VIEW_JITTER, CameraProfile, Placement
 from ppa.synthetic.identity import Identity
 from ppa.synthetic.palette import GARMENT_COLOURS
 from ppa.synthetic.person import rasterize_person
@@ -63,6 +63,9 @@ class SyntheticRenderer:
         cameras: Mapping[int, CameraProfile],
         seed: int,
         scene_keys: Mapping[int, int] | None = None,
+        *,
+        view_jitter: float = VIEW_JITTER,
+        clutter_max: int = CLUTTER_MAX,
     ):
         if height < 32 or width < 16:
             raise ValueError(f"image size {height}x{width} is too small (at least 32x16)")
@@ -70,6 +73,12 @@ class SyntheticRenderer:
         self.cameras = dict(cameras)
         self.seed = seed
         self.scene_keys = dict(scene_keys) if scene_keys else {c: c for c in self.cameras}
+        if view_jitter < 0 or clutter_max < 0:
+            raise ValueError(
+                f"view_jitter and clutter_max must be >= 0, got {view_jitter}, {clutter_max}"
+            )
+        self.view_jitter = float(view_jitter)
+        self.clutter_max = int(clutter_max)
         self._scenes: dict[int, _Scene] = {}
 
     def camera(self, cam: int) -> CameraProfile:
@@ -86,7 +95,9 @@ class SyntheticRenderer:
         return self._scenes[key]
 
     def placement(self, identity: Identity, cam: int, rng: np.random.Generator) -> Placement:
-        return sample_placement(identity, self.camera(cam), self.height, self.width, rng)
+        return sample_placement(
+            identity, self.camera(cam), self.height, self.width, rng, self.view_jitter
+        )
 
     def render(
         self,
@@ -106,7 +117,7 @@ class SyntheticRenderer:
         col0 = int(placement.scene_x * (scene.width - w))
         look = scene.heat if camera.is_infrared else scene.rgb
         background = look[:, col0 : col0 + w].copy()
-        for _ in range(int(detail.integers(CLUTTER_MAX + 1))):
+        for _ in range(int(detail.integers(self.clutter_max + 1))):
             self._clutter(background, detail, scene.ground_row, camera.is_infrared)
         occluder = None
         if detail.random() < camera.occluder_probability:

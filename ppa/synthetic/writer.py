@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ppa.data.keypoints import DEFAULT_CACHE_NAME, KeypointCache
-from ppa.synthetic.cameras import REGDB_CAMERAS, SYSU_CAMERAS
+from ppa.synthetic.cameras import REGDB_CAMERAS, SYSU_CAMERAS, VIEW_JITTER
 from ppa.synthetic.files import (
     PREVIEW_IDENTITIES,
     PREVIEW_NAME,
@@ -33,6 +33,7 @@ from ppa.synthetic.files import (
 from ppa.synthetic.identity import Identity, sample_identity
 from ppa.synthetic.palette import REGDB_LUMINANCE_SHARE, SYSU_LUMINANCE_SHARE
 from ppa.synthetic.renderer import SyntheticRenderer
+from ppa.synthetic.scene import CLUTTER_MAX
 
 log = logging.getLogger(__name__)
 
@@ -102,13 +103,19 @@ def write_synthetic_sysu(
     camera_coverage: float,
     seed: int,
     infrared_luminance: float = SYSU_LUMINANCE_SHARE,
+    view_jitter: float = VIEW_JITTER,
+    clutter_max: int = CLUTTER_MAX,
     overwrite: bool = False,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Write a synthetic SYSU-MM01 at `root`; returns the summary (also in the manifest).
 
     `infrared_luminance` is the share of a garment's infrared intensity that follows its
-    visible brightness (SYSU's infrared cameras are near-infrared: high).
+    visible brightness (SYSU's infrared cameras are near-infrared: high; 0 makes the thermal
+    signature unrelated to visible colour). `view_jitter` (rad) spreads each shot's body yaw
+    around the camera's view (pose and viewpoint variety); `clutter_max` is the most
+    background objects per shot (background clutter). The recorded parameters hold the last
+    two only when they differ from the defaults, so earlier manifests stay valid.
 
     Layout: ``cam{1..6}/{pid:04d}/{img:04d}.jpg`` and ``exp/{train,val,test}_id.txt`` (one
     line of comma-separated ids each), ``keypoints.npz``, ``preview.png``, ``synthetic.json``.
@@ -134,6 +141,10 @@ def write_synthetic_sysu(
         "seed": seed,
         "infrared_luminance": float(infrared_luminance),
     }
+    if view_jitter != VIEW_JITTER:
+        parameters["view_jitter"] = float(view_jitter)
+    if clutter_max != CLUTTER_MAX:
+        parameters["clutter_max"] = int(clutter_max)
 
     order = _rng(seed, _SYSU, _SPLIT).permutation(np.arange(1, n_train + n_val + n_test + 1))
     splits = {
@@ -151,7 +162,9 @@ def write_synthetic_sysu(
     total = per_cam * sum(len(c) for c in cameras.values())
     preview_ids = sorted(splits["test"], key=lambda p: (-len(cameras[p]), p))
     preview_ids = sorted(preview_ids[:PREVIEW_IDENTITIES])
-    renderer = SyntheticRenderer(height, width, SYSU_CAMERAS, seed)
+    renderer = SyntheticRenderer(
+        height, width, SYSU_CAMERAS, seed, view_jitter=view_jitter, clutter_max=clutter_max
+    )
     cache = KeypointCache(source=KEYPOINT_SOURCE)
     per_camera = {f"cam{c}": 0 for c in SYSU_CAMERAS}
     ids_per_camera = {f"cam{c}": 0 for c in SYSU_CAMERAS}

@@ -37,6 +37,8 @@ def train_one_epoch(
         if max_batches is not None and batches >= max_batches:
             break
         batch = batch.to(ctx.device.device, non_blocking=ctx.device.non_blocking)
+        if ctx.batch_views is not None:
+            batch = ctx.batch_views(batch)
         if ctx.private_step is not None:
             # DP-SGD: per-record losses, clipping, noise and the step happen in the hook.
             loss, terms = ctx.private_step(ctx, batch, optimizer)

@@ -18,6 +18,7 @@ from ppa.model import PPAEncoder
 from ppa.pose.heatmaps import joint_heatmaps
 from ppa.pose.joint_sets import ALL_JOINTS
 from ppa.prototypes import IdentityPrototypes, PrototypeAccumulator
+from ppa.pseudo_infrared import PseudoInfraredViews
 from ppa.training.objective import PPAObjective
 
 # A step that replaces forward/backward/optimizer.step for one batch (DP-SGD: ppa.dp.PrivateStep)
@@ -42,11 +43,16 @@ class StepContext:
     prototype_momentum: float | None = None  # set: EMA-update `prototypes` (central training)
     anonymizer_optimizer: torch.optim.Optimizer | None = None
     private_step: StepHook | None = None  # set: DP-SGD does the step (ppa.dp)
+    # set: rewrites each training batch before the step (ppa.pseudo_infrared)
+    batch_views: Callable[[Batch], Batch] | None = None
 
     @classmethod
     def from_config(cls, cfg: DictConfig, **fields: Any) -> StepContext:
         """A context whose input normalisation and heatmap settings come from the run config
-        (`cfg.input`, `cfg.pose`); `fields` give the rest (model, objective, anonymizer, ...)."""
+        (`cfg.input`, `cfg.pose`) and its batch rewrite from `cfg.train.pseudo_infrared`;
+        `fields` give the rest (model, objective, anonymizer, ...)."""
+        if "batch_views" not in fields:
+            fields["batch_views"] = PseudoInfraredViews.from_config(cfg.train)
         return cls(
             mean=tuple(cfg.input.mean),
             std=tuple(cfg.input.std),

@@ -1,0 +1,1 @@
+"""Federated against centralised training at equal epochs: plans, results, the table."""
