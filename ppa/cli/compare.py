@@ -6,9 +6,10 @@
         train.pseudo_infrared.fraction=0.5
 
 Settings live in configs/compare/default.yaml (`compare.*`); every other override goes to
-both sides (ppa-simulate for the federation, ppa-train for the centralised run). Writes comparison.json (the table and every run's mAP-against-epochs
-curve and command), comparison.md and comparison.png into `compare.output_dir`; the last
-line printed is the path of comparison.md. Exit status 1 when any training failed.
+both sides (ppa-simulate for the federation, ppa-train for the centralised run). Writes
+comparison.json (the table and every run's mAP-against-epochs curve and command),
+comparison.md and comparison.png into `compare.output_dir`; the last line printed is the path
+of comparison.md. Exit status 1 when any training failed.
 """
 
 from __future__ import annotations
