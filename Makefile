@@ -47,11 +47,11 @@ demo: setup
 test: setup system-deps pose-setup
 	$(PY) -m pytest
 
-# The container tests alone (also part of `make test`): starts dockerd unless one runs (and
+# The container tests (`make test` runs only their file checks): starts dockerd unless one runs (and
 # stops it again), builds the images from Debian packages and this machine's wheels
 # (docker/build_local_images.sh), runs the SYSU compose deployment for real and removes it.
 docker-test: setup system-deps
-	$(PY) -m pytest tests/test_docker.py
+	PPA_CONTAINER_TESTS=1 $(PY) -m pytest tests/test_docker.py
 
 lint: setup
 	$(PY) -m ruff check .
