@@ -6,8 +6,9 @@ count: whether sites that share a host's cores should each size torch's pool by 
     .venv/bin/python docker/thread_share_bench.py --sites 6 --threads 1   # the share, 2 cores
 
 Each process trains the configured model (default: the demo's tiny ResNet at 128 x 64,
-batch 16) on random images for `--seconds` after one warm-up step, and reports images/s;
-the processes start together.
+batch 16) on random images for `--seconds` after one warm-up step, and reports images/s
+and CPU milliseconds per image (all threads: spin-waiting at barriers counts, whatever else
+the host runs); the processes start together.
 """
 
 from __future__ import annotations
@@ -42,12 +43,17 @@ def _site(threads: int, model: str, height: int, width: int, batch: int, seconds
 
     step()
     q.put(("ready", None))
-    start, seen = time.perf_counter(), 0
+    start, cpu_start, seen = time.perf_counter(), time.process_time(), 0
     while time.perf_counter() - start < seconds:
         step()
         seen += batch
     rate = seen / (time.perf_counter() - start)
-    q.put(("done", {"threads": torch.get_num_threads(), "images_per_s": rate}))
+    # CPU seconds (all threads) per image: spin-waiting at OpenMP barriers shows up here,
+    # whatever else the host runs.
+    cpu_per_image = (time.process_time() - cpu_start) / seen
+    q.put(
+        ("done", {"threads": torch.get_num_threads(), "images_per_s": rate, "cpu": cpu_per_image})
+    )
 
 
 def main() -> None:
@@ -86,6 +92,7 @@ def main() -> None:
                 "threads_per_site": results[0]["threads"],
                 "images_per_s_per_site": round(sum(rates) / len(rates), 2),
                 "images_per_s_total": round(sum(rates), 2),
+                "cpu_ms_per_image": round(1000 * sum(r["cpu"] for r in results) / len(results), 1),
             }
         )
     )

@@ -250,3 +250,9 @@ def test_fractional_weights_and_float32_output_of_every_rule() -> None:
     assert out.tolist() == pytest.approx([16 / 3, 4 / 3])
     for rule in RULES:
         assert aggregate_updates(ups, [1, 1, 1], ["w"], rule)["w"].dtype == np.float32, rule
+
+
+def test_default_trim_fraction_cuts_one_in_five() -> None:
+    ups = [{"w": np.array([v])} for v in (0.0, 1.0, 2.0, 10.0, 100.0)]
+    out = aggregate_updates(ups, [1] * 5, ["w"], "trimmed_mean")["w"]
+    assert out.tolist() == pytest.approx([13 / 3])

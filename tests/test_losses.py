@@ -121,3 +121,15 @@ def test_contrastive_align_by_hand() -> None:
     # Without a temperature the same rows are cosine distances.
     plain, _ = losses.align_rows(feats, labels, modality, protos, valid)
     assert plain.tolist() == pytest.approx([0.0, 1.0 - 2**-0.5])
+
+
+def test_align_rows_average_over_every_other_modality():
+    # Three modalities: a sample of modality 0 is pulled toward the prototypes of 1 and 2.
+    features = torch.tensor([[1.0, 0.0]])
+    prototypes = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]], [[1.0, 0.0]]])  # (M=3, C=1, D=2)
+    valid = torch.ones(3, 1, dtype=torch.bool)
+    rows, count = losses.align_rows(
+        features, torch.tensor([0]), torch.tensor([0]), prototypes, valid
+    )
+    assert count.tolist() == [2.0]
+    assert rows.tolist() == pytest.approx([(1.0 + 0.0) / 2])  # (1 - cos 90°) and (1 - cos 0°)

@@ -242,3 +242,12 @@ def test_identity_rank_when_the_own_identity_first_appears_late():
             sysu_metrics(dist, q_pids, g_pids, q_cams, g_cams, max_rank),
             metrics_reference.sysu_metrics(dist, q_pids, g_pids, q_cams, g_cams, max_rank),
         )
+
+
+def test_stable_argsort_keeps_float64_precision_and_returns_int64_indices():
+    # Two distances equal in float32 but not in float64: the float64 order must win.
+    dist = torch.tensor([[1.0 + 1e-12, 1.0, 3.0]], dtype=torch.float64)
+    order = stable_argsort(dist)
+    assert order.tolist() == [[1, 0, 2]]
+    assert order.dtype == torch.int64
+    assert stable_argsort(dist.float()).dtype == torch.int64
