@@ -12,6 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 from ppa.checkpoint import load_checkpoint
+from ppa.cli.train import train
 from ppa.config import load_config
 from ppa.data.channel_augment import ChannelAugment
 from ppa.data.epoch_length import batches_per_epoch
@@ -19,8 +20,6 @@ from ppa.data.loader import create_train_loader
 from ppa.data.protocols import load_train_set
 from ppa.data.transforms import ReidTransform, build_train_transform
 from ppa.model.encoder import create_backbone
-
-from conftest import load_script
 
 # Epoch length ------------------------------------------------------------------------------
 
@@ -166,7 +165,7 @@ def test_recipe_trains_one_step(
             "device=cpu",
         ]
     )
-    last = load_script("train_central").train(cfg)
+    last = train(cfg)
     payload = load_checkpoint(last)
     trained = OmegaConf.create(payload["config"])
     assert trained.model.arch == "resnet50.tv_in1k"

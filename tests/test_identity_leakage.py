@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 from test_data_protocols import write_regdb, write_sysu
 
 from ppa.checkpoint import save_checkpoint
+from ppa.cli import evaluate as evaluate_cli
 from ppa.config import load_config
 from ppa.data import protocols
 from ppa.data.leakage import IdentityLeakError, TrainingSource, check_disjoint, check_trained_on
@@ -17,7 +18,7 @@ from ppa.device import DeviceSettings
 from ppa.eval.evaluate import evaluate
 from ppa.model import create_model
 
-from conftest import load_script, tiny_overrides
+from conftest import tiny_overrides
 
 
 def regdb_cfg(root: Path, *extra: str):
@@ -100,7 +101,7 @@ def test_evaluate_script_uses_the_checkpoints_training_trial(
     path = save_checkpoint(
         tmp_path / "trial1.pt", create_model(trained.model, num_classes), trained
     )
-    evaluate_script = load_script("evaluate")
+    evaluate_script = evaluate_cli
     asked = load_config(
         tiny_overrides(
             tiny_regdb_root,
