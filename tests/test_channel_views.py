@@ -108,7 +108,7 @@ def test_step_context_takes_the_views_from_the_run_config():
     """Central training and every site build their context with StepContext.from_config, so
     `train.pseudo_infrared` reaches both."""
     from ppa.config import load_config
-    from ppa.engine import StepContext
+    from ppa.training.step import StepContext
 
     on = load_config(["train.pseudo_infrared.fraction=0.5"])
     ctx = StepContext.from_config(on, model=None, objective=None, anonymizer=None, device=None)

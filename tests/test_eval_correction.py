@@ -88,7 +88,7 @@ def evaluated_anon_map(cfg: DictConfig, net: PPAEncoder) -> float:
         keypoints=load_dataset_keypoints(cfg.dataset.root),
         progress=False,
     )
-    return report["results"]["anon-anon"]["all"]["trials"][0]["mAP"]
+    return report.results["anon-anon"]["all"].trials[0]["mAP"]
 
 
 @pytest.mark.parametrize("offsets", [True, False])

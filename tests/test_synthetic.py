@@ -535,8 +535,6 @@ def test_writer_knobs_change_what_is_drawn(tmp_path):
     reproduce the default writer exactly and are left out of the manifest."""
     import cv2
 
-    from ppa.synthetic.writer import read_manifest
-
     common = dict(
         num_train_ids=2,
         num_val_ids=1,
