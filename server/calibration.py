@@ -93,7 +93,7 @@ class NormCalibration:
         """Validate each reply (names, shapes, finite values, variances >= 0) and pool the
         valid ones per BatchNorm; a malformed or failed reply is dropped with its site named."""
         report = CalibrationReport()
-        parts: list[tuple[dict[str, np.ndarray], float]] = []
+        parts: list[tuple[str, dict[str, np.ndarray], float]] = []
         for msg in replies:
             if msg.has_error():
                 report.failed.append(f"node {msg.metadata.src_node_id}: {msg.error.reason}")
@@ -103,13 +103,16 @@ class NormCalibration:
             except (MalformedUpdateError, KeyError, ValueError, TypeError) as err:
                 report.failed.append(str(err))
                 continue
-            parts.append((stats, float(images)))
-            report.sites.append(site)
+            parts.append((site, stats, float(images)))
             report.images += images
         for reason in report.failed:
             logger.warning("statistics round: dropped %s", reason)
+        # Pooled in site order, not reply order: floating-point sums must not depend on which
+        # site answered first, or two runs of the same seed drift apart.
+        parts.sort(key=lambda part: part[0])
+        report.sites = [site for site, _, _ in parts]
         if parts:
-            report.statistics = pool_norm_statistics(parts)
+            report.statistics = pool_norm_statistics([(stats, n) for _, stats, n in parts])
         return report
 
     def _parse(
