@@ -1,12 +1,13 @@
 """Evaluate a checkpoint on SYSU-MM01 or RegDB under the privacy protocols.
 
-    python scripts/evaluate.py checkpoint=outputs/demo/model_latest.pt
+    python scripts/evaluate.py checkpoint=outputs/demo/latest/model_latest.pt
     python scripts/evaluate.py checkpoint=... dataset=regdb eval.protocols=[raw-raw]
 
 Prints a table, writes `metrics.json` (every number: per trial and mean, per protocol and
 SYSU mode / RegDB direction, plus the anonymisation's head-region PSNR/SSIM and face
-detection rates), a CMC plot and a raw-vs-anonymised sample grid into
-`<output_dir>/evaluation/`. The last line printed is the path of metrics.json.
+detection rates), a CMC plot and a raw-vs-anonymised sample grid into a new folder in the
+checkpoint's own run, `<run>/evaluate/<checkpoint name>-<date-time>/` (`latest` beside it), or
+into `eval.output_dir=` when given. The last line printed is the path of metrics.json.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import hydra
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 from omegaconf import DictConfig, OmegaConf
 
 from ppa.anonymization_report import measure_anonymization
@@ -29,6 +31,7 @@ from ppa.data.protocols import dataset_root, test_settings
 from ppa.engine import DeviceSettings
 from ppa.evaluation import PRIVACY_PROTOCOLS, TestImages, evaluate
 from ppa.privacy import FaceDetector
+from ppa.run_dir import evaluation_dir
 from ppa.runtime import seed_everything
 
 logger = logging.getLogger("evaluate")
@@ -78,6 +81,7 @@ def plot_cmc(report: dict, path: Path) -> Path:
                 label=f"{protocol} / {group}",
             )
     ax.set_xlabel("rank")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # ranks are whole numbers
     ax.set_ylabel("matching rate (%)")
     ax.set_title(f"CMC on {report['dataset']}")
     ax.grid(alpha=0.3)
@@ -121,8 +125,8 @@ def run(cfg: DictConfig) -> Path:
     report["method"] = str(cfg.ppa.name)
     report["anonymizer"] = OmegaConf.to_container(cfg.anonymizer, resolve=True)
 
-    out = resolve_path(cfg.output_dir) / "evaluation"
-    out.mkdir(parents=True, exist_ok=True)
+    # Beside the checkpoint's own run, never over another run's results (ppa/run_dir.py).
+    out = evaluation_dir(resolve_path(cfg.checkpoint), cfg.eval.get("output_dir"))
     if anonymizer is not None and cfg.eval.privacy_images:
         images = TestImages.from_settings(settings)
         loader = create_eval_loader(

@@ -26,13 +26,14 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
 from ppa.config import load_config
 from ppa.data.partition import site_layout
 from ppa.data.protocols import protocol_of
+from ppa.run_dir import claim_run_dir
 
 from flower_launch import (
     EXIT_USAGE,
@@ -174,9 +175,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir = args.workdir.resolve()
 
     def prepare() -> tuple[dict[str, Any], SimulationPlan]:
-        run_config = build_run_config(args.experiment, overrides, args.resume)
+        build_run_config(args.experiment, overrides, args.resume)  # validates the overrides
         cfg = load_config([f"experiment={args.experiment}", *overrides])
-        return run_config, plan_simulation(cfg, workdir, args.num_supernodes)
+        plan = plan_simulation(cfg, workdir, args.num_supernodes)  # validates first
+        # The run's own folder (ppa/run_dir.py), handed to the apps so all write there.
+        out = claim_run_dir(cfg, resume=args.resume, workdir=workdir)
+        run_config = build_run_config(
+            args.experiment, [*overrides, f"output_dir={out}"], args.resume
+        )
+        return run_config, replace(plan, output_dir=out)
 
     prepared = checked(prepare)
     if prepared is None:

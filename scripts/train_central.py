@@ -35,6 +35,7 @@ from ppa.engine import (
 )
 from ppa.model import create_model
 from ppa.prototypes import IdentityPrototypes
+from ppa.run_dir import claim_run_dir, job_output_dir
 from ppa.runtime import seed_everything
 
 logger = logging.getLogger("train_central")
@@ -152,6 +153,8 @@ def train(cfg: DictConfig) -> Path:
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    # The run's own folder; a multirun job's own sub-folder (ppa/run_dir.py).
+    claim_run_dir(job_output_dir(cfg))
     path = train(cfg)
     print(path)
 

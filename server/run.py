@@ -18,16 +18,18 @@ from flwr.serverapp import Grid
 from omegaconf import DictConfig, OmegaConf
 
 from ppa.checkpoint import save_checkpoint
-from ppa.config import resolve_path
 from ppa.data.protocols import load_label_space
 from ppa.engine import DeviceSettings
 from ppa.federation import check_global, global_keys, pack, unpack_into
 from ppa.model import PPAEncoder, create_model
 from ppa.norm_calibration import norm_statistics_keys
+from ppa.run_dir import claim_run_dir
 from ppa.runtime import seed_everything
 from server.calibration import NormCalibration
 from server.checkpoints import CheckpointStore, ServerCheckpoint, capture_rng, restore_rng
 from server.evaluation import CentralEvaluator, MetricsHistory, headline_numbers
+from server.progress import RoundProgress
+from server.round_outcome import require_usable_update
 from server.strategy import ModalityAwareFedAvg, NoSitesLeftError, RoundReport
 from server.telemetry import Telemetry
 
@@ -62,8 +64,9 @@ class FederatedRun:
 
     def __init__(self, cfg: DictConfig, *, resume: bool = False):
         self.cfg = cfg
-        self.out = resolve_path(cfg.output_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
+        # A folder of this run's own (ppa/run_dir.py); resume continues the newest earlier run.
+        self.out = claim_run_dir(cfg, resume=resume)
+        logger.info("run %s: results in %s", cfg.run_name, self.out)
         seed_everything(int(cfg.seed), bool(cfg.deterministic))
         self.device = DeviceSettings.from_config(cfg)
         # The label space comes from the split files; the server needs no training images.
@@ -89,6 +92,7 @@ class FederatedRun:
         self.start_round = 1
         if resume:
             self._resume()
+        self.progress = RoundProgress(int(cfg.federation.rounds), self.start_round)
 
     # State --------------------------------------------------------------------------------
     def _resume(self) -> None:
@@ -134,6 +138,7 @@ class FederatedRun:
         try:
             if self.start_round == 1 and fed.evaluate_initial and not self.history.records:
                 self._evaluate_and_record(0, {"round": 0})
+            self.progress = RoundProgress(rounds, self.start_round)  # times training rounds
             for server_round in range(self.start_round, rounds + 1):
                 try:
                     self._round(grid, server_round, rounds)
@@ -157,6 +162,7 @@ class FederatedRun:
         replies = grid.send_and_receive(messages, timeout=float(fed.round_timeout))
         aggregated, metrics = self.strategy.aggregate_train(server_round, replies)
         report = self.strategy.last_report or RoundReport(server_round, sampled=0)
+        require_usable_update(report, rounds)  # a round without one is no round
         if aggregated is not None:
             candidate = {k: v.numpy() for k, v in aggregated.items()}
             problems = check_global(candidate)
@@ -266,8 +272,8 @@ class FederatedRun:
                 exhausted=report.excluded + len(report.exhausted),
             )
         logger.info(
-            "round %d done in %.1fs: %d site(s) aggregated, %d failed, %.2f MB received",
-            server_round,
+            "%s done in %.1fs: %d site(s) aggregated, %d failed, %.2f MB received",
+            self.progress.finish(server_round),
             record["seconds"],
             len(report.replied),
             len(report.failed),
