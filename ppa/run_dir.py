@@ -5,7 +5,8 @@ The configuration's default ``output_dir`` is ``<output_root>/<YYYYmmdd-HHMMSS>`
 each other; ``<output_root>/latest`` is a symlink to the newest run's folder, for the places
 that want a fixed path (``outputs/demo/latest/model_latest.pt``). An explicit ``output_dir=``
 is used as given, without a pointer. A Hydra multirun gives every job its own sub-folder
-(``hydra.sweep`` in configs/config.yaml; `job_output_dir` reads it back).
+(``<output_dir>/<job number>``, `hydra.sweep` in configs/config.yaml; `job_output_dir` reads
+it back).
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def claim_run_dir(cfg: DictConfig, *, resume: bool = False, workdir: Path | None
 def job_output_dir(cfg: DictConfig) -> DictConfig:
     """Inside a Hydra job, point `cfg.output_dir` at the folder Hydra made for it: the run's
     folder (the same date-time Hydra resolved at start-up), or in a multirun the job's own
-    ``<output_dir>/<job number>_<overrides>``. Outside Hydra the config is returned as is."""
+    ``<output_dir>/<job number>``. Outside Hydra the config is returned as is."""
     from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized():
