@@ -10,10 +10,28 @@ replies were "out of DP budget", the sites are done, not broken: the run ends no
 
 from __future__ import annotations
 
+import re
+
 from server.strategy import NoSitesLeftError, RoundReport
 
 # Reasons shown in the error; the log has all of them.
 MAX_REASONS = 6
+
+
+_NODE_PREFIX = re.compile(r"^node \d+: ")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# Flower wraps a ClientApp's exception in Ray's traceback; the cause follows this marker.
+_CLIENT_MESSAGE = "Message: "
+
+
+def condense_reason(reason: str) -> str:
+    """The cause in a failed reply's reason, without node id, traceback or colour codes."""
+    text = _ANSI.sub("", _NODE_PREFIX.sub("", reason.strip()))
+    if _CLIENT_MESSAGE in text:
+        text = text.rsplit(_CLIENT_MESSAGE, 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    cause = lines[-1] if lines else text
+    return cause.rstrip("'>").strip()
 
 
 class NoUsableUpdateError(RuntimeError):
@@ -28,7 +46,12 @@ def require_usable_update(report: RoundReport, total_rounds: int) -> None:
         raise NoSitesLeftError(
             f"round {report.server_round}: every sampled site is out of DP budget"
         )
-    reasons = list(dict.fromkeys(report.failed))  # one line per distinct reason
+    # One line per distinct cause, with how many sites it hit.
+    counts: dict[str, int] = {}
+    for reason in report.failed:
+        cause = condense_reason(reason)
+        counts[cause] = counts.get(cause, 0) + 1
+    reasons = [f"{n} site(s): {cause}" for cause, n in counts.items()]
     shown = "\n  ".join(reasons[:MAX_REASONS])
     more = f"\n  ... and {len(reasons) - MAX_REASONS} more" if len(reasons) > MAX_REASONS else ""
     raise NoUsableUpdateError(
