@@ -8,12 +8,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from ppa.anonymize import KprAnonymizer
 from ppa.data.loader import Batch
 from ppa.data.records import MODALITIES
 from ppa.privacy import FaceDetector, psnr, save_anonymization_grid, ssim, to_uint8_images
+from ppa.progress_bar import ProgressBar  # log lines, not a bar, when not on a terminal
 
 
 @dataclass
@@ -68,7 +68,7 @@ def measure_anonymization(
     seen = 0
     raw_samples: dict[str, list[torch.Tensor]] = {m.value: [] for m in MODALITIES}
     anon_samples: dict[str, list[torch.Tensor]] = {m.value: [] for m in MODALITIES}
-    for batch in tqdm(loader, desc="anonymisation", disable=not progress, leave=False):
+    for batch in ProgressBar(loader, desc="anonymisation", disable=not progress, leave=False):
         if max_images is not None and seen >= max_images:
             break
         batch = batch.to(device)

@@ -12,7 +12,6 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 from torch import nn
-from tqdm.auto import tqdm
 
 from ppa import losses
 from ppa.anonymize import KprAnonymizer
@@ -20,6 +19,7 @@ from ppa.data.loader import Batch
 from ppa.data.transforms import normalize
 from ppa.model import PPAEncoder
 from ppa.pose.heatmaps import joint_heatmaps
+from ppa.progress_bar import ProgressBar  # log lines, not a bar, when not on a terminal
 from ppa.prototypes import IdentityPrototypes, PrototypeAccumulator
 
 logger = logging.getLogger(__name__)
@@ -327,7 +327,7 @@ def train_one_epoch(
     total_batches = len(loader) if hasattr(loader, "__len__") else None
     if max_batches is not None and total_batches is not None:
         total_batches = min(total_batches, max_batches)
-    bar = tqdm(loader, total=total_batches, desc=desc, disable=not progress, leave=False)
+    bar = ProgressBar(loader, total=total_batches, desc=desc, disable=not progress, leave=False)
     for batch in bar:
         if max_batches is not None and batches >= max_batches:
             break
@@ -405,7 +405,7 @@ def extract_features(
     feats: dict[str, list[torch.Tensor]] = {v: [] for v in views}
     pids, cams, mods = [], [], []
     total = len(loader) if hasattr(loader, "__len__") else None
-    for batch in tqdm(loader, total=total, desc=desc, disable=not progress, leave=False):
+    for batch in ProgressBar(loader, total=total, desc=desc, disable=not progress, leave=False):
         batch = batch.to(device.device, non_blocking=device.non_blocking)
         for view in views:
             images, anonymized = batch.images, None

@@ -17,11 +17,11 @@ from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
-from tqdm import tqdm
 
 from ppa.config import resolve_path
 from ppa.data.synthetic import read_manifest, write_synthetic_regdb, write_synthetic_sysu
 from ppa.data.synthetic_render import RENDERER_VERSION
+from ppa.progress_bar import ProgressBar  # log lines, not a bar, when not on a terminal
 
 log = logging.getLogger("make_synthetic")
 
@@ -87,7 +87,7 @@ def make_synthetic(cfg: DictConfig) -> dict[str, Any] | None:
             )
         return None
 
-    with tqdm(unit="img", desc=f"writing {cfg.dataset.name}", dynamic_ncols=True) as bar:
+    with ProgressBar(unit="img", desc=f"writing {cfg.dataset.name}", dynamic_ncols=True) as bar:
 
         def progress(done: int, total: int) -> None:
             bar.total = total

@@ -47,4 +47,5 @@ class RoundProgress:
         self.finished += 1
         left = self.remaining(server_round)
         estimate = f", about {format_duration(left)} left" if left is not None else ""
-        return f"{self.round_label(server_round)}: elapsed {format_duration(self.elapsed())}{estimate}"
+        elapsed = format_duration(self.elapsed())
+        return f"{self.round_label(server_round)}: elapsed {elapsed}{estimate}"

@@ -57,5 +57,6 @@ def require_usable_update(report: RoundReport, total_rounds: int) -> None:
     raise NoUsableUpdateError(
         f"round {report.server_round}/{total_rounds}: none of the {report.sampled} sampled "
         f"site(s) produced a usable update, so the run stops here; the round is not "
-        f"recorded and `resume=true` continues from the last completed round. Reasons:\n  {shown or 'no reply'}{more}"
+        f"recorded and `resume=true` continues from the last completed round. "
+        f"Reasons:\n  {shown or 'no reply'}{more}"
     )

@@ -96,9 +96,7 @@ def test_evaluations_land_in_the_checkpoints_run_and_never_overwrite(tmp_path: P
 
 
 @pytest.mark.slow
-def test_a_hydra_sweep_gives_every_job_its_own_folder(
-    tiny_sysu_root: Path, tmp_path: Path
-) -> None:
+def test_a_hydra_sweep_gives_every_job_its_own_folder(tiny_sysu_root: Path, tmp_path: Path) -> None:
     """`train_central.py -m ppa=baseline,full`: two jobs, two checkpoints, nothing shared."""
     overrides = [
         o
