@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ppa.anonymize import KprAnonymizer
 from ppa.data.loader import Batch
-from ppa.data.records import MODALITIES
+from ppa.data.records import MODALITIES, ImageRecord
 from ppa.privacy import FaceDetector, psnr, save_anonymization_grid, ssim, to_uint8_images
 from ppa.progress_bar import ProgressBar  # log lines, not a bar, when not on a terminal
 
@@ -34,6 +35,28 @@ class AnonymizationReport:
             path,
             labels,
         )
+
+
+def sample_by_modality(records: Sequence[ImageRecord], count: int) -> list[ImageRecord]:
+    """`count` records, half of each modality where both have enough (the other fills up
+    where one runs short), evenly spread over each modality's records in their order.
+
+    Test splits list one modality's queries first (SYSU: infrared queries, visible gallery),
+    so "the first `count` images" would measure a single modality.
+    """
+    if count <= 0:
+        return []
+    by_modality = {m: [r for r in records if r.modality == m] for m in MODALITIES}
+    quota = {m: min(len(rs), count // len(MODALITIES)) for m, rs in by_modality.items()}
+    for m in MODALITIES:  # hand the rest (odd count, a short modality) to whoever has more
+        spare = count - sum(quota.values())
+        quota[m] += min(spare, len(by_modality[m]) - quota[m])
+    picked: list[ImageRecord] = []
+    for m, rs in by_modality.items():
+        if quota[m]:
+            picks = np.unique(np.linspace(0, len(rs) - 1, quota[m]).round().astype(int))
+            picked.extend(rs[i] for i in picks)
+    return picked
 
 
 def _finite_mean(values: list[float]) -> float:
@@ -66,6 +89,7 @@ def measure_anonymization(
     }
     faces_raw = faces_anon = 0
     seen = 0
+    per_modality = {m.value: 0 for m in MODALITIES}
     raw_samples: dict[str, list[torch.Tensor]] = {m.value: [] for m in MODALITIES}
     anon_samples: dict[str, list[torch.Tensor]] = {m.value: [] for m in MODALITIES}
     for batch in ProgressBar(loader, desc="anonymisation", disable=not progress, leave=False):
@@ -94,8 +118,12 @@ def measure_anonymization(
                 raw_samples[m.value].append(raw[sel[:room]].cpu())
                 anon_samples[m.value].append(anon[sel[:room]].cpu())
         seen += raw.shape[0]
+        for m in MODALITIES:
+            per_modality[m.value] += int((batch.modality == m.index).sum())
     scores = {k: _finite_mean(v) for k, v in values.items()}
     scores["num_images"] = float(seen)
+    for m in MODALITIES:
+        scores[f"num_images_{m.value}"] = float(per_modality[m.value])
     if face_detector is not None and seen:
         scores["face_rate_raw"] = faces_raw / seen
         scores["face_rate_anon"] = faces_anon / seen

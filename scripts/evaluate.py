@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 from omegaconf import DictConfig, OmegaConf
 
-from ppa.anonymization_report import measure_anonymization
+from ppa.anonymization_report import measure_anonymization, sample_by_modality
 from ppa.anonymize import KprAnonymizer
 from ppa.checkpoint import model_from_checkpoint
 from ppa.config import CONFIG_DIR, resolve_path
@@ -128,9 +128,12 @@ def run(cfg: DictConfig) -> Path:
     # Beside the checkpoint's own run, never over another run's results (ppa/run_dir.py).
     out = evaluation_dir(resolve_path(cfg.checkpoint), cfg.eval.get("output_dir"))
     if anonymizer is not None and cfg.eval.privacy_images:
-        images = TestImages.from_settings(settings)
+        # Both modalities, half each (SYSU's test lists start with all infrared queries).
+        sample = sample_by_modality(
+            TestImages.from_settings(settings).records, int(cfg.eval.privacy_images)
+        )
         loader = create_eval_loader(
-            images.records,
+            sample,
             root,
             input_cfg=cfg.input,
             batch_size=int(cfg.eval.batch_size),
@@ -142,7 +145,6 @@ def run(cfg: DictConfig) -> Path:
             loader,
             anonymizer,
             device.device,
-            max_images=int(cfg.eval.privacy_images),
             face_detector=FaceDetector() if cfg.eval.face_detection else None,
             grid_samples=int(cfg.eval.privacy_samples),
         )
@@ -159,7 +161,9 @@ def run(cfg: DictConfig) -> Path:
         print(
             f"anonymisation ({cfg.anonymizer.name}, pose-guided={cfg.ppa.pose_guided}): "
             f"head PSNR {s['head_psnr']:.2f} dB, head SSIM {s['head_ssim']:.3f}, "
-            f"image PSNR {s['image_psnr']:.2f} dB, image SSIM {s['image_ssim']:.3f}"
+            f"image PSNR {s['image_psnr']:.2f} dB, image SSIM {s['image_ssim']:.3f} "
+            f"({s['num_images_visible']:.0f} visible + {s['num_images_infrared']:.0f} infrared "
+            "test images)"
         )
     return metrics_path
 
