@@ -66,6 +66,12 @@ class SimulationPlan:
     num_gpus: float  # per site; fractions share a GPU between sites
     output_dir: Path  # cfg.output_dir, resolved as the apps resolve it
     data_root: Path
+    ray_address: str | None = None  # federation.ray_address: an existing Ray cluster's head
+
+    def environment(self) -> dict[str, str]:
+        """Environment of the SuperLink and, through it, of Flower's simulation process, whose
+        `ray.init()` joins the cluster that RAY_ADDRESS names instead of starting one."""
+        return {"RAY_ADDRESS": self.ray_address} if self.ray_address else {}
 
     @property
     def num_supernodes(self) -> int:
@@ -122,6 +128,7 @@ def plan_simulation(cfg: Any, workdir: Path, num_supernodes: int | None = None) 
         num_gpus=float(num_gpus),
         output_dir=anchored(str(cfg.output_dir), workdir).resolve(),
         data_root=data_root,
+        ray_address=str(fed.ray_address) if fed.get("ray_address") else None,
     )
 
 
@@ -191,11 +198,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_config, plan = prepared
 
     LOGGER.info(
-        "simulation of %d site(s) (%s), %d CPU / %g GPU each; results in %s",
+        "simulation of %d site(s) (%s), %d CPU / %g GPU each, on %s; results in %s",
         plan.num_supernodes,
         ", ".join(f"{name} {modality}" for name, modality in plan.sites),
         plan.num_cpus,
         plan.num_gpus,
+        f"the Ray cluster at {plan.ray_address}" if plan.ray_address else "a Ray of its own",
         plan.output_dir,
     )
     simulation = Simulation(
@@ -204,6 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             app_dir=args.app,
             workdir=workdir,
             startup_timeout=args.startup_timeout,
+            extra_env=plan.environment(),
         )
     )
     summary: dict[str, Any] = {
@@ -211,6 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "run_config": run_config,
         "sites": [{"site": name, "modality": modality} for name, modality in plan.sites],
         "federation_config": plan.federation_config(),
+        "ray_address": plan.ray_address,
         "output_dir": str(plan.output_dir),
         "launch_dir": str(simulation.out),
     }
