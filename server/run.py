@@ -31,7 +31,7 @@ from server.evaluation import CentralEvaluator, MetricsHistory, headline_numbers
 from server.progress import RoundProgress
 from server.round_outcome import require_usable_update
 from server.strategy import ModalityAwareFedAvg, NoSitesLeftError, RoundReport
-from server.telemetry import Telemetry
+from server.telemetry import DEFAULT_ROUND_BUCKETS, Telemetry
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +62,9 @@ def build_strategy(cfg: DictConfig, model: PPAEncoder) -> ModalityAwareFedAvg:
 class FederatedRun:
     """One federated training run of the PPA model (see DESIGN.md section 5)."""
 
-    def __init__(self, cfg: DictConfig, *, resume: bool = False):
+    def __init__(self, cfg: DictConfig, *, resume: bool = False, run_id: str = ""):
         self.cfg = cfg
+        self.run_id = run_id  # Flower's run id: labels the Prometheus series
         # A folder of this run's own (ppa/run_dir.py); resume continues the newest earlier run.
         self.out = claim_run_dir(cfg, resume=resume)
         logger.info("run %s: results in %s", cfg.run_name, self.out)
@@ -133,7 +134,11 @@ class FederatedRun:
         fed = self.cfg.federation
         rounds = int(fed.rounds)
         if self.cfg.telemetry.enabled:
-            self.telemetry = Telemetry()
+            self.telemetry = Telemetry(
+                str(self.cfg.run_name),
+                self.run_id,
+                list(self.cfg.telemetry.get("round_duration_buckets") or DEFAULT_ROUND_BUCKETS),
+            )
             self.telemetry.serve(str(self.cfg.telemetry.host), int(self.cfg.telemetry.port))
         try:
             if self.start_round == 1 and fed.evaluate_initial and not self.history.records:
