@@ -87,12 +87,13 @@ def claim_run_dir(cfg: DictConfig, *, resume: bool = False, workdir: Path | None
 
 
 def job_output_dir(cfg: DictConfig) -> DictConfig:
-    """Inside a Hydra job, point `cfg.output_dir` at the folder Hydra made for it: the run's
-    folder (the same date-time Hydra resolved at start-up), or in a multirun the job's own
-    ``<output_dir>/<job number>``. Outside Hydra the config is returned as is."""
+    """Inside a Hydra multirun job, point `cfg.output_dir` at the job's own folder,
+    ``<output_dir>/<job number>`` (Hydra's sweep sub-folder). A single run keeps its
+    `output_dir` (relative paths anchored at PPA_WORKDIR, as everywhere)."""
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
-    if not HydraConfig.initialized():
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return cfg
     with open_dict(cfg):
         cfg.output_dir = str(HydraConfig.get().runtime.output_dir)

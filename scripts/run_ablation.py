@@ -5,7 +5,8 @@
 
 For every method of configs/ppa/ (baseline, anon_only, kpr, dcma, full, or the `+ablation`
 list) this runs scripts/train_central.py's training and scripts/evaluate.py's evaluation with
-the same overrides (run_name=<run_name>_<method>), then writes `<output_dir>/ablation.md` and
+the same overrides (run_name=<run_name>_<method>, trained in `<output_dir>/<method>/`), then
+writes `<output_dir>/ablation.md` and
 `ablation.json`: mAP / Rank-1 / mINP under raw-raw, anon-anon and raw-anon (the first
 evaluation group: SYSU all-search or RegDB visible->thermal) plus the head-region SSIM of each
 method's anonymisation. The last line printed is the path of ablation.md.
@@ -21,6 +22,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from ppa.config import CONFIG_DIR, load_config, resolve_path
+from ppa.run_dir import claim_run_dir, job_output_dir
 
 from evaluate import run as evaluate_checkpoint
 from train_central import train
@@ -40,7 +42,8 @@ def method_config(cfg: DictConfig, method: str) -> DictConfig:
         OmegaConf.create(base),
         {"ppa": method_ppa, "run_name": f"{cfg.run_name}_{method}", "checkpoint": None},
     )
-    merged.output_dir = f"{Path(str(cfg.output_dir)).parent}/{merged.run_name}"
+    # Inside the ablation's own run folder, so a later ablation never writes over it.
+    merged.output_dir = f"{cfg.output_dir}/{method}"
     return merged
 
 
@@ -95,6 +98,7 @@ def run(cfg: DictConfig) -> Path:
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    claim_run_dir(job_output_dir(cfg))  # the run's own folder, `latest` beside it
     print(run(cfg))
 
 

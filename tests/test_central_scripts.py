@@ -142,5 +142,5 @@ def test_ablation_ladder_writes_one_table(tiny_sysu_root: Path, tmp_path: Path) 
     for row in rows.values():
         assert set(row["results"]) == {"raw-raw", "anon-anon", "raw-anon"}
         assert Path(row["checkpoint"]).is_file()
-    # Each method trained into its own folder next to the ablation's.
-    assert (tmp_path / "abl_full" / "checkpoints" / "last.pt").is_file()
+    # Each method trained into its own folder inside the ablation's.
+    assert (tmp_path / "abl" / "full" / "checkpoints" / "last.pt").is_file()
