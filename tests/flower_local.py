@@ -80,6 +80,15 @@ class LocalFlower:
             cwd=REPO,
         )
 
+    def ensure_superlink(self, attempts: int = 3) -> None:
+        """Start the `:local:` SuperLink (any `flwr` call on it does), retrying when a busy
+        machine makes it miss flwr's 15 s start-up limit."""
+        for _attempt in range(attempts):
+            proc = self.flwr("ls", "--format", "json", timeout=180)
+            if proc.returncode == 0 and SUPERLINK_SLOW not in proc.stdout + proc.stderr:
+                return
+        raise AssertionError(f"the local SuperLink did not start:\n{proc.stdout}{proc.stderr}")
+
     def run(self, *args: str, timeout: float = 900) -> tuple[str, subprocess.CompletedProcess]:
         """`flwr run . <args> --stream` to its end; returns the run id and the process."""
         for _attempt in range(3):

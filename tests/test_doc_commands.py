@@ -72,9 +72,10 @@ def hydra_suffix(tmp: Path, data: Path) -> str:
     return " ".join([f"dataset.root={data}", *TINY, f"hydra.run.dir={tmp}/hydra/$RANDOM"])
 
 
-def rules(tmp: Path, data: Path) -> list[Rule]:
+def rules(tmp: Path, data: Path, workdir: Path) -> list[Rule]:
     hydra = hydra_suffix(tmp, data)
     app = " ".join([f"dataset.root={data}", *TINY])
+    launch = f"--workdir {workdir} --timeout 900"  # the launchers' outputs in the sandbox
     compose = (
         '.venv/bin/python -c "import sys; from ppa.config import load_config; '
         'load_config(sys.argv[1:])" '
@@ -94,17 +95,17 @@ def rules(tmp: Path, data: Path) -> list[Rule]:
         Rule(r"^\.venv/bin/python scripts/run_ablation\.py", suffix=hydra),
         Rule(
             r"^\.venv/bin/python scripts/run_simulation\.py (?!federation\.ray_address=<)",
-            suffix=f"--timeout 900 {app}",
+            suffix=f"{launch} {app}",
         ),
         Rule(
             r"^\.venv/bin/python scripts/run_deployment\.py",
-            suffix=f"--rounds 1 --timeout 900 {app}",
+            suffix=f"--rounds 1 {launch} {app}",
         ),
         # -- checked instead of run, with the reason
         Rule(
             r"^make demo$",
             check="make -n demo | grep -q 'scripts/run_simulation.py --experiment demo' && "
-            f".venv/bin/python scripts/run_simulation.py --experiment demo --timeout 900 {app}",
+            f".venv/bin/python scripts/run_simulation.py --experiment demo {launch} {app}",
             reason="16 rounds on the full synthetic set take minutes: its simulation runs tiny",
         ),
         Rule(r"^make test$", check="make -n test", reason="runs this very suite"),
@@ -239,7 +240,7 @@ def script_for(block: Block, table: list[Rule]) -> tuple[str, list[str]]:
 
 
 def test_every_documented_command_has_a_rule(tmp_path: Path) -> None:
-    table = rules(tmp_path, tmp_path / "data")
+    table = rules(tmp_path, tmp_path / "data", tmp_path / "work")
     blocks = doc_blocks()
     assert len(blocks) >= 10, [b.source for b in blocks]
     missing = [f"{b.source}: {c}" for b in blocks for c in script_for(b, table)[1]]
@@ -266,13 +267,15 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory, tiny_sysu_root: Path):
 def test_documented_block_runs(index: int, sandbox) -> None:
     base, flower, photos, data = sandbox
     block = doc_blocks()[index]
-    script, missing = script_for(block, rules(base, data))
+    script, missing = script_for(block, rules(base, data, flower.workdir))
     assert not missing, missing
     # Paths the docs name as examples, inside the sandbox.
     script = script.replace("/tmp/dpeval", str(base / "dpeval"))
     script = script.replace("/data/person_photos", str(photos))
     script = script.replace("PPA_WORKDIR=$PWD", f"PPA_WORKDIR={flower.workdir}")
     env = dict(flower.env, PPA_WORKDIR=str(flower.workdir))
+    if "flwr run . --federation-config" in script:
+        flower.ensure_superlink()  # flwr allows its detached SuperLink 15 s to start
     proc = subprocess.run(
         ["bash", "-c", script],
         capture_output=True,
