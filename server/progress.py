@@ -43,9 +43,8 @@ class RoundProgress:
         return self.elapsed() / self.finished * (self.total - server_round)
 
     def finish(self, server_round: int) -> str:
-        """Record that `server_round` finished; the progress part of its log line."""
+        """Record that `server_round` finished; the time part of its log line."""
         self.finished += 1
         left = self.remaining(server_round)
         estimate = f", about {format_duration(left)} left" if left is not None else ""
-        elapsed = format_duration(self.elapsed())
-        return f"{self.round_label(server_round)}: elapsed {elapsed}{estimate}"
+        return f"elapsed {format_duration(self.elapsed())}{estimate}"

@@ -285,12 +285,13 @@ class FederatedRun:
                 exhausted=report.excluded + len(report.exhausted),
             )
         logger.info(
-            "%s done in %.1fs: %d site(s) aggregated, %d failed, %.2f MB received",
-            self.progress.finish(server_round),
+            "%s done in %.1fs: %d site(s) aggregated, %d failed, %.2f MB received; %s",
+            self.progress.round_label(server_round),
             record["seconds"],
             len(report.replied),
             len(report.failed),
             report.bytes_received / 1e6,
+            self.progress.finish(server_round),
         )
 
     def _log_table(self) -> None:

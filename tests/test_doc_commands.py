@@ -285,6 +285,7 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory, tiny_sysu_root: Path):
     assert not processes_with(str(flower.home)), "Flower processes left running"
 
 
+@pytest.mark.timeout(BLOCK_TIMEOUT_S + 120)  # a block of several runs outlasts the default
 @pytest.mark.parametrize("index", range(len(doc_blocks())), ids=[b.source for b in doc_blocks()])
 def test_documented_block_runs(index: int, sandbox) -> None:
     base, flower, photos, data = sandbox

@@ -30,11 +30,12 @@ def test_progress_names_the_total_the_elapsed_time_and_the_rest() -> None:
     clock = Clock()
     progress = RoundProgress(16, clock=clock)
     clock.now += 30.0
-    assert progress.finish(1) == "round 1/16: elapsed 0:30, about 7:30 left"  # 15 x 30 s
+    assert progress.round_label(1) == "round 1/16"
+    assert progress.finish(1) == "elapsed 0:30, about 7:30 left"  # 15 x 30 s
     clock.now += 10.0
-    assert progress.finish(2) == "round 2/16: elapsed 0:40, about 4:40 left"  # 14 x 20 s
+    assert progress.finish(2) == "elapsed 0:40, about 4:40 left"  # 14 x 20 s
     clock.now += 20.0
-    assert progress.finish(16).startswith("round 16/16: elapsed 1:00, about 0:00 left")
+    assert progress.finish(16) == "elapsed 1:00, about 0:00 left"
 
 
 def test_a_resumed_run_estimates_from_its_own_rounds() -> None:
@@ -42,7 +43,8 @@ def test_a_resumed_run_estimates_from_its_own_rounds() -> None:
     progress = RoundProgress(10, first=7, clock=clock)
     assert progress.remaining(7) is None
     clock.now += 12.0
-    assert progress.finish(7) == "round 7/10: elapsed 0:12, about 0:36 left"  # 3 x 12 s
+    assert progress.round_label(7) == "round 7/10"
+    assert progress.finish(7) == "elapsed 0:12, about 0:36 left"  # 3 x 12 s
 
 
 RAY_REASON = (
