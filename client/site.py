@@ -141,8 +141,9 @@ class SiteTrainer:
             if spec.num_partitions != len(sites):
                 raise NodeConfigError(
                     f"the partition has {len(sites)} sites ({[s.name for s in sites]}) but the "
-                    f"simulation runs {spec.num_partitions} SuperNodes: set num-supernodes="
-                    f"{len(sites)}"
+                    f"simulation runs {spec.num_partitions} SuperNodes: run `flwr run . "
+                    f'--federation-config "num-supernodes={len(sites)}"`, or use '
+                    "ppa-simulate, which sizes the simulation itself"
                 )
             return sites[spec.partition_id]
         by_name = {s.name: s for s in sites}

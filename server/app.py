@@ -19,4 +19,4 @@ def main(grid: Grid, context: Context) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     cfg = load_run_config(context.run_config)
     resume = str(context.run_config.get("resume", False)).lower() in ("1", "true", "yes")
-    FederatedRun(cfg, resume=resume).run(grid)
+    FederatedRun(cfg, resume=resume, run_id=str(context.run_id)).run(grid)

@@ -17,11 +17,11 @@ from flwr.serverapp import Grid
 from omegaconf import DictConfig, OmegaConf
 
 from ppa.checkpoint import save_checkpoint
-from ppa.config import resolve_path
 from ppa.data.protocols import load_label_space
 from ppa.device import DeviceSettings
 from ppa.io import atomic_write_json
 from ppa.model import PPAEncoder, create_model
+from ppa.run_dir import claim_run_dir
 from ppa.seeding import seed_everything
 from ppa.training.norm_statistics import norm_statistics_keys
 from ppa.wire import (
@@ -37,8 +37,10 @@ from server.calibration import NormCalibration
 from server.checkpoints import CheckpointStore, ServerCheckpoint, capture_rng, restore_rng
 from server.drift import DriftGauges, plot_drift
 from server.evaluation import CentralEvaluator, MetricsHistory
+from server.progress import RoundProgress
+from server.round_outcome import require_usable_update
 from server.strategy import ModalityAwareFedAvg, NoSitesLeftError, RoundReport
-from server.telemetry import Telemetry
+from server.telemetry import DEFAULT_ROUND_BUCKETS, Telemetry
 
 logger = logging.getLogger(__name__)
 
@@ -72,11 +74,13 @@ def build_strategy(cfg: DictConfig, model: PPAEncoder) -> ModalityAwareFedAvg:
 class FederatedRun:
     """One federated training run of the PPA model (docs/architecture.md, "Federation")."""
 
-    def __init__(self, cfg: DictConfig, *, resume: bool = False):
+    def __init__(self, cfg: DictConfig, *, resume: bool = False, run_id: str = ""):
         self.cfg = cfg
         check_federated_anonymizer(cfg)
-        self.out = resolve_path(cfg.output_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
+        self.run_id = run_id  # Flower's run id: labels the Prometheus series
+        # A folder of this run's own (ppa/run_dir.py); resume continues the newest earlier run.
+        self.out = claim_run_dir(cfg, resume=resume)
+        logger.info("run %s: results in %s", cfg.run_name, self.out)
         seed_everything(int(cfg.seed), bool(cfg.deterministic))
         self.device = DeviceSettings.from_config(cfg)
         # The label space comes from the split files; the server needs no training images.
@@ -103,6 +107,7 @@ class FederatedRun:
         self.start_round = 1
         if resume:
             self._resume()
+        self.progress = RoundProgress(int(cfg.federation.rounds), self.start_round)
 
     # State --------------------------------------------------------------------------------
     def _resume(self) -> None:
@@ -143,11 +148,16 @@ class FederatedRun:
         fed = self.cfg.federation
         rounds = int(fed.rounds)
         if self.cfg.telemetry.enabled:
-            self.telemetry = Telemetry()
+            self.telemetry = Telemetry(
+                str(self.cfg.run_name),
+                self.run_id,
+                list(self.cfg.telemetry.get("round_duration_buckets") or DEFAULT_ROUND_BUCKETS),
+            )
             self.telemetry.serve(str(self.cfg.telemetry.host), int(self.cfg.telemetry.port))
         try:
             if self.start_round == 1 and fed.evaluate_initial and not self.history.records:
                 self._evaluate_and_record(0, {"round": 0})
+            self.progress = RoundProgress(rounds, self.start_round)  # times training rounds
             for server_round in range(self.start_round, rounds + 1):
                 try:
                     self._round(grid, server_round, rounds)
@@ -171,6 +181,7 @@ class FederatedRun:
         replies = grid.send_and_receive(messages, timeout=float(fed.round_timeout))
         aggregated, metrics = self.strategy.aggregate_train(server_round, replies)
         report = self.strategy.last_report or RoundReport(server_round, sampled=0)
+        require_usable_update(report, rounds)  # a round without one is no round
         if aggregated is not None:
             candidate = {k: v.numpy() for k, v in aggregated.items()}
             problems = check_global(candidate)
@@ -291,12 +302,13 @@ class FederatedRun:
                 self.drift_gauges = self.drift_gauges or DriftGauges(self.telemetry.registry)
                 self.drift_gauges.record(report.drift)
         logger.info(
-            "round %d done in %.1fs: %d site(s) aggregated, %d failed, %.2f MB received",
-            server_round,
+            "%s done in %.1fs: %d site(s) aggregated, %d failed, %.2f MB received; %s",
+            self.progress.round_label(server_round),
             record["seconds"],
             len(report.replied),
             len(report.failed),
             report.bytes_received / 1e6,
+            self.progress.finish(server_round),
         )
 
     def _log_table(self) -> None:

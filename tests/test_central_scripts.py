@@ -64,6 +64,9 @@ def test_evaluate_writes_every_promised_file(trained) -> None:
     lines = run_script("evaluate", [*overrides, f"checkpoint={last}"])
     metrics_path = Path(lines[-1])
     assert metrics_path.name == "metrics.json"
+    # In the checkpoint's own run, a folder of its own; a second evaluation gets another.
+    assert metrics_path.parent.parent == last.parent.parent / "evaluate"
+    assert metrics_path.parent.name.startswith("last-")
     report = json.loads(metrics_path.read_text())
     assert set(report["results"]) == {"raw-raw", "anon-anon", "raw-anon"}
     for protocol in report["results"].values():
@@ -75,6 +78,9 @@ def test_evaluate_writes_every_promised_file(trained) -> None:
     head = report["anonymization"]
     assert head["head_psnr"] < head["image_psnr"]  # the head is hidden harder than the rest
     assert 0.0 <= head["face_rate_raw"] <= 1.0
+    # Both modalities measured, half each (eval.privacy_images=16), and the count is printed.
+    assert head["num_images_visible"] == head["num_images_infrared"] == 8
+    assert any("8 visible + 8 infrared test images" in line for line in lines)
     assert Path(report["cmc_plot"]).is_file()
     assert Path(report["anonymization_grid"]).is_file()
     assert any(line.startswith("raw-raw") for line in lines)  # the printed table
@@ -137,5 +143,5 @@ def test_ablation_ladder_writes_one_table(tiny_sysu_root: Path, tmp_path: Path) 
     for row in rows.values():
         assert set(row["results"]) == {"raw-raw", "anon-anon", "raw-anon"}
         assert Path(row["checkpoint"]).is_file()
-    # Each method trained into its own folder next to the ablation's.
-    assert (tmp_path / "abl_full" / "checkpoints" / "last.pt").is_file()
+    # Each method trained into its own folder inside the ablation's.
+    assert (tmp_path / "abl" / "full" / "checkpoints" / "last.pt").is_file()

@@ -41,35 +41,85 @@ def record_example_round(t: Telemetry) -> None:
 
 @pytest.fixture
 def telemetry():
-    t = Telemetry()
+    t = Telemetry("demo", "42", round_buckets=[5, 10, 60])
     port = t.serve("127.0.0.1", 0)
     yield t, port
     t.close()
 
 
+def scrape(port: int) -> dict[str, float]:
+    """`name{labels}` -> value, with this run's labels (checked) written as RUN first."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    out = {}
+    for line in text.splitlines():
+        if not line.startswith("ppa_"):
+            continue
+        series, value = line.rsplit(" ", 1)
+        name, _, labels = series.partition("{")
+        pairs = [p for p in labels.rstrip("}").split(",") if p]
+        assert {'run_id="42"', 'run_name="demo"'} <= set(pairs), line
+        rest = [p for p in pairs if not p.startswith(("run_id=", "run_name="))]
+        out[name + "{" + ",".join(["RUN", *rest]) + "}"] = float(value)
+    return out
+
+
 def test_metrics_scraped_over_http(telemetry) -> None:
     t, port = telemetry
     record_example_round(t)
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    lines = {
-        ln.split(" ")[0]: float(ln.split(" ")[1])
-        for ln in text.splitlines()
-        if ln.startswith("ppa_")
-    }
-    assert lines["ppa_rounds_completed_total"] == 1
-    assert lines["ppa_current_round"] == 3
-    assert lines["ppa_round_duration_seconds"] == 12.5
-    assert lines["ppa_sites_sampled"] == 6
-    assert lines["ppa_sites_replied"] == 5
-    assert lines["ppa_sites_failed"] == 1
-    assert lines["ppa_sites_exhausted"] == 2
-    assert lines["ppa_round_received_bytes"] == 2e6
-    assert lines["ppa_received_bytes_total"] == 2e6
-    assert lines['ppa_site_train_loss{site="cam1"}'] == 1.25
-    assert lines['ppa_site_epsilon{site="cam1"}'] == 2.5
-    assert lines['ppa_site_flagged{site="cam3"}'] == 1
-    assert lines['ppa_central_map{protocol="raw-raw"}'] == 0.42
-    assert lines['ppa_central_rank1{protocol="anon-anon"}'] == 0.35
+    lines = scrape(port)
+    assert lines["ppa_run_info{RUN}"] == 1
+    assert lines["ppa_rounds_completed_total{RUN}"] == 1
+    assert lines["ppa_current_round{RUN}"] == 3
+    # The round duration is a histogram: 12.5 s falls in the 60 s bucket, not in 5 or 10.
+    assert lines['ppa_round_duration_seconds_bucket{RUN,le="10.0"}'] == 0
+    assert lines['ppa_round_duration_seconds_bucket{RUN,le="60.0"}'] == 1
+    assert lines["ppa_round_duration_seconds_sum{RUN}"] == 12.5
+    assert lines["ppa_round_duration_seconds_count{RUN}"] == 1
+    assert lines["ppa_sites_sampled{RUN}"] == 6
+    assert lines["ppa_sites_replied{RUN}"] == 5
+    assert lines["ppa_sites_failed{RUN}"] == 1
+    assert lines["ppa_sites_exhausted{RUN}"] == 2
+    assert lines["ppa_round_received_bytes{RUN}"] == 2e6
+    assert lines["ppa_received_bytes_total{RUN}"] == 2e6
+    assert lines['ppa_site_train_loss{RUN,site="cam1"}'] == 1.25
+    assert lines['ppa_site_epsilon{RUN,site="cam1"}'] == 2.5
+    assert lines['ppa_site_flagged{RUN,site="cam3"}'] == 1
+    # Values in 0..1 are named _ratio.
+    assert lines['ppa_central_map_ratio{RUN,protocol="raw-raw"}'] == 0.42
+    assert lines['ppa_central_rank1_ratio{RUN,protocol="anon-anon"}'] == 0.35
+    assert not [k for k in lines if k.startswith("ppa_central_map{")]
+
+
+def test_a_site_that_leaves_loses_its_series(telemetry) -> None:
+    t, port = telemetry
+    record_example_round(t)
+    t.record_round(
+        4,
+        seconds=3.0,
+        sampled=6,
+        replied=1,
+        failed=5,
+        bytes_received=10,
+        site_metrics={"cam1": {"loss": 1.0, "epsilon": 3.0}},
+        flagged={"cam1": False},
+    )
+    lines = scrape(port)
+    assert lines['ppa_site_train_loss{RUN,site="cam1"}'] == 1.0
+    assert not [k for k in lines if 'site="cam3"' in k]  # loss and flag of cam3 are gone
+    assert lines["ppa_round_duration_seconds_count{RUN}"] == 2
+    assert lines['ppa_round_duration_seconds_bucket{RUN,le="5.0"}'] == 1
+
+
+def test_successive_runs_are_separate_series() -> None:
+    first, second = Telemetry("demo", "1"), Telemetry("demo", "2")
+    for t, value in ((first, 0.1), (second, 0.2)):
+        t.record_evaluation({"raw-raw": {"mAP": value, "rank1": value}})
+    from prometheus_client import generate_latest
+
+    text = generate_latest(first.registry).decode() + generate_latest(second.registry).decode()
+    assert 'ppa_central_map_ratio{protocol="raw-raw",run_id="1",run_name="demo"} 0.1' in text
+    assert 'ppa_central_map_ratio{protocol="raw-raw",run_id="2",run_name="demo"} 0.2' in text
+    assert 'ppa_run_info{run_id="2",run_name="demo"} 1.0' in text
 
 
 @pytest.mark.integration
@@ -100,7 +150,7 @@ def test_real_prometheus_scrapes_and_answers_queries(telemetry, tmp_path: Path) 
         stderr=(tmp_path / "prometheus.log").open("w"),
     )
     try:
-        query = urllib.parse.urlencode({"query": 'ppa_central_map{protocol="raw-raw"}'})
+        query = urllib.parse.urlencode({"query": 'ppa_central_map_ratio{protocol="raw-raw"}'})
         url = f"http://127.0.0.1:{web_port}/api/v1/query?{query}"
         deadline = time.monotonic() + 60
         value = None

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ppa.anonymize.kpr import AnonymizedBatch, KprAnonymizer
 from ppa.anonymize.measures import (
@@ -24,7 +23,8 @@ from ppa.anonymize.measures import (
     to_uint8_images,
 )
 from ppa.data.loader import Batch
-from ppa.data.records import MODALITIES
+from ppa.data.records import MODALITIES, ImageRecord
+from ppa.progress_bar import ProgressBar  # log lines, not a bar, when not on a terminal
 
 
 @dataclass
@@ -45,6 +45,28 @@ class AnonymizationReport:
             path,
             labels,
         )
+
+
+def sample_by_modality(records: Sequence[ImageRecord], count: int) -> list[ImageRecord]:
+    """`count` records, half of each modality where both have enough (the other fills up
+    where one runs short), evenly spread over each modality's records in their order.
+
+    Test splits list one modality's queries first (SYSU: infrared queries, visible gallery),
+    so "the first `count` images" would measure a single modality.
+    """
+    if count <= 0:
+        return []
+    by_modality = {m: [r for r in records if r.modality == m] for m in MODALITIES}
+    quota = {m: min(len(rs), count // len(MODALITIES)) for m, rs in by_modality.items()}
+    for m in MODALITIES:  # hand the rest (odd count, a short modality) to whoever has more
+        spare = count - sum(quota.values())
+        quota[m] += min(spare, len(by_modality[m]) - quota[m])
+    picked: list[ImageRecord] = []
+    for m, rs in by_modality.items():
+        if quota[m]:
+            picks = np.unique(np.linspace(0, len(rs) - 1, quota[m]).round().astype(int))
+            picked.extend(rs[i] for i in picks)
+    return picked
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -155,9 +177,10 @@ def measure_anonymization(
     """
     meter = PrivacyMeter(face_detector)
     seen = 0
+    per_modality = {m.value: 0 for m in MODALITIES}
     raw_samples: dict[str, list[torch.Tensor]] = {m.value: [] for m in MODALITIES}
     anon_samples: dict[str, list[torch.Tensor]] = {m.value: [] for m in MODALITIES}
-    for batch in tqdm(loader, desc="anonymisation", disable=not progress, leave=False):
+    for batch in ProgressBar(loader, desc="anonymisation", disable=not progress, leave=False):
         if max_images is not None and seen >= max_images:
             break
         batch = batch.to(device)
@@ -171,7 +194,11 @@ def measure_anonymization(
                 raw_samples[m.value].append(raw[sel[:room]].cpu())
                 anon_samples[m.value].append(anon[sel[:room]].cpu())
         seen += raw.shape[0]
+        for m in MODALITIES:
+            per_modality[m.value] += int((batch.modality == m.index).sum())
     scores = meter.summary()
+    for m in MODALITIES:
+        scores[f"num_images_{m.value}"] = float(per_modality[m.value])
     return AnonymizationReport(
         scores,
         {m: torch.cat(t) for m, t in raw_samples.items() if t},

@@ -5,7 +5,8 @@
 
 For every method of configs/ppa/ (baseline, anon_only, kpr, dcma, full, or the `+ablation`
 list) this runs ppa-train's training and ppa-evaluate's evaluation with
-the same overrides (run_name=<run_name>_<method>), then writes `<output_dir>/ablation.md` and
+the same overrides (run_name=<run_name>_<method>, trained in `<output_dir>/<method>/`), then
+writes `<output_dir>/ablation.md` and
 `ablation.json`: mAP / Rank-1 / mINP under raw-raw, anon-anon and raw-anon (the first
 evaluation group: SYSU all-search or RegDB visible->thermal) plus the head-region SSIM of each
 method's anonymisation. The last line printed is the path of ablation.md.
@@ -24,6 +25,7 @@ from ppa.cli.evaluate import run as evaluate_checkpoint
 from ppa.cli.train import train
 from ppa.config import CONFIG_DIR, load_config, resolve_path
 from ppa.eval.report import EvaluationReport
+from ppa.run_dir import claim_run_dir, job_output_dir
 
 logger = logging.getLogger("run_ablation")
 
@@ -40,7 +42,8 @@ def method_config(cfg: DictConfig, method: str) -> DictConfig:
         OmegaConf.create(base),
         {"ppa": method_ppa, "run_name": f"{cfg.run_name}_{method}", "checkpoint": None},
     )
-    merged.output_dir = f"{Path(str(cfg.output_dir)).parent}/{merged.run_name}"
+    # Inside the ablation's own run folder, so a later ablation never writes over it.
+    merged.output_dir = f"{cfg.output_dir}/{method}"
     return merged
 
 
@@ -92,6 +95,7 @@ def run(cfg: DictConfig) -> Path:
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    claim_run_dir(job_output_dir(cfg))  # the run's own folder, `latest` beside it
     print(run(cfg))
 
 

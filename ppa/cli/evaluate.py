@@ -1,12 +1,13 @@
 """Evaluate a checkpoint on SYSU-MM01 or RegDB under the privacy protocols.
 
-    python scripts/evaluate.py checkpoint=outputs/demo/model_latest.pt
-    python scripts/evaluate.py checkpoint=... dataset=regdb eval.protocols=[raw-raw]
+    ppa-evaluate checkpoint=outputs/demo/latest/model_latest.pt
+    ppa-evaluate checkpoint=... dataset=regdb eval.protocols=[raw-raw]
 
 Prints a table, writes `metrics.json` (every number: per trial and mean, per protocol and
 SYSU mode / RegDB direction, plus the anonymisation's head-region PSNR/SSIM and face
-detection rates), a CMC plot and a raw-vs-anonymised sample grid into
-`<output_dir>/evaluation/`. The last line printed is the path of metrics.json.
+detection rates), a CMC plot and a raw-vs-anonymised sample grid into a new folder in the
+checkpoint's own run, `<run>/evaluate/<checkpoint name>-<date-time>/` (`latest` beside it), or
+into `eval.output_dir=` when given. The last line printed is the path of metrics.json.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from pathlib import Path
 
 import hydra
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 from omegaconf import DictConfig, OmegaConf
 
 from ppa.anonymize import KprAnonymizer
 from ppa.anonymize.measures import FaceDetector
-from ppa.anonymize.report import measure_anonymization
+from ppa.anonymize.report import measure_anonymization, sample_by_modality
 from ppa.checkpoint import model_from_checkpoint
 from ppa.config import CONFIG_DIR, effective_config, resolve_path
 from ppa.data.keypoints import load_dataset_keypoints
@@ -30,6 +32,7 @@ from ppa.device import DeviceSettings
 from ppa.eval.evaluate import PRIVACY_PROTOCOLS, TestImages, evaluate
 from ppa.eval.report import EvaluationReport
 from ppa.io import atomic_write_json
+from ppa.run_dir import evaluation_dir
 from ppa.seeding import seed_everything
 
 logger = logging.getLogger(__name__)
@@ -46,6 +49,7 @@ def plot_cmc(report: EvaluationReport, path: Path) -> Path:
                 label=f"{protocol} / {group}",
             )
     ax.set_xlabel("rank")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # ranks are whole numbers
     ax.set_ylabel("matching rate (%)")
     ax.set_title(f"CMC on {report.dataset}")
     ax.grid(alpha=0.3)
@@ -95,12 +99,15 @@ def run(cfg: DictConfig) -> Path:
     report.extras["method"] = str(cfg.ppa.name)
     report.extras["anonymizer"] = OmegaConf.to_container(cfg.anonymizer, resolve=True)
 
-    out = resolve_path(cfg.output_dir) / "evaluation"
-    out.mkdir(parents=True, exist_ok=True)
+    # Beside the checkpoint's own run, never over another run's results (ppa/run_dir.py).
+    out = evaluation_dir(resolve_path(cfg.checkpoint), cfg.eval.get("output_dir"))
     if anonymizer is not None and cfg.eval.privacy_images:
-        images = TestImages.from_settings(settings)
+        # Both modalities, half each (SYSU's test lists start with all infrared queries).
+        sample = sample_by_modality(
+            TestImages.from_settings(settings).records, int(cfg.eval.privacy_images)
+        )
         loader = create_eval_loader(
-            images.records,
+            sample,
             root,
             input_cfg=cfg.input,
             batch_size=int(cfg.eval.batch_size),
@@ -112,7 +119,6 @@ def run(cfg: DictConfig) -> Path:
             loader,
             anonymizer,
             device.device,
-            max_images=int(cfg.eval.privacy_images),
             face_detector=FaceDetector() if cfg.eval.face_detection else None,
             grid_samples=int(cfg.eval.privacy_samples),
         )
@@ -127,7 +133,9 @@ def run(cfg: DictConfig) -> Path:
         print(
             f"anonymisation ({cfg.anonymizer.name}, pose-guided={cfg.ppa.pose_guided}): "
             f"head PSNR {s['head_psnr']:.2f} dB, head SSIM {s['head_ssim']:.3f}, "
-            f"image PSNR {s['image_psnr']:.2f} dB, image SSIM {s['image_ssim']:.3f}"
+            f"image PSNR {s['image_psnr']:.2f} dB, image SSIM {s['image_ssim']:.3f} "
+            f"({s['num_images_visible']:.0f} visible + {s['num_images_infrared']:.0f} infrared "
+            "test images)"
         )
     return metrics_path
 

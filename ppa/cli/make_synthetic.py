@@ -17,9 +17,9 @@ from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
-from tqdm import tqdm
 
 from ppa.config import CONFIG_DIR, resolve_path
+from ppa.progress_bar import ProgressBar  # log lines, not a bar, when not on a terminal
 from ppa.synthetic.files import read_manifest
 from ppa.synthetic.renderer import RENDERER_VERSION
 from ppa.synthetic.writer import write_synthetic_regdb, write_synthetic_sysu
@@ -88,7 +88,7 @@ def make_synthetic(cfg: DictConfig) -> dict[str, Any] | None:
             )
         return None
 
-    with tqdm(unit="img", desc=f"writing {cfg.dataset.name}", dynamic_ncols=True) as bar:
+    with ProgressBar(unit="img", desc=f"writing {cfg.dataset.name}", dynamic_ncols=True) as bar:
 
         def progress(done: int, total: int) -> None:
             bar.total = total

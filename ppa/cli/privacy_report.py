@@ -1,7 +1,7 @@
 """Privacy-utility report of several anonymiser settings (`ppa.privacy_report.run` says what).
 
-    python scripts/privacy_report.py experiment=demo checkpoint=outputs/demo/checkpoints/last.pt
-    python scripts/privacy_report.py experiment=demo privacy_report.utility=false \\
+    ppa-privacy-report experiment=demo checkpoint=outputs/demo/latest/model_latest.pt
+    ppa-privacy-report experiment=demo privacy_report.utility=false \\
         privacy_report.photos=/data/person_photos
 
 The last line printed is the path of privacy_report.json.

@@ -23,6 +23,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from ppa.config import load_config
@@ -42,6 +43,7 @@ from ppa.launch.simulation import (
     SimulationPlan,
     plan_simulation,
 )
+from ppa.run_dir import claim_run_dir
 
 LOGGER = logging.getLogger("ppa.simulation")
 
@@ -67,9 +69,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir = args.workdir.resolve()
 
     def prepare() -> tuple[dict[str, Any], SimulationPlan]:
-        run_config = build_run_config(args.experiment, overrides, args.resume)
+        build_run_config(args.experiment, overrides, args.resume)  # validates the overrides
         cfg = load_config([f"experiment={args.experiment}", *overrides])
-        return run_config, plan_simulation(cfg, workdir, args.num_supernodes)
+        plan = plan_simulation(cfg, workdir, args.num_supernodes)  # validates first
+        # The run's own folder (ppa/run_dir.py), handed to the apps so all write there.
+        out = claim_run_dir(cfg, resume=args.resume, workdir=workdir)
+        run_config = build_run_config(
+            args.experiment, [*overrides, f"output_dir={out}"], args.resume
+        )
+        return run_config, replace(plan, output_dir=out)
 
     prepared = checked(prepare)
     if prepared is None:
@@ -77,11 +85,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_config, plan = prepared
 
     LOGGER.info(
-        "simulation of %d site(s) (%s), %d CPU / %g GPU each; results in %s",
+        "simulation of %d site(s) (%s), %d CPU / %g GPU each, on %s; results in %s",
         plan.num_supernodes,
         ", ".join(f"{name} {modality}" for name, modality in plan.sites),
         plan.num_cpus,
         plan.num_gpus,
+        f"the Ray cluster at {plan.ray_address}" if plan.ray_address else "a Ray of its own",
         plan.output_dir,
     )
     simulation = Simulation(
@@ -90,6 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             app_dir=args.app,
             workdir=workdir,
             startup_timeout=args.startup_timeout,
+            extra_env=plan.environment(),
         )
     )
     summary: dict[str, Any] = {
@@ -97,6 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "run_config": run_config,
         "sites": [{"site": name, "modality": modality} for name, modality in plan.sites],
         "federation_config": plan.federation_config(),
+        "ray_address": plan.ray_address,
         "output_dir": str(plan.output_dir),
         "launch_dir": str(simulation.out),
     }

@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from ppa.config import CONFIG_DIR
 from ppa.dp.central import train_central_private
+from ppa.run_dir import claim_run_dir, job_output_dir
 from ppa.training.central import train_central
 
 
@@ -28,6 +29,8 @@ def train(cfg: DictConfig) -> Path:
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    # The run's own folder; a multirun job's own sub-folder (ppa/run_dir.py).
+    claim_run_dir(job_output_dir(cfg))
     print(train(cfg))
 
 

@@ -6,13 +6,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
 from ppa.anonymize import KprAnonymizer
 from ppa.data.loader import Batch
 from ppa.data.transforms import normalize
 from ppa.device import DeviceSettings
 from ppa.model import PPAEncoder
+from ppa.progress_bar import ProgressBar  # log lines, not a bar, when not on a terminal
 
 
 @dataclass
@@ -58,7 +58,7 @@ def extract_features(
     feats: dict[str, list[torch.Tensor]] = {v: [] for v in views}
     pids, cams, mods = [], [], []
     total = len(loader) if hasattr(loader, "__len__") else None
-    for batch in tqdm(loader, total=total, desc=desc, disable=not progress, leave=False):
+    for batch in ProgressBar(loader, total=total, desc=desc, disable=not progress, leave=False):
         batch = batch.to(device.device, non_blocking=device.non_blocking)
         for view in views:
             images, anonymized = batch.images, None

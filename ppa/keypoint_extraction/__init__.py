@@ -22,7 +22,7 @@ from ppa.keypoint_extraction.base import (
 
 BACKEND_NAMES: tuple[str, ...] = ("mmpose", "mediapipe", "file")
 
-# Keys of configs/pose_backend/common.yaml: read by scripts/extract_keypoints.py, not backends.
+# Keys of configs/pose_extraction.yaml: read by scripts/extract_keypoints.py, not backends.
 EXTRACTION_KEYS = frozenset(
     {
         "name",

@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from ppa.data.errors import CorruptImageError
 from ppa.data.images import read_image
 from ppa.data.keypoints import KeypointCache
 from ppa.io import atomic_write
 from ppa.keypoint_extraction.base import PoseBackend
+from ppa.progress_bar import ProgressBar  # log lines, not a bar, when not on a terminal
 
 logger = logging.getLogger(__name__)
 
@@ -262,7 +262,7 @@ def extract_keypoints(
 
     since_save = 0
     start = time.perf_counter()
-    bar = tqdm(
+    bar = ProgressBar(
         total=len(todo),
         unit="img",
         desc=f"keypoints ({backend.name})",

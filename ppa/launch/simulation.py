@@ -36,6 +36,12 @@ class SimulationPlan:
     num_gpus: float  # per site; fractions share a GPU between sites
     output_dir: Path  # cfg.output_dir, resolved as the apps resolve it
     data_root: Path
+    ray_address: str | None = None  # federation.ray_address: an existing Ray cluster's head
+
+    def environment(self) -> dict[str, str]:
+        """Environment of the SuperLink and, through it, of Flower's simulation process, whose
+        `ray.init()` joins the cluster that RAY_ADDRESS names instead of starting one."""
+        return {"RAY_ADDRESS": self.ray_address} if self.ray_address else {}
 
     @property
     def num_supernodes(self) -> int:
@@ -92,6 +98,7 @@ def plan_simulation(cfg: Any, workdir: Path, num_supernodes: int | None = None) 
         num_gpus=float(num_gpus),
         output_dir=anchored(str(cfg.output_dir), workdir).resolve(),
         data_root=data_root,
+        ray_address=str(fed.ray_address) if fed.get("ray_address") else None,
     )
 
 

@@ -1,7 +1,7 @@
 """Privacy-utility report of several anonymiser settings (Hydra entry point).
 
-    python scripts/privacy_report.py experiment=demo checkpoint=outputs/demo/checkpoints/last.pt
-    python scripts/privacy_report.py experiment=demo privacy_report.utility=false \\
+    ppa-privacy-report experiment=demo checkpoint=outputs/demo/latest/model_latest.pt
+    ppa-privacy-report experiment=demo privacy_report.utility=false \\
         privacy_report.photos=/data/person_photos
 
 For each setting of `privacy_report.settings` (an anonymiser at its configured or overridden

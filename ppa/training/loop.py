@@ -7,9 +7,9 @@ from collections.abc import Iterable
 
 import torch
 from omegaconf import DictConfig
-from tqdm.auto import tqdm
 
 from ppa.data.loader import Batch
+from ppa.progress_bar import ProgressBar  # log lines, not a bar, when not on a terminal
 from ppa.training.optim import set_epoch_lr
 from ppa.training.step import StepContext, ppa_step
 
@@ -32,7 +32,7 @@ def train_one_epoch(
     total_batches = len(loader) if hasattr(loader, "__len__") else None
     if max_batches is not None and total_batches is not None:
         total_batches = min(total_batches, max_batches)
-    bar = tqdm(loader, total=total_batches, desc=desc, disable=not progress, leave=False)
+    bar = ProgressBar(loader, total=total_batches, desc=desc, disable=not progress, leave=False)
     for batch in bar:
         if max_batches is not None and batches >= max_batches:
             break
