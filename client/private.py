@@ -33,7 +33,10 @@ from ppa.dp import (
     plan_round,
     release_prototypes,
 )
+from ppa.dp.budgets import noise_for_round, with_noise
+from ppa.dp.finetune import FinetuneSettings, ParameterAverage, prepare_finetune
 from ppa.federation import BUDGET_EXHAUSTED_CODE
+from ppa.public_start import check_public_start
 
 if TYPE_CHECKING:
     from client.site import RoundResult, SiteTrainer
@@ -94,6 +97,11 @@ class PrivateTraining:
         self.trainer = trainer
         self.settings = PrivacySettings.from_config(cfg)
         frozen = freeze_other_modalities(trainer.model, site.modality)
+        # The fine-tuning recipe (privacy.finetune): train the late part only, BatchNorm
+        # frozen in eval mode; a public start must not hold any of this site's identities.
+        self.finetune = FinetuneSettings.from_config(cfg)
+        frozen += prepare_finetune(trainer.model, self.finetune)
+        check_public_start(cfg, site=site.name, site_pids={r.pid for r in site.records})
         # Raises (naming model.norm) for a BatchNorm model; hooks stay on for the model's life.
         self.per_sample = PerSampleGradients(trainer.model)
         self.ledgers = LedgerStore(
@@ -159,6 +167,7 @@ class PrivateTraining:
             expected_batch_size=privacy.batch_size,
             seed=privacy.seed(server_round, site.name, "sampling"),
             on_bad_image=str(cfg.dataset.on_bad_image),
+            multiplicity=self.finetune.augmentation_multiplicity,
         )
         sampler = loader.batch_sampler
         send_prototypes = bool(cfg.federation.get("prototypes", True))
@@ -171,6 +180,19 @@ class PrivateTraining:
             run=run_id,
         )
         budget = privacy.budget_for(site.name)
+        # This site's own budget sets its noise (budget_policy=noise) or its last round (stop).
+        noise = noise_for_round(
+            privacy.budget_policy,
+            ledger,
+            planned,
+            default_noise=privacy.noise_multiplier,
+            server_round=server_round,
+            total_rounds=int(cfg.federation.rounds),
+            budget=budget,
+            delta=privacy.delta,
+            site=site.name,
+        )
+        planned = with_noise(planned, noise)
         try:
             projected = ledger.check_budget(site.name, planned, budget, privacy.delta)
         except PrivacyBudgetExhaustedError as err:
@@ -180,18 +202,28 @@ class PrivateTraining:
         ledger.record(planned)
         self.ledgers.save(state, ledger)
 
+        average = (
+            ParameterAverage(trainer.model, self.finetune.ema_decay)
+            if self.finetune.ema_decay is not None
+            else None
+        )
         step = PrivateStep(
             self.per_sample,
-            noise_multiplier=privacy.noise_multiplier,
+            noise_multiplier=noise,
             max_grad_norm=privacy.max_grad_norm,
             expected_batch_size=sampler.sample_rate * sampler.num_records,
             seed=privacy.seed(server_round, site.name, "noise"),
+            multiplicity=self.finetune.augmentation_multiplicity,
+            physical_batch=self.finetune.physical_batch,
+            after_step=None if average is None else average.update,
         )
         ctx = trainer.step_context(prototypes, private_step=step)
         start = time.perf_counter()
         epochs = trainer.run_epochs(
             ctx, loader, optimizer, sampler, server_round=server_round, local_epochs=local_epochs
         )
+        if average is not None:
+            average.apply()  # the averaged weights are what leaves the site
         if step.steps != planned[0].steps:
             raise RuntimeError(
                 f"site {site.name}: took {step.steps} DP steps, accounted {planned[0].steps}"
@@ -257,7 +289,7 @@ class PrivateTraining:
                 "images-per-second": seen / seconds if seconds > 0 else 0.0,
                 "epsilon": float(epsilon),
                 "dp-delta": privacy.delta,
-                "dp-noise-multiplier": privacy.noise_multiplier,
+                "dp-noise-multiplier": float(noise),
                 "dp-sample-rate": float(sampler.sample_rate),
                 "dp-steps": float(step.steps),
             }

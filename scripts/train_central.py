@@ -35,6 +35,7 @@ from ppa.engine import (
 )
 from ppa.model import create_model
 from ppa.prototypes import IdentityPrototypes
+from ppa.public_start import check_public_start, training_provenance
 from ppa.runtime import seed_everything
 
 logger = logging.getLogger("train_central")
@@ -52,6 +53,7 @@ def train(cfg: DictConfig) -> Path:
     objective = PPAObjective.from_config(cfg.ppa)
 
     train_set = load_train_set(cfg.dataset)
+    check_public_start(cfg)
     needs_pose = objective.anonymized_view
     keypoints = (
         load_dataset_keypoints(
@@ -137,6 +139,8 @@ def train(cfg: DictConfig) -> Path:
             "optimizer": optimizer.state_dict(),
             "history": history,
             "prototypes": {"means": prototypes.means.cpu(), "valid": prototypes.valid.cpu()},
+            # What a later run needs to check that this checkpoint is public for its data.
+            "training_data": training_provenance(cfg.dataset, train_set),
         }
         if anonymizer_optimizer is not None:
             extra["anonymizer"] = anonymizer.state_dict()

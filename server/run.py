@@ -24,6 +24,7 @@ from ppa.engine import DeviceSettings
 from ppa.federation import check_global, global_keys, pack, unpack_into
 from ppa.model import PPAEncoder, create_model
 from ppa.norm_calibration import norm_statistics_keys
+from ppa.public_start import check_public_start
 from ppa.runtime import seed_everything
 from server.calibration import NormCalibration
 from server.checkpoints import CheckpointStore, ServerCheckpoint, capture_rng, restore_rng
@@ -68,16 +69,22 @@ class FederatedRun:
         self.device = DeviceSettings.from_config(cfg)
         # The label space comes from the split files; the server needs no training images.
         num_classes = len(load_label_space(cfg.dataset))
+        # A public start must not have seen any training or test identity of this run.
+        check_public_start(cfg)
         self.model = create_model(cfg.model, num_classes)
         self.device.place(self.model)
         state = self.model.state_dict()
         self.arrays = pack(state, global_keys(state))
         self.strategy = build_strategy(cfg, self.model)
         # The statistics round (server/calibration.py); a GroupNorm model has nothing to measure.
+        # Under DP there is none: the statistics of raw images are outside the guarantee (a DP
+        # model's BatchNorm, if any, is frozen at the public start's statistics).
         stats_keys = norm_statistics_keys(self.model)
         self.calibration = (
             NormCalibration(stats_keys, int(cfg.federation.calibration_images))
-            if cfg.federation.calibrate_norm_statistics and stats_keys
+            if cfg.federation.calibrate_norm_statistics
+            and stats_keys
+            and not cfg.privacy.get("enabled", False)
             else None
         )
         self.store = CheckpointStore(

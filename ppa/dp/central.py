@@ -29,6 +29,7 @@ from ppa.dp.accounting import (
     PrivacyLedger,
     plan_round,
 )
+from ppa.dp.finetune import FinetuneSettings, ParameterAverage, prepare_finetune
 from ppa.dp.prototypes import release_prototypes
 from ppa.dp.sampling import create_poisson_loader, create_release_loader
 from ppa.dp.settings import PrivacyConfigError, PrivacySettings
@@ -43,6 +44,7 @@ from ppa.engine import (
 )
 from ppa.model import create_model
 from ppa.prototypes import IdentityPrototypes
+from ppa.public_start import check_public_start, training_provenance
 from ppa.runtime import seed_everything
 
 logger = logging.getLogger(__name__)
@@ -68,6 +70,7 @@ def train_central_private(cfg: DictConfig) -> Path:
     device = DeviceSettings.from_config(cfg)
     objective = PPAObjective.from_config(cfg.ppa)
     train_set = load_train_set(cfg.dataset)
+    check_public_start(cfg)  # a pretrained start must not have seen these identities
     keypoints = (
         load_dataset_keypoints(
             train_set.root, cfg.dataset.keypoints, required=cfg.pose.missing == "error"
@@ -85,9 +88,12 @@ def train_central_private(cfg: DictConfig) -> Path:
         expected_batch_size=privacy.batch_size,
         seed=privacy.seed(int(cfg.seed), SITE, "sampling"),
         on_bad_image=str(cfg.dataset.on_bad_image),
+        multiplicity=FinetuneSettings.from_config(cfg).augmentation_multiplicity,
     )
     sampler = loader.batch_sampler
     model = device.place(create_model(cfg.model, train_set.num_classes))
+    finetune = FinetuneSettings.from_config(cfg)
+    prepare_finetune(model, finetune)  # privacy.finetune: what DP-SGD trains, frozen BatchNorm
     grads = PerSampleGradients(model)
     optimizer = create_optimizer(model, cfg.train.optimizer)
     anonymizer = (
@@ -156,12 +162,18 @@ def train_central_private(cfg: DictConfig) -> Path:
             logger.warning("stopping before epoch %d: %s", epoch + 1, err)
             break
         ledger.record(planned)
+        average = (
+            ParameterAverage(model, finetune.ema_decay) if finetune.ema_decay is not None else None
+        )
         step = PrivateStep(
             grads,
             noise_multiplier=privacy.noise_multiplier,
             max_grad_norm=privacy.max_grad_norm,
             expected_batch_size=sampler.sample_rate * sampler.num_records,
             seed=privacy.seed(int(cfg.seed), SITE, epoch, "noise"),
+            multiplicity=finetune.augmentation_multiplicity,
+            physical_batch=finetune.physical_batch,
+            after_step=None if average is None else average.update,
         )
         ctx = StepContext.from_config(
             cfg,
@@ -175,6 +187,8 @@ def train_central_private(cfg: DictConfig) -> Path:
         factor = set_epoch_lr(optimizer, epoch, cfg.train)
         sampler.set_epoch(epoch)
         metrics = train_one_epoch(ctx, loader, optimizer, desc=f"epoch {epoch + 1}/{epochs}")
+        if average is not None:
+            average.apply()
         if uses_align:
             # The prototypes the next epoch aligns to: a DP release (accounted above).
             generator = torch.Generator(device=device.device)
@@ -222,6 +236,7 @@ def train_central_private(cfg: DictConfig) -> Path:
             if prototypes is None
             else {"means": prototypes.means.cpu(), "valid": prototypes.valid.cpu()},
             "dp_ledger": ledger.to_columns(),
+            "training_data": training_provenance(cfg.dataset, train_set),
             "epsilon": epsilon,
             "delta": privacy.delta,
         }
