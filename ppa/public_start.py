@@ -112,7 +112,12 @@ def read_start(path: str | os.PathLike) -> dict[str, Any] | None:
     file = Path(path).expanduser()
     if not file.is_file():
         raise FileNotFoundError(f"model.pretrained_path not found: {file}")
-    payload = torch.load(file, map_location="cpu", weights_only=False)
+    if file.suffix == ".safetensors":
+        return None  # timm weights
+    try:
+        payload = torch.load(file, map_location="cpu", weights_only=False)
+    except Exception:  # not a torch pickle: weights in another format, for timm to read
+        return None
     if isinstance(payload, Mapping) and payload.get("format") == CHECKPOINT_FORMAT:
         return dict(payload)
     return None
