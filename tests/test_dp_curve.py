@@ -102,9 +102,15 @@ def test_the_curve_command_runs_end_to_end(tiny_sysu_root: Path, tmp_path: Path)
             tiny_overrides(public, tmp_path / "pre", "train.epochs=1", "train.checkpoint_every=0")
         )
     )
-    shared = ",".join(
+    shared = [
         o for o in tiny_overrides(tiny_sysu_root, tmp_path) if not o.startswith("output_dir=")
-    )
+    ]
+    shared += [
+        "train.max_batches_per_epoch=2",
+        "federation.calibrate_norm_statistics=false",
+        "privacy.batch_size=8",
+    ]
+    quoted = ",".join(f'"{o}"' for o in shared)  # list items holding "=" are quoted for Hydra
     cfg = load_config(
         [
             f"privacy_curve.start={start}",
@@ -112,8 +118,7 @@ def test_the_curve_command_runs_end_to_end(tiny_sysu_root: Path, tmp_path: Path)
             "privacy_curve.epsilons=[8,inf]",
             "privacy_curve.rounds=1",
             "privacy_curve.timeout=1200",
-            f"privacy_curve.overrides=[{shared},train.max_batches_per_epoch=2,"
-            "federation.calibrate_norm_statistics=false,privacy.batch_size=8]",
+            f"privacy_curve.overrides=[{quoted}]",
         ]
     )
     table = load_script("privacy_curve").run_curve(cfg)
