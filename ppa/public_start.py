@@ -10,7 +10,7 @@ identities). That the data was public is a checked fact, not a convention:
   the dataset's name, root, a fingerprint of its config, the identity namespace and the
   identity ids of the records it read (`training_provenance`);
 - the identity namespace says who a person *is*. A synthetic person is a function of the
-  writer's seed and its identity id (``ppa.data.synthetic``), so the namespace of a synthetic
+  writer's seed and its identity id (``ppa.synthetic``), so the namespace of a synthetic
   root is read from its manifest (``synthetic_sysu/seed=1000``), never from a config name; a
   real dataset's namespace is its ``dataset.name``;
 - before training, `check_public_start` refuses a start checkpoint that records no training
