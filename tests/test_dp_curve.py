@@ -111,7 +111,7 @@ def test_the_curve_command_runs_end_to_end(tiny_sysu_root: Path, tmp_path: Path)
     shared += [
         "train.max_batches_per_epoch=2",
         "federation.calibrate_norm_statistics=false",
-        "privacy.batch_size=8",
+        "++privacy.batch_size=8",  # ++: privacy=none (the inf point) has no such key
     ]
     quoted = ",".join(f'"{o}"' for o in shared)  # list items holding "=" are quoted for Hydra
     done = subprocess.run(
