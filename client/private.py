@@ -27,6 +27,7 @@ from ppa.dp import (
     PrivacySettings,
     freeze_other_modalities,
 )
+from ppa.dp.finetune import FinetuneSettings, prepare_finetune
 from ppa.dp.round import (
     commit_releases,
     poisson_loader,
@@ -35,6 +36,7 @@ from ppa.dp.round import (
 )
 from ppa.io import atomic_write_json
 from ppa.prototypes import IdentityPrototypes
+from ppa.public_start import check_public_start
 from ppa.training.loop import global_epoch
 from ppa.training.setup import TrainingSetup
 from ppa.wire import BUDGET_EXHAUSTED_CODE, NUM_EXAMPLES
@@ -100,6 +102,11 @@ class PrivateTraining:
         self.site = site
         self.settings = PrivacySettings.from_config(cfg)
         frozen = freeze_other_modalities(setup.model, site.modality)
+        # The fine-tuning recipe (privacy.finetune): train the late part only, BatchNorm
+        # frozen in eval mode; a public start must not hold any of this site's identities.
+        self.finetune = FinetuneSettings.from_config(cfg)
+        frozen += prepare_finetune(setup.model, self.finetune)
+        check_public_start(cfg, site=site.name, site_pids={r.pid for r in site.records})
         # Raises (naming model.norm) for a BatchNorm model; hooks stay on for the model's life.
         self.per_sample = PerSampleGradients(setup.model)
         self.ledgers = LedgerStore(
@@ -158,12 +165,14 @@ class PrivateTraining:
             site.records,
             expected_batch_size=privacy.batch_size,
             seed=privacy.seed(server_round, site.name, "sampling"),
+            multiplicity=self.finetune.augmentation_multiplicity,
         )
         sampler = loader.batch_sampler
         send_prototypes = bool(cfg.federation.get("prototypes", True))
         budget = privacy.budget_for(site.name)
         try:
-            # Commit the spend before training: a crash mid-round must not under-count.
+            # Commit the spend before training: a crash mid-round must not under-count. This
+            # site's own budget sets its noise (budget_policy=noise) or its last round (stop).
             planned, projected = commit_releases(
                 ledger,
                 privacy,
@@ -173,11 +182,13 @@ class PrivateTraining:
                 epochs=local_epochs,
                 prototypes=send_prototypes,
                 run=run_id,
+                total_rounds=int(cfg.federation.rounds),
             )
         except PrivacyBudgetExhaustedError as err:
             logger.warning("%s", err)
             raise
         self.ledgers.save(state, ledger)
+        noise = planned[0].noise
 
         start = time.perf_counter()
         step, epochs = private_epochs(
@@ -189,6 +200,8 @@ class PrivateTraining:
             epochs=[global_epoch(server_round, local_epochs, e) for e in range(local_epochs)],
             noise_seed=privacy.seed(server_round, site.name, "noise"),
             prototypes=prototypes,
+            noise_multiplier=noise,
+            finetune=self.finetune,
             progress=False,
             desc=f"{site.name} r{server_round}",
         )
@@ -234,7 +247,7 @@ class PrivateTraining:
                 "images-per-second": seen / seconds if seconds > 0 else 0.0,
                 "epsilon": float(epsilon),
                 "dp-delta": privacy.delta,
-                "dp-noise-multiplier": privacy.noise_multiplier,
+                "dp-noise-multiplier": float(noise),
                 "dp-sample-rate": float(sampler.sample_rate),
                 "dp-steps": float(step.steps),
             }

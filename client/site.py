@@ -278,6 +278,12 @@ class SiteTrainer:
     ) -> tuple[dict[str, np.ndarray], int]:
         """BatchNorm statistics of the global model over up to `images` of this site's raw
         images (a seeded sample per round and site)."""
+        if self.private is not None:
+            # Statistics of raw images are not covered by the DP guarantee: never sent.
+            raise PermissionError(
+                f"site {self.site.name}: privacy.enabled, so no BatchNorm statistics of its "
+                "images leave the site (the statistics round does not run under DP)"
+            )
         cfg = self.cfg
         self._check_arrays(global_arrays)
         self.model.load_state_dict(unpack_into(self.model.state_dict(), global_arrays))

@@ -21,6 +21,7 @@ from ppa.data.protocols import load_label_space
 from ppa.device import DeviceSettings
 from ppa.io import atomic_write_json
 from ppa.model import PPAEncoder, create_model
+from ppa.public_start import check_public_start
 from ppa.run_dir import claim_run_dir
 from ppa.seeding import seed_everything
 from ppa.training.norm_statistics import norm_statistics_keys
@@ -85,16 +86,22 @@ class FederatedRun:
         self.device = DeviceSettings.from_config(cfg)
         # The label space comes from the split files; the server needs no training images.
         num_classes = len(load_label_space(cfg.dataset))
+        # A public start must not have seen any training or test identity of this run.
+        check_public_start(cfg)
         self.model = create_model(cfg.model, num_classes)
         self.device.place(self.model)
         state = self.model.state_dict()
         self.arrays = pack(state, global_keys(state))
         self.strategy = build_strategy(cfg, self.model)
         # The statistics round (server/calibration.py); a GroupNorm model has nothing to measure.
+        # Under DP there is none: the statistics of raw images are outside the guarantee (a DP
+        # model's BatchNorm, if any, is frozen at the public start's statistics).
         stats_keys = norm_statistics_keys(self.model)
         self.calibration = (
             NormCalibration(stats_keys, int(cfg.federation.calibration_images))
-            if cfg.federation.calibrate_norm_statistics and stats_keys
+            if cfg.federation.calibrate_norm_statistics
+            and stats_keys
+            and not cfg.privacy.get("enabled", False)
             else None
         )
         self.store = CheckpointStore(

@@ -3,6 +3,8 @@ pyproject.toml); each module is a thin entry point over the library:
 
 - ``ppa-train`` (train), ``ppa-evaluate`` (evaluate), ``ppa-privacy-report`` (privacy_report),
   ``ppa-ablation`` (ablation): centralised training, evaluation and reports (Hydra);
+- ``ppa-privacy-curve`` (privacy_curve): the privacy-utility curve, one federated DP
+  simulation per epsilon and seed (Hydra);
 - ``ppa-make-synthetic`` (make_synthetic), ``ppa-extract-keypoints`` (extract_keypoints):
   the data and its keypoint cache (Hydra);
 - ``ppa-simulate`` (simulate), ``ppa-deploy`` (deploy): the Flower app on the simulation

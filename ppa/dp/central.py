@@ -19,6 +19,7 @@ from ppa.checkpoint import load_checkpoint, load_state_strict, save_checkpoint
 from ppa.config import resolve_path
 from ppa.data.protocols import load_train_set
 from ppa.dp.accounting import LedgerError, PrivacyBudgetExhaustedError, PrivacyLedger
+from ppa.dp.finetune import FinetuneSettings, prepare_finetune
 from ppa.dp.round import (
     commit_releases,
     poisson_loader,
@@ -29,6 +30,7 @@ from ppa.dp.settings import PrivacyConfigError, PrivacySettings
 from ppa.dp.sgd import PerSampleGradients
 from ppa.io import atomic_write_json
 from ppa.prototypes import IdentityPrototypes
+from ppa.public_start import check_public_start, training_provenance
 from ppa.seeding import seed_everything
 from ppa.training.central import loss_summary
 from ppa.training.optim import create_optimizer
@@ -55,15 +57,19 @@ def train_central_private(cfg: DictConfig) -> Path:
     out = resolve_path(cfg.output_dir)
     ckpt_dir = out / "checkpoints"
     train_set = load_train_set(cfg.dataset)
+    check_public_start(cfg)  # a pretrained start must not have seen these identities
     setup = TrainingSetup.create(cfg, root=train_set.root, num_classes=train_set.num_classes)
     model, device, objective = setup.model, setup.device, setup.objective
+    finetune = FinetuneSettings.from_config(cfg)
     loader = poisson_loader(
         setup,
         train_set.records,
         expected_batch_size=privacy.batch_size,
         seed=privacy.seed(int(cfg.seed), SITE, "sampling"),
+        multiplicity=finetune.augmentation_multiplicity,
     )
     sampler = loader.batch_sampler
+    prepare_finetune(model, finetune)  # privacy.finetune: what DP-SGD trains, frozen BatchNorm
     grads = PerSampleGradients(model)
     optimizer = create_optimizer(model, cfg.train.optimizer)
     ledger = PrivacyLedger(accountant=privacy.accountant)
@@ -122,6 +128,7 @@ def train_central_private(cfg: DictConfig) -> Path:
             epochs=[epoch],
             noise_seed=privacy.seed(int(cfg.seed), SITE, epoch, "noise"),
             prototypes=prototypes,
+            finetune=finetune,
             desc=f"epoch {epoch + 1}/{epochs}",
         )
         if uses_align:
@@ -161,6 +168,7 @@ def train_central_private(cfg: DictConfig) -> Path:
             if prototypes is None
             else {"means": prototypes.means.cpu(), "valid": prototypes.valid.cpu()},
             "dp_ledger": ledger.to_columns(),
+            "training_data": training_provenance(cfg.dataset, train_set),
             "epsilon": epsilon,
             "delta": privacy.delta,
         }

@@ -3,7 +3,10 @@
 A round (a site's federated round, or one epoch of central DP training) is: plan its Gaussian
 releases and commit them to the ledger before any data is read (`commit_releases`), DP-SGD
 epochs on Poisson batches (`private_epochs`), then, when the objective aligns to identity
-prototypes, their DP release (`release_private_prototypes`).
+prototypes, their DP release (`release_private_prototypes`). The fine-tuning recipe
+(``privacy.finetune``: augmentation multiplicity, physical batches, parameter averaging) and a
+site's own noise (``privacy.budget_policy``) enter the round here, so a site and central DP
+training run the same round.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import torch
 
 from ppa.data.records import MODALITIES, TrainRecord
 from ppa.dp.accounting import PrivacyLedger, Release, plan_round
+from ppa.dp.budgets import noise_for_round, with_noise
+from ppa.dp.finetune import FinetuneSettings, ParameterAverage
 from ppa.dp.prototypes import PrototypeRelease, release_prototypes
 from ppa.dp.sampling import create_poisson_loader, create_release_loader
 from ppa.dp.settings import PrivacySettings
@@ -24,9 +29,15 @@ from ppa.training.setup import TrainingSetup
 
 
 def poisson_loader(
-    setup: TrainingSetup, records: Sequence[TrainRecord], *, expected_batch_size: int, seed: int
+    setup: TrainingSetup,
+    records: Sequence[TrainRecord],
+    *,
+    expected_batch_size: int,
+    seed: int,
+    multiplicity: int = 1,
 ):
-    """Poisson-sampled batches over `records`: what the accounting assumes."""
+    """Poisson-sampled batches over `records`: what the accounting assumes (with
+    `multiplicity` K, each drawn record comes K times, differently augmented)."""
     cfg = setup.cfg
     return create_poisson_loader(
         records,
@@ -38,6 +49,7 @@ def poisson_loader(
         expected_batch_size=expected_batch_size,
         seed=seed,
         on_bad_image=str(cfg.dataset.on_bad_image),
+        multiplicity=multiplicity,
     )
 
 
@@ -51,10 +63,16 @@ def commit_releases(
     epochs: int,
     prototypes: bool,
     run: str = "",
+    total_rounds: int | None = None,
 ) -> tuple[list[Release], float]:
     """Plan the round's releases (`epochs` passes of `sampler`, plus prototypes), check them
     against the site's budget and record them. Returns (planned, projected epsilon); raises
-    `PrivacyBudgetExhaustedError` (nothing recorded) when the round does not fit."""
+    `PrivacyBudgetExhaustedError` (nothing recorded) when the round does not fit.
+
+    With `total_rounds` (the run's length) the site's ``privacy.budget_policy`` picks the
+    round's DP-SGD noise multiplier (`ppa.dp.budgets.noise_for_round`); without it the round
+    uses ``privacy.noise_multiplier``. The planned DP-SGD release (``planned[0]``) carries the
+    multiplier that `private_epochs` must use."""
     planned = plan_round(
         privacy,
         round_number,
@@ -63,6 +81,19 @@ def commit_releases(
         prototypes=prototypes,
         run=run,
     )
+    if total_rounds is not None:
+        noise = noise_for_round(
+            privacy.budget_policy,
+            ledger,
+            planned,
+            default_noise=privacy.noise_multiplier,
+            server_round=round_number,
+            total_rounds=total_rounds,
+            budget=privacy.budget_for(site),
+            delta=privacy.delta,
+            site=site,
+        )
+        planned = with_noise(planned, noise)
     projected = ledger.check_budget(site, planned, privacy.budget_for(site), privacy.delta)
     ledger.record(planned)
     return planned, projected
@@ -78,24 +109,42 @@ def private_epochs(
     epochs: Sequence[int],
     noise_seed: int,
     prototypes: IdentityPrototypes | None,
+    noise_multiplier: float | None = None,
+    finetune: FinetuneSettings | None = None,
     progress: bool = True,
     desc: str = "train",
 ) -> tuple[PrivateStep, list[tuple[float, dict[str, float]]]]:
     """DP-SGD over the global epochs `epochs`; returns the step (its counts of steps and
-    clipped records) and each epoch's (lr factor, metrics)."""
+    clipped records) and each epoch's (lr factor, metrics).
+
+    `noise_multiplier` is the one the round was accounted at (``planned[0].noise`` of
+    `commit_releases`; None: ``privacy.noise_multiplier``). `finetune` shapes the step
+    (augmentation multiplicity, physical batches) and, with ``ema_decay``, averages the
+    parameters over the round's steps; the average replaces the weights at the end."""
+    finetune = finetune or FinetuneSettings()
     sampler = loader.batch_sampler
+    average = (
+        ParameterAverage(setup.model, finetune.ema_decay)
+        if finetune.ema_decay is not None
+        else None
+    )
     step = PrivateStep(
         per_sample,
-        noise_multiplier=privacy.noise_multiplier,
+        noise_multiplier=privacy.noise_multiplier if noise_multiplier is None else noise_multiplier,
         max_grad_norm=privacy.max_grad_norm,
         expected_batch_size=sampler.sample_rate * sampler.num_records,
         seed=noise_seed,
+        multiplicity=finetune.augmentation_multiplicity,
+        physical_batch=finetune.physical_batch,
+        after_step=None if average is None else average.update,
     )
     ctx = setup.step_context(prototypes=prototypes, private_step=step)
     results = [
         train_epoch(ctx, loader, optimizer, setup.cfg.train, epoch, progress=progress, desc=desc)
         for epoch in epochs
     ]
+    if average is not None:
+        average.apply()  # post-processing: the averaged weights are what the round releases
     return step, results
 
 

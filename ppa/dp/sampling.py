@@ -42,8 +42,17 @@ class PoissonBatchSampler(Sampler[list[tuple[int, int]]]):
     of (seed, epoch) only: call `set_epoch`.
     """
 
-    def __init__(self, num_records: int, sample_rate: float, steps: int, seed: int = 0):
+    def __init__(
+        self,
+        num_records: int,
+        sample_rate: float,
+        steps: int,
+        seed: int = 0,
+        multiplicity: int = 1,
+    ):
         super().__init__()
+        if multiplicity < 1:
+            raise ValueError(f"augmentation multiplicity must be >= 1, got {multiplicity}")
         if num_records < 1:
             raise ValueError(f"Poisson sampling needs records, got {num_records}")
         if not 0 < sample_rate <= 1:
@@ -54,6 +63,7 @@ class PoissonBatchSampler(Sampler[list[tuple[int, int]]]):
         self.sample_rate = float(sample_rate)
         self.steps = int(steps)
         self.seed = int(seed)
+        self.multiplicity = int(multiplicity)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -66,8 +76,10 @@ class PoissonBatchSampler(Sampler[list[tuple[int, int]]]):
         rng = np.random.default_rng([self.seed % 2**63, self.epoch])
         for _ in range(self.steps):
             chosen = np.flatnonzero(rng.random(self.num_records) < self.sample_rate)
-            aug = rng.integers(0, _SEED_HIGH, size=chosen.size)
-            yield [(int(i), int(s)) for i, s in zip(chosen, aug, strict=True)]
+            # Augmentation multiplicity: each drawn record K times in a row, K augmentations.
+            rows = np.repeat(chosen, self.multiplicity)
+            aug = rng.integers(0, _SEED_HIGH, size=rows.size)
+            yield [(int(i), int(s)) for i, s in zip(rows, aug, strict=True)]
 
 
 def collate_or_empty(samples: Sequence[Sample], height: int, width: int) -> Batch:
@@ -103,8 +115,10 @@ def create_poisson_loader(
     expected_batch_size: int,
     seed: int,
     on_bad_image: str = "error",
+    multiplicity: int = 1,
 ) -> DataLoader:
-    """Training loader for DP-SGD: Poisson batches of expected size `expected_batch_size`.
+    """Training loader for DP-SGD: Poisson batches of expected size `expected_batch_size`
+    (records; with `multiplicity` K each drawn record comes K times, differently augmented).
 
     The sample rate is ``expected_batch_size / len(usable records)`` (capped at 1); an epoch
     has ``1 / rate`` steps, capped at ``train.max_batches_per_epoch``. The sampler
@@ -126,7 +140,9 @@ def create_poisson_loader(
     num = len(dataset.records)
     rate = min(1.0, float(expected_batch_size) / num)
     max_batches = train_cfg.get("max_batches_per_epoch")
-    sampler = PoissonBatchSampler(num, rate, steps_per_epoch(rate, max_batches), seed=seed)
+    sampler = PoissonBatchSampler(
+        num, rate, steps_per_epoch(rate, max_batches), seed=seed, multiplicity=multiplicity
+    )
     workers = int(train_cfg.num_workers)
     return DataLoader(
         dataset,

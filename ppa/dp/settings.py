@@ -12,6 +12,9 @@ from omegaconf import DictConfig, OmegaConf
 from ppa.seeding import derive_seed
 
 ACCOUNTANTS = ("rdp", "prv")
+# stop: fixed noise, a site stops at its budget; noise: a site's noise fits the run in its
+# budget (ppa.dp.budgets).
+BUDGET_POLICIES = ("stop", "noise")
 
 
 class PrivacyConfigError(ValueError):
@@ -31,6 +34,8 @@ class PrivacySettings:
     prototype_clip / prototype_noise: the Gaussian mechanism on identity prototypes (sums
         noised with std prototype_noise * prototype_clip, counts with std prototype_noise).
     share_losses: send training losses to the server (not covered by the guarantee).
+    budget_policy: how a site meets its own budget (`ppa.dp.budgets`): ``stop`` training at
+        it, or pick its ``noise`` so the whole run fits.
     secret_seed: None draws the seeds of the noise and of Poisson sampling from the OS's
         entropy (the guarantee needs both to be unknown to the server); an integer makes them
         reproducible, for tests only: whoever knows it can subtract the noise.
@@ -47,6 +52,7 @@ class PrivacySettings:
     prototype_noise: float = 10.0
     share_losses: bool = False
     secret_seed: int | None = None
+    budget_policy: str = "stop"
 
     def __post_init__(self) -> None:
         checks = {
@@ -67,6 +73,11 @@ class PrivacySettings:
         if self.accountant not in ACCOUNTANTS:
             raise PrivacyConfigError(
                 f"privacy.accountant must be one of {ACCOUNTANTS}, got {self.accountant!r}"
+            )
+        if self.budget_policy not in BUDGET_POLICIES:
+            raise PrivacyConfigError(
+                f"privacy.budget_policy must be one of {BUDGET_POLICIES}, "
+                f"got {self.budget_policy!r}"
             )
         for site, budget in self.site_budgets.items():
             if not budget > 0:
@@ -103,6 +114,7 @@ class PrivacySettings:
             prototype_noise=float(p.get("prototype_noise", 10.0)),
             share_losses=bool(p.get("share_losses", False)),
             secret_seed=None if p.get("secret_seed") is None else int(p.secret_seed),
+            budget_policy=str(p.get("budget_policy", "stop")),
         )
 
     def budget_for(self, site: str) -> float:

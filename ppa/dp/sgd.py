@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import fields
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,7 @@ from torch import nn
 from ppa import losses
 from ppa.data.loader import Batch
 from ppa.data.records import Modality
+from ppa.dp.finetune import is_frozen_norm
 from ppa.model import ModalityOffsets, PPAEncoder
 from ppa.training.step import StepContext, step_inputs
 
@@ -61,13 +63,13 @@ def check_private_model(model: PPAEncoder) -> None:
     coupled = [
         name
         for name, module in model.named_modules()
-        if isinstance(module, nn.modules.batchnorm._BatchNorm)
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not is_frozen_norm(module)
     ]
     if coupled:
         raise PrivateModelError(
             f"DP-SGD needs per-sample normalisation but the model has BatchNorm at "
             f"{coupled[:3]}{'...' if len(coupled) > 3 else ''}: set model.norm=group "
-            "(privacy=dp does)"
+            "(privacy=dp does), or freeze it in eval mode (privacy=dp_finetune)"
         )
 
 
@@ -164,7 +166,11 @@ class PerSampleGradients:
             for name, _ in self.params
             if name.startswith("stems.")
         }
-        self.hooks = GradSampleHooks(model, loss_reduction="sum", strict=True)
+        # opacus's strict check refuses trainable modules with buffers; the only ones a
+        # private model may have are frozen BatchNorm statistics (checked above), under the
+        # BNNeck's trained affine.
+        frozen_norms = any(is_frozen_norm(m) for m in model.modules())
+        self.hooks = GradSampleHooks(model, loss_reduction="sum", strict=not frozen_norms)
 
     def per_record(self, num_records: int, row_modality: torch.Tensor) -> dict[str, torch.Tensor]:
         """{name: (n, *shape)}: each record's gradient, its views' rows summed.
@@ -247,12 +253,18 @@ def clip_and_sum(
     return summed, norms
 
 
+def _rows(batch: Batch, start: int, stop: int) -> Batch:
+    """Rows start..stop-1 of a batch (a physical chunk of a Poisson batch)."""
+    return Batch(**{f.name: getattr(batch, f.name)[start:stop] for f in fields(batch)})
+
+
 class PrivateStep:
     """The DP-SGD step hook for `ppa.training.loop.train_one_epoch` (``StepContext.private_step``).
 
     grad = (sum_r clip_C(g_r) + N(0, (sigma C)^2)) / expected_batch_size, with g_r the gradient
-    of record r's loss; then the optimizer steps. Empty Poisson batches still take a noise-only
-    step (the accountant counts every step).
+    of record r's loss (with augmentation multiplicity K: the mean over the record's K copies,
+    which the batch holds as consecutive rows); then the optimizer steps. Empty Poisson batches
+    still take a noise-only step (the accountant counts every step).
     """
 
     def __init__(
@@ -263,7 +275,15 @@ class PrivateStep:
         max_grad_norm: float,
         expected_batch_size: float,
         seed: int,
+        multiplicity: int = 1,
+        physical_batch: int | None = None,
+        after_step: Callable[[], None] | None = None,
     ):
+        if multiplicity < 1 or (physical_batch is not None and physical_batch < 1):
+            raise ValueError(
+                f"DP step needs multiplicity >= 1 ({multiplicity}) and physical batch >= 1 "
+                f"({physical_batch})"
+            )
         if noise_multiplier <= 0 or max_grad_norm <= 0 or expected_batch_size <= 0:
             raise ValueError(
                 f"DP step needs positive noise ({noise_multiplier}), clip ({max_grad_norm}) "
@@ -273,6 +293,9 @@ class PrivateStep:
         self.noise_multiplier = float(noise_multiplier)
         self.max_grad_norm = float(max_grad_norm)
         self.expected_batch_size = float(expected_batch_size)
+        self.multiplicity = int(multiplicity)
+        self.physical_batch = physical_batch
+        self.after_step = after_step
         device = grads.params[0][1].device
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(int(seed) % 2**63)
@@ -295,33 +318,52 @@ class PrivateStep:
         self, ctx: StepContext, batch: Batch, optimizer: torch.optim.Optimizer
     ) -> tuple[torch.Tensor, dict[str, float]]:
         self._check_context(ctx)
-        n = len(batch)
+        k = self.multiplicity
+        if len(batch) % k:
+            raise ValueError(
+                f"a batch of {len(batch)} rows is not {k} augmented copies of each record"
+            )
+        n = len(batch) // k
         optimizer.zero_grad(set_to_none=True)
         self.grads.reset()
-        terms_out: dict[str, float] = {}
-        if n == 0:
-            summed = {name: torch.zeros_like(p) for name, p in self.grads.params}
-            loss = torch.zeros(())
-        else:
-            total, terms, nviews = per_record_losses(ctx, batch)
-            loss = total.detach().mean()
-            if not torch.isfinite(loss):
+        summed = {name: torch.zeros_like(p) for name, p in self.grads.params}
+        loss_sum, terms_sum = torch.zeros(()), {}
+        chunk = self.physical_batch or max(n, 1)
+        # Virtual steps: records in chunks of `physical_batch`, clipped sums added up, one
+        # noise draw and one optimiser step for the whole Poisson batch.
+        for start in range(0, n, chunk):
+            part = _rows(batch, start * k, min(start + chunk, n) * k)
+            m = len(part) // k
+            total, terms, nviews = per_record_losses(ctx, part)
+            if not torch.isfinite(total).all():
                 self.grads.reset()
-                raise FloatingPointError(f"non-finite training loss {float(loss)} under DP")
+                raise FloatingPointError("non-finite training loss under DP")
             self.grads.backward(total)
             try:
-                per_record = self.grads.per_record(n, batch.modality.repeat(nviews))
+                per_row = self.grads.per_record(m * k, part.modality.repeat(nviews))
             finally:
                 self.grads.reset()
-            summed, norms = clip_and_sum(per_record, self.max_grad_norm)
+            # A record's gradient is the mean over its K augmented copies (rows r*K .. r*K+K-1).
+            per_record = {
+                name: g.view(m, k, *g.shape[1:]).mean(dim=1) for name, g in per_row.items()
+            }
+            part_sum, norms = clip_and_sum(per_record, self.max_grad_norm)
+            for name in summed:
+                summed[name] += part_sum[name]
             self.clipped += int((norms > self.max_grad_norm).sum())
-            terms_out = {k: float(v.detach().mean()) for k, v in terms.items()}
+            loss_sum = loss_sum + total.detach().sum().cpu() / k
+            for key, value in terms.items():
+                terms_sum[key] = terms_sum.get(key, 0.0) + float(value.detach().sum()) / k
+        loss = loss_sum / max(n, 1)
+        terms_out = {key: v / n for key, v in terms_sum.items()} if n else {}
         std = self.noise_multiplier * self.max_grad_norm
         for name, p in self.grads.params:
             noise = torch.randn(p.shape, generator=self.generator, device=p.device) * std
             p.grad = (summed[name] + noise) / self.expected_batch_size
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if self.after_step is not None:
+            self.after_step()  # e.g. the parameter average: post-processing of the released step
         self.steps += 1
         self.records += n
         return loss, terms_out

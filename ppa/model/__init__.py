@@ -31,7 +31,9 @@ def create_model(model_cfg: DictConfig | Mapping[str, Any], num_classes: int) ->
     """Build the PPA encoder described by a `configs/model/*.yaml` node.
 
     ``model.norm`` (default ``batch``) picks BatchNorm or GroupNorm (``model.norm_groups``,
-    default 32) in the backbone and neck; ``privacy=dp`` sets ``group``. The key is part of the
+    default 32) in the backbone and neck; ``privacy=dp`` sets ``group``. ``model.pretrained_path``
+    is a PPA checkpoint (a public pretraining: every weight but the classifier is loaded,
+    `ppa.public_start`) or timm backbone weights. The key is part of the
     model config that checkpoints store, so a DP model is rebuilt as one.
     """
     cfg = OmegaConf.create(dict(model_cfg)) if not isinstance(model_cfg, DictConfig) else model_cfg
@@ -42,16 +44,24 @@ def create_model(model_cfg: DictConfig | Mapping[str, Any], num_classes: int) ->
         raise ValueError(f"model.norm must be one of {NORMS}, got {norm!r}")
     raw_kwargs = cfg.get("arch_kwargs")
     arch_kwargs = OmegaConf.to_container(raw_kwargs, resolve=True) if raw_kwargs else {}
+    weights_path = cfg.get("pretrained_path")
+    start = None
+    if weights_path:
+        # A PPA checkpoint (public pretraining) starts the whole encoder; any other file is
+        # timm backbone weights. Imported here: ppa.public_start reads datasets.
+        from ppa.public_start import read_start
+
+        start = read_start(weights_path)
     backbone = create_backbone(
         cfg.arch,
-        pretrained=bool(cfg.get("pretrained", False)),
-        pretrained_path=cfg.get("pretrained_path"),
+        pretrained=bool(cfg.get("pretrained", False)) and start is None,
+        pretrained_path=None if start is not None else weights_path,
         arch_kwargs=arch_kwargs,
         last_stride=int(cfg.get("last_stride", 1)),
         norm=norm,
         norm_groups=int(cfg.get("norm_groups", 32)),
     )
-    return PPAEncoder(
+    model = PPAEncoder(
         backbone,
         num_classes,
         gem_p=float(cfg.get("gem_p", 3.0)),
@@ -59,3 +69,8 @@ def create_model(model_cfg: DictConfig | Mapping[str, Any], num_classes: int) ->
         norm=norm,
         neck_stats=str(cfg.get("neck_stats", "modality")),
     )
+    if start is not None:
+        from ppa.public_start import load_start_weights
+
+        load_start_weights(model, start, str(weights_path))
+    return model

@@ -18,6 +18,7 @@ from ppa.data.protocols import load_train_set
 from ppa.data.records import MODALITIES
 from ppa.io import atomic_write_json
 from ppa.prototypes import IdentityPrototypes
+from ppa.public_start import check_public_start, training_provenance
 from ppa.seeding import seed_everything
 from ppa.training.loop import train_epoch
 from ppa.training.optim import create_optimizer
@@ -38,6 +39,7 @@ def train_central(cfg: DictConfig) -> Path:
     out = resolve_path(cfg.output_dir)
     ckpt_dir = out / "checkpoints"
     train_set = load_train_set(cfg.dataset)
+    check_public_start(cfg)  # a pretrained start must not have seen these identities
     setup = TrainingSetup.create(cfg, root=train_set.root, num_classes=train_set.num_classes)
     model, anonymizer, device = setup.model, setup.anonymizer, setup.device
     loader = setup.train_loader(train_set.records, seed=int(cfg.seed))
@@ -104,6 +106,8 @@ def train_central(cfg: DictConfig) -> Path:
             "optimizer": optimizer.state_dict(),
             "history": history,
             "prototypes": {"means": prototypes.means.cpu(), "valid": prototypes.valid.cpu()},
+            # What a later run needs to check that this checkpoint is public for its data.
+            "training_data": training_provenance(cfg.dataset, train_set),
         }
         if anonymizer_optimizer is not None:
             extra["anonymizer"] = anonymizer.state_dict()

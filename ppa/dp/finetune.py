@@ -1,0 +1,203 @@
+"""Private fine-tuning of a public start: what DP-SGD trains, frozen BatchNorm, averaging.
+
+DP-SGD's noise grows with the number of trained parameters and its clipping with the size of
+the per-record gradients, so the recipe that makes DP learn (Tramer and Boneh 2021; De et al.
+2022; opacus's fine-tuning tutorials) starts from public features and trains only the late
+part: ``privacy.finetune.train`` lists the parameter-name prefixes DP-SGD updates (by default
+the last trunk stage, the GeM exponent, the BNNeck, the classifier and the DCMA offsets);
+everything else is frozen at the public start.
+
+BatchNorm normalises a record with the statistics of the others. Instead of replacing it with
+GroupNorm (which would throw away the start's statistics), every BatchNorm is *frozen in
+evaluation mode*: it normalises with the start's running statistics, a fixed per-channel
+affine map that touches one record at a time, and ``model.train()`` cannot switch it back.
+Backbone BatchNorm affines are frozen too; the BNNeck's affine (a parameter of
+`ModalityBatchNorm1d`, over frozen statistics) is trained, with the per-sample gradient
+defined here.
+
+`ParameterAverage` keeps an exponential moving average of the trained weights over the DP
+steps (post-processing: free in privacy) that replaces them before the update leaves the site.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from omegaconf import DictConfig
+from opacus.grad_sample import register_grad_sampler
+from torch import nn
+
+from ppa.model.neck import ModalityBatchNorm1d
+from ppa.model.routing import route_by_modality
+
+logger = logging.getLogger(__name__)
+
+
+class _EvalModeOnly:
+    """Mixin: the module stays in evaluation mode whatever ``train()`` asks."""
+
+    def train(self, mode: bool = True):
+        return super().train(False)  # type: ignore[misc]
+
+
+class FrozenBatchNorm1d(_EvalModeOnly, nn.BatchNorm1d):
+    """A BatchNorm1d locked in evaluation mode (running statistics never change)."""
+
+
+class FrozenBatchNorm2d(_EvalModeOnly, nn.BatchNorm2d):
+    """A BatchNorm2d locked in evaluation mode (running statistics never change)."""
+
+
+_FROZEN = {nn.BatchNorm1d: FrozenBatchNorm1d, nn.BatchNorm2d: FrozenBatchNorm2d}
+
+
+def is_frozen_norm(module: nn.Module) -> bool:
+    """A BatchNorm that couples no records: locked in eval mode, no trainable parameter."""
+    return isinstance(module, _EvalModeOnly) and not any(
+        p.requires_grad for p in module.parameters(recurse=False)
+    )
+
+
+def freeze_batch_norm(model: nn.Module) -> list[str]:
+    """Lock every BatchNorm of `model` in evaluation mode and freeze its affine; returns
+    their names. State-dict keys are unchanged (the class changes, not the module)."""
+    frozen = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(
+            module, _EvalModeOnly
+        ):
+            target = _FROZEN.get(type(module))
+            if target is None:
+                raise TypeError(f"{name}: cannot freeze {type(module).__name__} in eval mode")
+            module.__class__ = target
+            for p in module.parameters(recurse=False):
+                p.requires_grad_(False)
+            module.eval()
+            frozen.append(name)
+    return frozen
+
+
+@register_grad_sampler(ModalityBatchNorm1d)
+def _modality_norm_grad_sample(
+    layer: ModalityBatchNorm1d, activations: list[torch.Tensor], backprops: torch.Tensor
+) -> dict[nn.Parameter, torch.Tensor]:
+    """Per-sample gradients of the BNNeck affine over frozen statistics:
+    y = normed(x) * w + b, so dL/dw per sample = backprop * normed(x), dL/db = backprop."""
+    if any(stats.training for stats in layer.stats.values()):
+        raise RuntimeError(
+            "BNNeck statistics in training mode couple the records of a batch: freeze them "
+            "(ppa.dp.finetune.freeze_batch_norm) before DP-SGD"
+        )
+    x, modality = activations[0], activations[1]
+    with torch.no_grad():
+        normed = route_by_modality(x, modality, layer.stats, layer.modalities)
+    grads = {}
+    if layer.weight.requires_grad:
+        grads[layer.weight] = backprops * normed
+    if layer.bias.requires_grad:
+        grads[layer.bias] = backprops
+    return grads
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    """``privacy.finetune``: which parameters DP-SGD trains and how the step is shaped.
+
+    train: parameter-name prefixes that are trained (all others are frozen); empty = all.
+    freeze_batch_norm: lock BatchNorm in evaluation mode (needs a start with statistics).
+    augmentation_multiplicity: K augmented copies of every sampled record; the record's
+        gradient is the mean over its copies, clipped once (De et al. 2022).
+    physical_batch: records per forward/backward pass; a larger Poisson batch is processed
+        in chunks whose clipped sums add up before the noise (virtual steps, as opacus's
+        BatchMemoryManager). None = one pass.
+    ema_decay: decay of the parameter average per DP step (None = no averaging).
+    """
+
+    train: tuple[str, ...] = ()
+    freeze_batch_norm: bool = False
+    augmentation_multiplicity: int = 1
+    physical_batch: int | None = None
+    ema_decay: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.augmentation_multiplicity < 1:
+            raise ValueError(
+                f"privacy.finetune.augmentation_multiplicity must be >= 1, got "
+                f"{self.augmentation_multiplicity}"
+            )
+        if self.physical_batch is not None and self.physical_batch < 1:
+            raise ValueError(
+                f"privacy.finetune.physical_batch must be >= 1, got {self.physical_batch}"
+            )
+        if self.ema_decay is not None and not 0 <= self.ema_decay < 1:
+            raise ValueError(f"privacy.finetune.ema_decay must be in [0, 1), got {self.ema_decay}")
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> FinetuneSettings:
+        """Read ``cfg.privacy.finetune`` (absent: train everything, no extras)."""
+        node = cfg.privacy.get("finetune")
+        if not node:
+            return cls()
+        physical = node.get("physical_batch")
+        ema = node.get("ema_decay")
+        return cls(
+            train=tuple(str(p) for p in (node.get("train") or ())),
+            freeze_batch_norm=bool(node.get("freeze_batch_norm", False)),
+            augmentation_multiplicity=int(node.get("augmentation_multiplicity", 1)),
+            physical_batch=None if physical is None else int(physical),
+            ema_decay=None if ema is None else float(ema),
+        )
+
+
+def freeze_all_but(model: nn.Module, prefixes: Sequence[str]) -> list[str]:
+    """Freeze every parameter whose name starts with none of `prefixes`; returns their names.
+
+    Raises when a prefix matches no parameter (a typo would silently train nothing)."""
+    if not prefixes:
+        return []
+    names = [name for name, _ in model.named_parameters()]
+    unused = [p for p in prefixes if not any(n.startswith(p) for n in names)]
+    if unused:
+        raise ValueError(
+            f"privacy.finetune.train lists {unused}, which match no parameter of the model "
+            f"(parameters start with {sorted({n.split('.')[0] for n in names})})"
+        )
+    frozen = []
+    for name, param in model.named_parameters():
+        if not any(name.startswith(p) for p in prefixes):
+            param.requires_grad_(False)
+            frozen.append(name)
+    return frozen
+
+
+def prepare_finetune(model: nn.Module, settings: FinetuneSettings) -> list[str]:
+    """Freeze what the recipe does not train (and BatchNorm, if asked); returns the frozen
+    parameter and module names. Call before attaching per-sample-gradient hooks."""
+    frozen = freeze_all_but(model, settings.train)
+    if settings.freeze_batch_norm:
+        frozen += [f"{n} (BatchNorm, eval mode)" for n in freeze_batch_norm(model)]
+    return frozen
+
+
+class ParameterAverage:
+    """Exponential moving average of a model's trainable parameters over optimiser steps."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.model = model
+        self.decay = float(decay)
+        self.params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.average = {n: p.detach().clone() for n, p in self.params}
+
+    def update(self) -> None:
+        with torch.no_grad():
+            for name, param in self.params:
+                self.average[name].mul_(self.decay).add_(param.detach(), alpha=1 - self.decay)
+
+    def apply(self) -> None:
+        """Write the averages into the model (before it is packaged or saved)."""
+        with torch.no_grad():
+            for name, param in self.params:
+                param.copy_(self.average[name])
