@@ -54,7 +54,7 @@ def regdb_root(tmp_path_factory) -> Path:
 
 
 def history(workdir: Path) -> list[dict]:
-    path = workdir / "outputs" / "demo" / "history.json"
+    path = workdir / "outputs" / "demo" / "latest" / "history.json"
     return json.loads(path.read_text())["rounds"] if path.exists() else []
 
 
@@ -113,7 +113,7 @@ def test_launcher_runs_the_real_app_two_sites_two_rounds(regdb_root: Path, tmp_p
         assert sorted(record["replied"]) == ["thermal", "visible"]
         assert record["failed"] == []
         assert 0.0 <= record["central"]["raw-raw"]["mAP"] <= 1.0
-    assert (workdir / "outputs" / "demo" / "checkpoints" / "round_0002.pt").exists()
+    assert (workdir / "outputs" / "demo" / "latest" / "checkpoints" / "round_0002.pt").exists()
     run_log = (out / "logs" / f"run-{summary['run_id']}.log").read_text()
     assert "round 2 central evaluation" in run_log
 
@@ -167,7 +167,7 @@ def test_real_app_server_killed_mid_run_resumes_with_nothing_lost(
     )
     site = sites(regdb_root)
     overrides = [*OVERRIDES, f"dataset.root={regdb_root}", "federation.rounds=3"]
-    checkpoints = workdir / "outputs" / "demo" / "checkpoints"
+    checkpoints = workdir / "outputs" / "demo" / "latest" / "checkpoints"
     with Deployment(settings) as deployment:
         deployment.start_superlink()
         for spec in site.values():
