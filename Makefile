@@ -17,7 +17,7 @@ export FLWR_HOME := $(CURDIR)/outputs/flwr-home
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 export PPA_WORKDIR := $(CURDIR)
 
-.PHONY: setup demo test docker-test lint pose-setup synthetic system-deps deploy certs bench clean mutation
+.PHONY: setup demo test test-docs docker-test lint pose-setup synthetic system-deps deploy certs bench clean mutation
 
 setup: $(STAMP)
 
@@ -46,6 +46,11 @@ demo: setup
 
 test: setup system-deps pose-setup
 	$(PY) -m pytest
+
+# Every fenced command of README.md and docs/ run on tiny settings (tests/test_doc_commands.py;
+# `make test` checks only that each has a rule).
+test-docs: setup system-deps
+	PPA_DOC_TESTS=1 $(PY) -m pytest tests/test_doc_commands.py
 
 # The container tests (`make test` runs only their file checks): starts dockerd unless one runs (and
 # stops it again), builds the images from Debian packages and this machine's wheels

@@ -812,7 +812,9 @@ def wait_for_run(stack: docker_stack.ComposeStack, run_id: int) -> str:
 
 
 def server_history(stack: docker_stack.ComposeStack) -> list[dict]:
-    done = stack.exec("serverapp", "cat", "/app/project/outputs/demo/latest/history.json", check=False)
+    done = stack.exec(
+        "serverapp", "cat", "/app/project/outputs/demo/latest/history.json", check=False
+    )
     return json.loads(done.stdout)["rounds"] if done.returncode == 0 else []
 
 
