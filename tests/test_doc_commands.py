@@ -152,6 +152,21 @@ def rules(tmp: Path, data: Path, workdir: Path) -> list[Rule]:
             reason="benchmarks run 15-20 min; tests/test_bench.py runs their cases tiny",
         ),
         Rule(
+            entry("ppa-regdb-trials", "regdb_trials") + r"experiment=regdb_agw",
+            check=compose + "experiment=regdb_agw dataset.root=/path/RegDB",
+            reason="ten ResNet-50 trainings on the real RegDB (a GPU's work); it composes here",
+        ),
+        Rule(
+            r"^make mutation",
+            check="make -n mutation >/dev/null",
+            reason="mutation testing takes hours on 2 cores (docs/testing.md)",
+        ),
+        Rule(
+            r"^\.venv/bin/mutmut results",
+            check=".venv/bin/mutmut --help >/dev/null",
+            reason="reads the results of a `make mutation` run",
+        ),
+        Rule(
             r"^curl |^sha256sum ",
             check="command -v curl >/dev/null && command -v sha256sum >/dev/null",
             reason="downloads pose weights from the internet, which this machine cannot reach",
