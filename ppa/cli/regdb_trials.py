@@ -40,7 +40,10 @@ def trial_config(cfg: DictConfig, trial: int) -> DictConfig:
             "checkpoint": None,
         },
     )
-    trial_cfg.output_dir = str(resolve_path(cfg.output_dir) / f"trial_{trial}")
+    trial_dir = resolve_path(cfg.output_dir) / f"trial_{trial}"
+    trial_cfg.output_dir = str(trial_dir)
+    # Each trial's evaluation beside its model: <output_dir>/trial_t/evaluation/.
+    trial_cfg.eval.output_dir = str(trial_dir / "evaluation")
     return trial_cfg
 
 
