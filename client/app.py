@@ -28,6 +28,8 @@ from ppa.wire import (
     ARRAYS,
     CALIBRATION_IMAGES,
     CONFIG,
+    CONTROL,
+    CONTROL_DELTA,
     HALF_PRECISION,
     LOCAL_EPOCHS,
     METRICS,
@@ -74,6 +76,7 @@ def train(msg: Message, context: Context) -> Message:
     config = msg.content.config_records[CONFIG]
     arrays = {k: v.numpy() for k, v in msg.content.array_records[ARRAYS].items()}
     protos = msg.content.array_records.get(PROTOTYPES)
+    control = msg.content.array_records.get(CONTROL)
     try:
         result = trainer.train_round(
             arrays,
@@ -83,6 +86,7 @@ def train(msg: Message, context: Context) -> Message:
             half_precision=bool(config.get(HALF_PRECISION, False)),
             state=context.state,  # per-site state across rounds: the DP accountant's ledger
             run_id=str(context.run_id),
+            control={k: v.numpy() for k, v in control.items()} if control is not None else None,
         )
     except PrivacyBudgetExhaustedError as err:
         # Out of DP budget: nothing was trained or released. An error reply, which the strategy
@@ -113,6 +117,8 @@ def train_reply(
         content[PROTOTYPES] = ArrayRecord(
             {PROTO_SUM: Array(result.proto_sum), PROTO_COUNT: Array(result.proto_count)}
         )
+    if result.control_delta is not None:
+        content[CONTROL_DELTA] = ArrayRecord({k: Array(v) for k, v in result.control_delta.items()})
     return content
 
 

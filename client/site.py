@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from flwr.app import RecordDict
+from flwr.app import Array, ArrayRecord, RecordDict
 from omegaconf import DictConfig
 
 from client.injection import maybe_fail, poison
@@ -26,6 +26,7 @@ from ppa.seeding import derive_seed, seed_everything
 from ppa.training.loop import train_round_epochs
 from ppa.training.norm_statistics import measure_norm_statistics
 from ppa.training.optim import create_optimizer
+from ppa.training.scaffold import ControlledRound, control_keys
 from ppa.training.setup import TrainingSetup
 from ppa.training.step import StepContext
 from ppa.wire import (
@@ -40,6 +41,9 @@ from ppa.wire import (
 
 logger = logging.getLogger(__name__)
 
+# context.state key of a site's SCAFFOLD control variate c_i (ppa/training/scaffold.py).
+SITE_CONTROL = "scaffold-site-control"
+
 
 @dataclass
 class RoundResult:
@@ -47,6 +51,7 @@ class RoundResult:
     proto_sum: np.ndarray
     proto_count: np.ndarray
     metrics: dict[str, float]
+    control_delta: dict[str, np.ndarray] | None = None  # SCAFFOLD: c_i+ - c_i
 
 
 class SiteTrainer:
@@ -170,12 +175,17 @@ class SiteTrainer:
         half_precision: bool,
         state: RecordDict | None = None,
         run_id: str = "",
+        control: Mapping[str, np.ndarray] | None = None,
     ) -> RoundResult:
         """Load the global model, train `local_epochs` epochs of PPA, return the update.
 
         Under DP (`cfg.privacy.enabled`) `state` (the ClientApp's ``context.state``) carries the
         site's privacy ledger across rounds (client/private.py); a round that would exceed the
         site's budget raises `PrivacyBudgetExhaustedError` before touching any data.
+
+        With ``federation.scaffold`` the local gradients are corrected by SCAFFOLD's control
+        variates: `control` is the server's ``c``, the site's own ``c_i`` lives in `state`, and
+        the result carries ``c_i+ - c_i``.
         """
         cfg, site = self.cfg, self.site
         maybe_fail(cfg.federation.get("inject"), site.name, server_round)
@@ -206,6 +216,7 @@ class SiteTrainer:
         start = time.perf_counter()
         mu = float(cfg.federation.get("proximal_mu") or 0.0)
         proximal = ProximalTerm.attach(self.model, mu) if mu > 0 else None
+        controlled = self._attach_control(optimizer, control, state)
         try:
             epochs = train_round_epochs(
                 ctx,
@@ -220,6 +231,10 @@ class SiteTrainer:
         finally:
             if proximal is not None:
                 proximal.remove()
+        control_delta = None
+        if controlled is not None:
+            site_control, control_delta = controlled.finish()
+            state[SITE_CONTROL] = ArrayRecord({k: Array(v) for k, v in site_control.items()})
         seconds = time.perf_counter() - start
         seen = float(sum(e["num_examples"] for e in epochs))
         metrics = {k: float(v) for k, v in epochs[-1].items() if k.startswith("loss")}
@@ -237,6 +252,36 @@ class SiteTrainer:
             accumulator.sums[m].cpu().numpy(),
             accumulator.counts[m].cpu().numpy(),
             metrics,
+            control_delta,
+        )
+
+    def _attach_control(
+        self,
+        optimizer: torch.optim.Optimizer,
+        control: Mapping[str, np.ndarray] | None,
+        state: RecordDict | None,
+    ) -> ControlledRound | None:
+        """SCAFFOLD's gradient correction for this round, or None with it off."""
+        if not self.cfg.federation.get("scaffold", False):
+            return None
+        if state is None:
+            raise ValueError(
+                f"site {self.site.name}: federation.scaffold keeps the site's control variate "
+                "in the ClientApp's context.state: pass train_round(..., state=context.state)"
+            )
+        if control is None:
+            raise ValueError(
+                f"site {self.site.name}: federation.scaffold is on but the server sent no "
+                "control variate (is the server's federation.scaffold on?)"
+            )
+        keys = control_keys(self.model, site_keys(self.model.state_dict(), self.site.modality))
+        own = state.array_records.get(SITE_CONTROL)
+        return ControlledRound.attach(
+            self.model,
+            optimizer,
+            keys,
+            control,
+            {k: v.numpy() for k, v in own.items()} if own is not None else None,
         )
 
     # Pieces shared by the plain and the private round -----------------------------------------
@@ -306,6 +351,7 @@ class SiteTrainer:
             mean=tuple(cfg.input.mean),
             std=tuple(cfg.input.std),
             device=self.device.device,
+            mode=str(cfg.federation.get("calibration_mode", "eval")),
         )
 
     def package(

@@ -25,7 +25,9 @@ from ppa.data.records import Modality
 
 SHARED = "shared"
 STEM = "stem"  # modality-specific parts: the stems and the BNNeck's per-modality statistics
-NECK_STATS_PREFIX = "neck.stats."
+# `<norm>.stats.<modality>.*`: a norm's statistics kept per modality (STEM group).
+STATS_SEGMENT = "stats"
+MODALITY_NAMES = frozenset(m.value for m in Modality)
 OFFSET = "offset"
 PROTO_SUM = "proto-sum"
 PROTO_COUNT = "proto-count"
@@ -43,6 +45,8 @@ METRICS = "metrics"  # MetricRecord: a reply's numbers
 PROTOTYPES = "prototypes"  # ArrayRecord: PROTO_SUM / PROTO_COUNT (server -> site: per modality)
 SITE = "site"  # ConfigRecord: who replied (SITE_NAME, SITE_MODALITY)
 STATISTICS = "statistics"  # ArrayRecord: BatchNorm statistics of the statistics round
+CONTROL = "control"  # ArrayRecord: SCAFFOLD's global control variate c (server -> site)
+CONTROL_DELTA = "control-delta"  # ArrayRecord: a site's c_i+ - c_i (site -> server)
 
 # Keys inside the records ---------------------------------------------------------------------
 SERVER_ROUND = "server-round"
@@ -75,9 +79,12 @@ def parameter_group(name: str) -> ParameterGroup:
     if head in ("stems", "offsets") and rest:
         modality = Modality.parse(rest.split(".", 1)[0])
         return ParameterGroup(STEM if head == "stems" else OFFSET, modality)
-    if name.startswith(NECK_STATS_PREFIX):
-        # The BNNeck's per-modality statistics (ppa/model/neck.py): aggregated like a stem.
-        return ParameterGroup(STEM, Modality.parse(name[len(NECK_STATS_PREFIX) :].split(".")[0]))
+    parts = name.split(".")
+    for i, part in enumerate(parts[:-1]):
+        if part == STATS_SEGMENT and parts[i + 1] in MODALITY_NAMES:
+            # Per-modality normalisation statistics (the BNNeck, ppa/model/neck.py; the trunk's
+            # norms, ppa/model/modality_norm.py): aggregated within the modality, like a stem.
+            return ParameterGroup(STEM, Modality.parse(parts[i + 1]))
     return ParameterGroup(SHARED)
 
 

@@ -25,6 +25,7 @@ from ppa.public_start import check_public_start
 from ppa.run_dir import claim_run_dir
 from ppa.seeding import seed_everything
 from ppa.training.norm_statistics import norm_statistics_keys
+from ppa.training.scaffold import control_keys
 from ppa.wire import (
     HALF_PRECISION,
     LOCAL_EPOCHS,
@@ -68,8 +69,26 @@ def build_strategy(cfg: DictConfig, model: PPAEncoder) -> ModalityAwareFedAvg:
         ),
         server_lr=float(agg.server_lr),
         server_momentum=float(agg.server_momentum),
+        control_keys=scaffold_keys(cfg, model),
         seed=int(cfg.seed),
     )
+
+
+def scaffold_keys(cfg: DictConfig, model: PPAEncoder) -> list[str] | None:
+    """The parameters SCAFFOLD's control variates cover (`federation.scaffold`), or None.
+
+    Refused under DP: a control-variate delta is computed from the site's private update
+    outside the DP-SGD release.
+    """
+    if not cfg.federation.get("scaffold", False):
+        return None
+    if cfg.privacy.get("enabled", False):
+        raise ValueError(
+            "federation.scaffold=true with privacy.enabled: the control-variate deltas are not "
+            "covered by the DP guarantee; turn one of them off"
+        )
+    state = model.state_dict()
+    return control_keys(model, global_keys(state))
 
 
 class FederatedRun:

@@ -30,6 +30,8 @@ from ppa.wire import (
     ARRAYS,
     BUDGET_EXHAUSTED_CODE,
     CONFIG,
+    CONTROL,
+    CONTROL_DELTA,
     METRICS,
     NUM_EXAMPLES,
     OFFSET,
@@ -49,6 +51,7 @@ from ppa.wire import (
 )
 from server.aggregation import aggregate_updates, clip_update
 from server.anomaly import AnomalyReport, detect_anomalies
+from server.control_variates import GlobalControlVariate
 from server.drift import DriftReport, client_drift
 
 logger = logging.getLogger(__name__)
@@ -71,6 +74,7 @@ class SiteReply:
     proto_sum: np.ndarray | None
     proto_count: np.ndarray | None
     nbytes: int
+    control_delta: dict[str, np.ndarray] | None = None  # SCAFFOLD: c_i+ - c_i
 
 
 @dataclass
@@ -107,7 +111,9 @@ class ModalityAwareFedAvg(Strategy):
     - identity prototypes: per-modality sums / counts, so each identity's prototype is the
       mean over every image of that modality that any site saw;
     - optionally a server optimiser step on the aggregate (``server_lr``, ``server_momentum``:
-      FedAvgM), applied to parameters, not to normalisation statistics.
+      FedAvgM), applied to parameters, not to normalisation statistics;
+    - optionally SCAFFOLD's global control variate (``control_keys``): sent with the model,
+      updated from the sites' control-variate deltas (server/control_variates.py).
     Replies are validated (names, shapes, dtypes, finite values) and a malformed one is
     dropped with its site named; aggregation is over replies sorted by site name so the
     result does not depend on arrival order.
@@ -131,6 +137,7 @@ class ModalityAwareFedAvg(Strategy):
         drift_min_cosine: float | None = None,
         server_lr: float = 1.0,
         server_momentum: float = 0.0,
+        control_keys: list[str] | None = None,
         seed: int = 0,
     ):
         # The current global arrays: the validation reference and the clipping anchor.
@@ -160,6 +167,10 @@ class ModalityAwareFedAvg(Strategy):
         # FedAvgM: the server's momentum buffer of the aggregated update, per array.
         self.velocity: dict[str, np.ndarray] = {}
         self.rng = random.Random(seed)
+        # SCAFFOLD (server/control_variates.py) over these trainable parameters; None: off.
+        self.control = (
+            GlobalControlVariate(self.current, control_keys) if control_keys is not None else None
+        )
         self.proto_sums = np.zeros((len(MODALITIES), num_classes, self.dim), np.float64)
         self.proto_counts = np.zeros((len(MODALITIES), num_classes), np.float64)
         self.last_report: RoundReport | None = None
@@ -176,6 +187,7 @@ class ModalityAwareFedAvg(Strategy):
             "proto_counts": self.proto_counts.copy(),
             "exhausted_nodes": sorted(self.exhausted_nodes),
             "velocity": {k: v.copy() for k, v in self.velocity.items()},
+            "control": self.control.state_dict() if self.control is not None else None,
         }
 
     def load_state_dict(self, state: Mapping) -> None:
@@ -184,6 +196,8 @@ class ModalityAwareFedAvg(Strategy):
         self.proto_counts = np.asarray(state["proto_counts"], np.float64).copy()
         self.exhausted_nodes = set(state.get("exhausted_nodes", []))
         self.velocity = {k: np.asarray(v).copy() for k, v in state.get("velocity", {}).items()}
+        if self.control is not None and state.get("control") is not None:
+            self.control.load_state_dict(state["control"])
 
     def prototype_record(self) -> ArrayRecord:
         """The global prototypes as sent to sites: per-modality sums and counts."""
@@ -235,6 +249,8 @@ class ModalityAwareFedAvg(Strategy):
         self.current = {k: v.numpy() for k, v in arrays.items()}
         config[SERVER_ROUND] = server_round
         content = RecordDict({ARRAYS: arrays, CONFIG: config, PROTOTYPES: self.prototype_record()})
+        if self.control is not None:
+            content[CONTROL] = ArrayRecord({k: Array(v) for k, v in self.control.arrays().items()})
         self._sampled[server_round] = len(nodes)
         logger.info("round %d: sampled %d site(s)", server_round, len(nodes))
         return [
@@ -276,6 +292,17 @@ class ModalityAwareFedAvg(Strategy):
             proto_count = protos[PROTO_COUNT].numpy().astype(np.float64)
             validate_prototypes(proto_sum, proto_count, self.num_classes, self.dim, site)
             nbytes += protos.count_bytes()
+        control_delta = None
+        if self.control is not None:
+            if CONTROL_DELTA not in content.array_records:
+                raise MalformedUpdateError(
+                    f"site {site!r}: federation.scaffold is on but the reply has no "
+                    f"'{CONTROL_DELTA}'"
+                )
+            deltas = content.array_records[CONTROL_DELTA]
+            control_delta = {k: v.numpy() for k, v in deltas.items()}
+            self.control.validate(control_delta, list(arrays), site)
+            nbytes += deltas.count_bytes()
         return SiteReply(
             node,
             site,
@@ -286,6 +313,7 @@ class ModalityAwareFedAvg(Strategy):
             proto_sum,
             proto_count,
             nbytes,
+            control_delta,
         )
 
     def aggregate_train(
@@ -392,6 +420,12 @@ class ModalityAwareFedAvg(Strategy):
                 )
             )
         self._aggregate_prototypes(voters)
+        if self.control is not None:
+            self.control.update(
+                [r.site for r in voters],
+                [r.control_delta for r in voters],
+                [r.num_examples for r in voters],
+            )
         new = self._server_step(new, sorted(aggregated))
         new = {k: np.asarray(v, dtype=current[k].dtype) for k, v in new.items()}
         self.current = new

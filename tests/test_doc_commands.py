@@ -12,7 +12,6 @@ config composition, `make -n`). A command without a rule fails the test.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 from dataclasses import dataclass
@@ -301,10 +300,6 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory, tiny_sysu_root: Path):
     assert not processes_with(str(flower.home)), "Flower processes left running"
 
 
-@pytest.mark.skipif(
-    os.environ.get("PPA_DOC_TESTS") != "1",
-    reason="running every documented block takes long: `make test-docs` (PPA_DOC_TESTS=1)",
-)
 @pytest.mark.timeout(BLOCK_TIMEOUT_S + 120)  # a block of several runs outlasts the default
 @pytest.mark.parametrize("index", range(len(doc_blocks())), ids=[b.source for b in doc_blocks()])
 def test_documented_block_runs(index: int, sandbox) -> None:

@@ -68,6 +68,7 @@ def create_model(model_cfg: DictConfig | Mapping[str, Any], num_classes: int) ->
         learn_gem_p=bool(cfg.get("learn_gem_p", True)),
         norm=norm,
         neck_stats=str(cfg.get("neck_stats", "modality")),
+        trunk_stats=str(cfg.get("trunk_stats", "shared")),
     )
     if start is not None:
         from ppa.public_start import load_start_weights

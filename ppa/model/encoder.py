@@ -16,6 +16,7 @@ from timm.models.resnet import BasicBlock, Bottleneck
 from torch import nn
 
 from ppa.data.records import MODALITIES, Modality
+from ppa.model.modality_norm import modality_norms, modality_routing, split_batch_norms
 from ppa.model.neck import ModalityBatchNorm1d
 from ppa.model.pooling import GeM, keypoint_pool
 from ppa.model.routing import route_by_modality
@@ -29,6 +30,9 @@ TRUNK_LAYERS = ("layer1", "layer2", "layer3", "layer4")
 NORMS = ("batch", "group")
 # model.neck_stats: BNNeck statistics per modality ("modality") or one set ("shared").
 NECK_STATS = ("modality", "shared")
+# model.trunk_stats: the trunk's BatchNorm statistics per modality or one set
+# (ppa/model/modality_norm.py).
+TRUNK_STATS = ("modality", "shared")
 
 
 @dataclass
@@ -89,10 +93,13 @@ class PPAEncoder(nn.Module):
         modalities: Sequence[Modality] = MODALITIES,
         norm: str = "batch",
         neck_stats: str = "modality",
+        trunk_stats: str = "shared",
     ):
         super().__init__()
         if neck_stats not in NECK_STATS:
             raise ValueError(f"model.neck_stats must be one of {NECK_STATS}, got {neck_stats!r}")
+        if trunk_stats not in TRUNK_STATS:
+            raise ValueError(f"model.trunk_stats must be one of {TRUNK_STATS}, got {trunk_stats!r}")
         if norm not in NORMS:
             raise ValueError(f"model.norm must be one of {NORMS}, got {norm!r}")
         missing = [n for n in (*STEM_LAYERS, *TRUNK_LAYERS) if not hasattr(backbone, n)]
@@ -105,6 +112,10 @@ class PPAEncoder(nn.Module):
         self.modalities = tuple(modalities)
         self.stems = nn.ModuleDict({m.value: copy.deepcopy(stem) for m in self.modalities})
         self.trunk = nn.Sequential(OrderedDict((n, getattr(backbone, n)) for n in TRUNK_LAYERS))
+        if norm == "batch" and trunk_stats == "modality":
+            split_batch_norms(self.trunk, self.modalities)
+        # The trunk's per-modality norms, told each row's modality for every pass.
+        self._trunk_norms = tuple(modality_norms(self.trunk))
         dim = int(backbone.num_features)
         self.num_features = dim
         self.num_classes = int(num_classes)
@@ -138,7 +149,11 @@ class PPAEncoder(nn.Module):
 
     def forward_features(self, images: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, H, W), normalised -> trunk feature map (B, D, h, w)."""
-        return self.trunk(self.forward_stem(images, modality))
+        x = self.forward_stem(images, modality)
+        if not self._trunk_norms:
+            return self.trunk(x)
+        with modality_routing(self._trunk_norms, modality):
+            return self.trunk(x)
 
     def forward_head(
         self,
@@ -195,13 +210,13 @@ class PPAEncoder(nn.Module):
         """Feature-map size for an input size (a no-grad probe through one stem + trunk)."""
         key = (int(height), int(width))
         if key not in self._feature_sizes:
-            probe = next(iter(self.stems.values()))
             param = next(self.parameters())
             was_training = self.training
             self.eval()
             with torch.no_grad():
                 x = torch.zeros(1, 3, *key, device=param.device, dtype=param.dtype)
-                self._feature_sizes[key] = tuple(self.trunk(probe(x)).shape[-2:])
+                modality = torch.zeros(1, dtype=torch.long, device=param.device)
+                self._feature_sizes[key] = tuple(self.forward_features(x, modality).shape[-2:])
             self.train(was_training)
         return self._feature_sizes[key]
 

@@ -26,6 +26,7 @@ from ppa.data.loader import Batch
 from ppa.data.transforms import normalize
 from ppa.model import PPAEncoder
 
+CALIBRATION_MODES = ("eval", "train")  # federation.calibration_mode
 MEAN_SUFFIX = ".running_mean"
 VAR_SUFFIX = ".running_var"
 
@@ -51,19 +52,25 @@ def measure_norm_statistics(
     mean: Sequence[float],
     std: Sequence[float],
     device: torch.device | str = "cpu",
+    mode: str = "eval",
 ) -> tuple[dict[str, np.ndarray], int]:
     """Per-channel mean and (unbiased) variance of every BatchNorm's input over the raw
-    images of `batches`, with the model in evaluation mode.
+    images of `batches`, with the model in evaluation mode (``mode="eval"``) or normalising
+    with each batch's own statistics (``mode="train"``, running statistics untouched).
 
-    Evaluation mode, not training mode: in training mode each BatchNorm normalises with the
-    batch's own statistics, and a site's batches hold one modality, so the layers below would
-    see per-modality-normalised inputs that never occur at test time (on the synthetic SYSU
-    demo, training-mode statistics gave back nothing of the averaging loss). Raw images only,
-    although training mixes raw and anonymised views: the statistics serve retrieval, whose
-    headline protocol (raw-raw, comparable with the literature) sees raw images.
+    With one set of statistics per BatchNorm, evaluation mode: in training mode each BatchNorm
+    normalises with the batch's own statistics, and a site's batches hold one modality, so the
+    layers below would see per-modality-normalised inputs that never occur at test time (on the
+    synthetic SYSU demo, training-mode statistics gave back nothing of the averaging loss).
+    With statistics per modality everywhere (``model.trunk_stats=modality``), test time does
+    normalise per modality, and training mode measures exactly what local training saw.
+    Raw images only, although training mixes raw and anonymised views: the statistics serve
+    retrieval, whose headline protocol (raw-raw, comparable with the literature) sees raw images.
     Returns ({key: array} for the BatchNorms the data passed through, number of images).
     The model is not modified.
     """
+    if mode not in CALIBRATION_MODES:
+        raise ValueError(f"calibration mode must be one of {CALIBRATION_MODES}, got {mode!r}")
     sums: dict[str, list] = {}
     hooks = []
     for name, module in _batch_norms(model):
@@ -78,16 +85,33 @@ def measure_norm_statistics(
 
         hooks.append(module.register_forward_hook(record))
     was_training = model.training
+    momenta = {name: module.momentum for name, module in _batch_norms(model)}
+    counters = {
+        name: module.num_batches_tracked.clone()
+        for name, module in _batch_norms(model)
+        if module.num_batches_tracked is not None
+    }
     images_seen = 0
     try:
-        model.eval()
+        if mode == "train":
+            model.train()
+            for _, module in _batch_norms(model):
+                module.momentum = 0.0  # running = (1 - 0) running + 0 batch: unchanged
+        else:
+            model.eval()
         for batch in batches:
+            if mode == "train" and batch.images.shape[0] < 2:
+                continue  # batch statistics of one image do not exist
             batch = batch.to(device)
             model(normalize(batch.images, mean, std), batch.modality)
             images_seen += batch.images.shape[0]
     finally:
         for hook in hooks:
             hook.remove()
+        for name, module in _batch_norms(model):
+            module.momentum = momenta[name]
+            if name in counters:
+                module.num_batches_tracked.copy_(counters[name])
         model.train(was_training)
     out: dict[str, np.ndarray] = {}
     for name, (count, first, second) in sums.items():

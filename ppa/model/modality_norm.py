@@ -1,0 +1,103 @@
+"""Per-modality BatchNorm statistics inside the shared trunk (``model.trunk_stats=modality``).
+
+Why: a federated site holds one modality, so while it trains, every BatchNorm of the shared
+trunk normalises with the batch statistics of that modality alone: the trunk learns on
+activations from which each modality's own mean and scale have been removed. With one set of
+running statistics (averaged or re-measured over both modalities) the test-time trunk sees
+something else, and the modality gap it never had to close reappears in the retrieval space.
+Keeping the statistics per modality (weight and bias stay shared, as in SiloBN / FedBN's
+split of statistics from learned parameters) makes test-time normalisation match training:
+an infrared query is normalised with infrared statistics, a visible gallery image with
+visible ones. Centrally, a batch that holds both modalities is normalised per modality, the
+same rule.
+
+The trunk's blocks (timm) call their norms with the activations only, so the encoder tells
+every `ModalityBatchNorm2d` which rows belong to which modality for the duration of one trunk
+pass (`modality_routing`). State-dict keys: ``<norm>.weight``, ``<norm>.bias`` and
+``<norm>.stats.<modality>.running_mean|running_var|num_batches_tracked`` (aggregated within
+each modality, like the stems).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from ppa.data.records import Modality
+from ppa.model.routing import route_by_modality
+
+
+class ModalityBatchNorm2d(nn.Module):
+    """BatchNorm2d with a shared affine and batch / running statistics per modality."""
+
+    def __init__(self, num_features: int, modalities: Sequence[Modality], eps: float = 1e-5):
+        super().__init__()
+        self.modalities = tuple(modalities)
+        self.num_features = int(num_features)
+        self.weight = nn.Parameter(torch.ones(num_features))
+        self.bias = nn.Parameter(torch.zeros(num_features))
+        self.stats = nn.ModuleDict(
+            {m.value: nn.BatchNorm2d(num_features, eps=eps, affine=False) for m in self.modalities}
+        )
+        self.modality: torch.Tensor | None = None  # set by `modality_routing` for one pass
+
+    @classmethod
+    def from_batch_norm(
+        cls, norm: nn.BatchNorm2d, modalities: Sequence[Modality]
+    ) -> ModalityBatchNorm2d:
+        """Every modality starts from `norm`'s running statistics (ImageNet ones for a
+        pretrained trunk); the affine is copied, with its trainability."""
+        out = cls(norm.num_features, modalities, eps=norm.eps)
+        with torch.no_grad():
+            if norm.affine:
+                out.weight.copy_(norm.weight)
+                out.bias.copy_(norm.bias)
+                out.weight.requires_grad_(norm.weight.requires_grad)
+                out.bias.requires_grad_(norm.bias.requires_grad)
+            if norm.track_running_stats:
+                for stats in out.stats.values():
+                    stats.running_mean.copy_(norm.running_mean)
+                    stats.running_var.copy_(norm.running_var)
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.modality is None:
+            raise RuntimeError(
+                "ModalityBatchNorm2d needs each row's modality: run the trunk through the "
+                "encoder (forward_features), which routes it"
+            )
+        normed = route_by_modality(x, self.modality, self.stats, self.modalities)
+        return normed * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+
+
+def split_batch_norms(module: nn.Module, modalities: Sequence[Modality]) -> int:
+    """Replace every BatchNorm2d below `module` by a `ModalityBatchNorm2d`; returns how many."""
+    replaced = 0
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.BatchNorm2d):
+            setattr(module, name, ModalityBatchNorm2d.from_batch_norm(child, modalities))
+            replaced += 1
+        else:
+            replaced += split_batch_norms(child, modalities)
+    return replaced
+
+
+def modality_norms(module: nn.Module) -> Iterator[ModalityBatchNorm2d]:
+    for child in module.modules():
+        if isinstance(child, ModalityBatchNorm2d):
+            yield child
+
+
+@contextmanager
+def modality_routing(norms: Sequence[ModalityBatchNorm2d], modality: torch.Tensor):
+    """Tell `norms` each row's modality index for one forward pass."""
+    for norm in norms:
+        norm.modality = modality
+    try:
+        yield
+    finally:
+        for norm in norms:
+            norm.modality = None
