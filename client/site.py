@@ -98,7 +98,7 @@ class SiteTrainer:
                 f"training needs at least {MIN_USABLE_LABELS}"
             )
         self.setup = TrainingSetup.create(
-            cfg, root=train_set.root, num_classes=train_set.num_classes
+            cfg, root=train_set.root, num_classes=train_set.num_classes, owner=self.site.name
         )
         self.private = (
             PrivateTraining(self.setup, self.site) if cfg.privacy.get("enabled", False) else None

@@ -10,7 +10,9 @@ import matplotlib.pyplot as plt
 from omegaconf import DictConfig
 
 from ppa.anonymize import KprAnonymizer
+from ppa.anonymize.factory import noise_keys_for
 from ppa.data.keypoints import load_dataset_keypoints
+from ppa.data.noise_keys import EVALUATOR
 from ppa.data.protocols import dataset_root, test_settings
 from ppa.device import DeviceSettings
 from ppa.eval.evaluate import PRIVACY_PROTOCOLS, evaluate
@@ -32,6 +34,7 @@ class CentralEvaluator:
         needs_anon = any(PRIVACY_PROTOCOLS[p][i] == "anon" for p in protocols for i in (0, 1))
         self.keypoints = None
         self.anonymizer = None
+        self.noise_keys = None
         if needs_anon:
             self.keypoints = load_dataset_keypoints(
                 dataset_root(cfg.dataset),
@@ -39,6 +42,8 @@ class CentralEvaluator:
                 required=cfg.pose.missing == "error",
             )
             self.anonymizer = KprAnonymizer.from_config(cfg).to(device.device)
+            # The test set is the evaluator's: anonymised under its own key, not a site's.
+            self.noise_keys = noise_keys_for(cfg, EVALUATOR)
 
     def __call__(self, model: PPAEncoder, progress: bool = False) -> EvaluationReport:
         return evaluate(
@@ -48,6 +53,7 @@ class CentralEvaluator:
             protocols=self.protocols,
             anonymizer=self.anonymizer,
             keypoints=self.keypoints,
+            noise_keys=self.noise_keys,
             settings=self.settings,
             progress=progress,
         )

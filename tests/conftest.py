@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,7 @@ import torch
 from omegaconf import DictConfig
 
 from ppa.config import load_config
+from ppa.data.noise_keys import KEY_DIR_ENV
 from ppa.synthetic.writer import write_synthetic_regdb, write_synthetic_sysu
 
 # Tests run one after another on two cores; one intra-op thread per process avoids the
@@ -16,6 +19,20 @@ from ppa.synthetic.writer import write_synthetic_regdb, write_synthetic_sysu
 torch.set_num_threads(1)
 
 TINY_INPUT = ["input.height=64", "input.width=32"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def noise_key_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Noise keys made by tests (and their subprocesses) go to a temporary folder, not to the
+    working directory's outputs/keys."""
+    folder = tmp_path_factory.mktemp("noise-keys")
+    previous = os.environ.get(KEY_DIR_ENV)
+    os.environ[KEY_DIR_ENV] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop(KEY_DIR_ENV, None)
+    else:
+        os.environ[KEY_DIR_ENV] = previous
 
 
 @pytest.fixture(scope="session")

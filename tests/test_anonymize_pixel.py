@@ -17,8 +17,16 @@ from ppa.anonymize import (
     create_anonymizer,
     mosaic,
 )
-from ppa.anonymize.prng import hash32, seeded_standard_normal
+from ppa.anonymize.prng import chacha20_blocks, key_words, keyed_standard_normal
 from ppa.config import load_config
+from ppa.data.noise_keys import NoiseKeys
+
+TEST_KEYS = NoiseKeys(bytes(range(32)))
+
+
+def noise_keys(*paths: str) -> torch.Tensor:
+    """(B, 32) per-image keys of `paths` under a fixed test site key."""
+    return TEST_KEYS.tensor(paths)
 
 
 def random_images(*shape: int, seed: int = 0, dtype=torch.float32) -> torch.Tensor:
@@ -28,7 +36,7 @@ def random_images(*shape: int, seed: int = 0, dtype=torch.float32) -> torch.Tens
 # -- none -------------------------------------------------------------------------------------
 def test_none_is_identity():
     images = random_images(2, 3, 8, 4)
-    assert torch.equal(IdentityAnonymizer(0.0, 288)(images, 1.5, torch.arange(2)), images)
+    assert torch.equal(IdentityAnonymizer(0.0, 288)(images, 1.5, noise_keys("a", "b")), images)
 
 
 # -- mosaic -----------------------------------------------------------------------------------
@@ -109,70 +117,89 @@ def test_blur_and_mosaic_are_differentiable():
 # -- noise ------------------------------------------------------------------------------------
 def test_noise_std_matches_sigma():
     images = torch.full((2, 3, 64, 64), 0.5)
-    out = NoiseAnonymizer(0.1, reference_height=288)(images, 1.0, torch.tensor([3, 4]))
+    out = NoiseAnonymizer(0.1, reference_height=288)(images, 1.0, noise_keys("a", "b"))
     noise = (out - images).flatten()
     assert float(noise.mean()) == pytest.approx(0.0, abs=0.003)
     assert float(noise.std()) == pytest.approx(0.1, rel=0.03)
     within_one_sigma = float((noise.abs() < 0.1).double().mean())
     assert within_one_sigma == pytest.approx(0.6827, abs=0.015)
     # Level scales sigma, clipping keeps [0, 1].
-    strong = NoiseAnonymizer(0.5, 288)(images, 1.5, torch.tensor([3, 4]))
+    strong = NoiseAnonymizer(0.5, 288)(images, 1.5, noise_keys("a", "b"))
     assert float(strong.min()) == 0.0 and float(strong.max()) == 1.0
 
 
-def test_noise_is_deterministic_per_seed_and_independent_of_the_batch():
+def test_noise_is_deterministic_per_key_and_independent_of_the_batch():
     anonymizer = NoiseAnonymizer(0.2, reference_height=288)
     images = random_images(3, 3, 16, 8)
-    seeds = torch.tensor([11, 12, 11])
-    out = anonymizer(images, 1.0, seeds)
-    assert torch.equal(out, anonymizer(images, 1.0, seeds))
-    alone = anonymizer(images[1:2], 1.0, seeds[1:2])
+    keys = noise_keys("x.jpg", "y.jpg", "x.jpg")
+    out = anonymizer(images, 1.0, keys)
+    assert torch.equal(out, anonymizer(images, 1.0, keys))
+    alone = anonymizer(images[1:2], 1.0, keys[1:2])
     assert torch.equal(out[1:2], alone)
     noise0, noise2 = out[0] - images[0], out[2] - images[2]
     unclipped = (out[0] > 0) & (out[0] < 1) & (out[2] > 0) & (out[2] < 1)
-    assert torch.allclose(noise0[unclipped], noise2[unclipped], atol=1e-6)  # same seed
-    other = anonymizer(images, 1.0, torch.tensor([13, 12, 11]))
-    assert not torch.equal(other[0], out[0])  # other seed
+    assert torch.allclose(noise0[unclipped], noise2[unclipped], atol=1e-6)  # same key
+    other = anonymizer(images, 1.0, noise_keys("z.jpg", "y.jpg", "x.jpg"))
+    assert not torch.equal(other[0], out[0])  # other key
 
 
 def test_noise_levels_share_one_draw():
     anonymizer = NoiseAnonymizer(0.05, reference_height=288)
     images = torch.full((1, 3, 8, 8), 0.5)
-    seeds = torch.tensor([7])
-    weak, strong = anonymizer.forward_levels(images, [1.0, 2.0], seeds)
+    keys = noise_keys("p.jpg")
+    weak, strong = anonymizer.forward_levels(images, [1.0, 2.0], keys)
     assert torch.allclose(strong - images, 2.0 * (weak - images), atol=1e-6)
-    assert torch.equal(weak, anonymizer(images, 1.0, seeds))
+    assert torch.equal(weak, anonymizer(images, 1.0, keys))
 
 
-def test_noise_needs_seeds():
-    with pytest.raises(ValueError, match="seeds"):
-        NoiseAnonymizer(0.5, 288)(random_images(2, 3, 8, 4), 1.0)
+def test_noise_needs_keys():
+    images = random_images(2, 3, 8, 4)
+    with pytest.raises(ValueError, match="noise keys"):
+        NoiseAnonymizer(0.5, 288)(images, 1.0)
+    # A batch loaded without its owner's NoiseKeys: fine for mosaic, refused by noise.
+    unkeyed = torch.zeros(2, 0, dtype=torch.uint8)
+    assert torch.equal(IdentityAnonymizer(0.5, 288)(images, 1.0, unkeyed), images)
+    with pytest.raises(ValueError, match=r"noise keys .*shape \(2, 0\)"):
+        NoiseAnonymizer(0.5, 288)(images, 1.0, unkeyed)
 
 
-def test_seeded_normals_are_standard_and_uncorrelated_across_seeds():
-    z = seeded_standard_normal(torch.tensor([0, 1, -5, 2**40]), (50_000,))
+def test_keyed_normals_are_standard_and_uncorrelated_across_keys():
+    z = keyed_standard_normal(noise_keys("a", "b", "c", "d"), (50_000,))
     assert z.shape == (4, 50_000)
     assert torch.allclose(z.mean(dim=1), torch.zeros(4), atol=0.02)
     assert torch.allclose(z.std(dim=1), torch.ones(4), atol=0.02)
     corr = torch.corrcoef(z)
     assert float((corr - torch.eye(4)).abs().max()) < 0.03
+    # The tails too: the share within one and two sigma is the normal's.
+    within = [float((z.abs() < k).double().mean()) for k in (1.0, 2.0)]
+    assert within == pytest.approx([0.6827, 0.9545], abs=0.005)
     # Odd sizes use the cos half and part of the sin half of the Box-Muller pairs.
-    assert seeded_standard_normal(torch.tensor([1]), (3, 3, 1)).shape == (1, 3, 3, 1)
+    assert keyed_standard_normal(noise_keys("a"), (3, 3, 1)).shape == (1, 3, 3, 1)
 
 
-def test_hash32_known_values():
-    # lowbias32 reference values computed with plain Python integers.
-    def lowbias32(x: int) -> int:
-        x &= 0xFFFFFFFF
-        x ^= x >> 16
-        x = (x * 0x7FEB352D) & 0xFFFFFFFF
-        x ^= x >> 15
-        x = (x * 0x846CA68B) & 0xFFFFFFFF
-        return x ^ (x >> 16)
+def test_chacha20_matches_the_rfc_8439_test_vector():
+    # RFC 8439 section 2.3.2: key 00 01 .. 1f, nonce 00:00:00:09:00:00:00:4a:00:00:00:00,
+    # block counter 1; the state after the block function, as 16 words.
+    key = torch.arange(32, dtype=torch.uint8).view(1, 32)
+    words = chacha20_blocks(key_words(key), torch.tensor([1]), (0x09000000, 0x4A000000, 0))
+    expected = [
+        0xE4E7F110, 0x15593BD1, 0x1FDD0F50, 0xC47120A3,
+        0xC7F4D1C7, 0x0368C033, 0x9AAA2204, 0x4E6CD4C3,
+        0x466482D2, 0x09AA9F07, 0x05D7C214, 0xA2028BD9,
+        0xD19C12B5, 0xB94E16DE, 0xE883D0CB, 0x4E3C50A2,
+    ]  # fmt: skip
+    assert words.reshape(-1).tolist() == expected
 
-    values = [0, 1, 2, 12345, 0xFFFFFFFF, 0x80000000, 2**33 + 7]
-    got = hash32(torch.tensor(values, dtype=torch.int64)).tolist()
-    assert got == [lowbias32(v) for v in values]
+
+def test_chacha20_keystream_matches_the_cryptography_package():
+    ciphers = pytest.importorskip("cryptography.hazmat.primitives.ciphers")
+    key = bytes(range(100, 132))
+    counter_and_nonce = (0).to_bytes(16, "little")
+    cipher = ciphers.Cipher(ciphers.algorithms.ChaCha20(key, counter_and_nonce), mode=None)
+    stream = cipher.encryptor().update(bytes(64 * 5))
+    expected = [int.from_bytes(stream[i : i + 4], "little") for i in range(0, len(stream), 4)]
+    keys = torch.tensor(list(key), dtype=torch.uint8).view(1, 32)
+    assert chacha20_blocks(key_words(keys), torch.arange(5)).reshape(-1).tolist() == expected
 
 
 # -- validation and factory --------------------------------------------------------------------
@@ -184,8 +211,10 @@ def test_bad_inputs_are_rejected():
         anonymizer(torch.zeros(1, 3, 16, 8, dtype=torch.uint8))
     with pytest.raises(ValueError, match="level"):
         anonymizer(torch.rand(1, 3, 16, 8), -1.0)
-    with pytest.raises(ValueError, match=r"seeds must have shape \(2,\)"):
-        anonymizer(torch.rand(2, 3, 16, 8), 1.0, torch.arange(3))
+    with pytest.raises(ValueError, match=r"noise keys must have shape \(2, 32\)"):
+        anonymizer(torch.rand(2, 3, 16, 8), 1.0, torch.zeros(3, 32, dtype=torch.uint8))
+    with pytest.raises(TypeError, match="uint8"):
+        anonymizer(torch.rand(2, 3, 16, 8), 1.0, torch.zeros(2, 32, dtype=torch.long))
     with pytest.raises(ValueError, match=r"anonymizer\.strength"):
         MosaicAnonymizer(-1, 16)
 
@@ -201,7 +230,7 @@ def test_create_anonymizer_from_the_config_tree(name):
         assert isinstance(anonymizer, LearnedAnonymizer)
         assert anonymizer.settings.width == cfg.generator.width
     with torch.no_grad():
-        out = anonymizer(random_images(2, 3, 32, 16), 1.0, torch.arange(2))
+        out = anonymizer(random_images(2, 3, 32, 16), 1.0, noise_keys("a", "b"))
     assert out.shape == (2, 3, 32, 16)
     assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
 

@@ -71,7 +71,7 @@ def _batch(labels, modality) -> Batch:
         labels=torch.tensor(labels),
         modality=torch.tensor(modality),
         cams=torch.zeros(n, dtype=torch.long),
-        seeds=torch.arange(n),
+        noise_keys=torch.zeros(n, 0, dtype=torch.uint8),
         indices=torch.arange(n),
     )
 

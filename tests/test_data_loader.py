@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import zlib
 
 import numpy as np
 import pytest
@@ -19,15 +18,16 @@ from ppa.data.loader import (
     collate,
     create_eval_loader,
     create_train_loader,
-    image_seed,
     resolve_pin_memory,
 )
+from ppa.data.noise_keys import NoiseKeys
 from ppa.data.records import ImageRecord, Modality, TrainRecord
 from ppa.data.transforms import ReidTransform
 from ppa.pose.prior import canonical_keypoints
 
 HEIGHT, WIDTH = 16, 8  # on-disk image size
 V, IR = Modality.VISIBLE, Modality.INFRARED
+KEY = bytes(range(32, 64))  # a fixed site key
 
 
 def write_images(root, num_labels=4, per_modality=3):
@@ -73,7 +73,10 @@ def test_items_by_index_and_by_seeded_pair(data, tmp_path):
     assert sample.image.shape == (3, 32, 16)
     assert sample.image[0, 0, 0] == pytest.approx(5 / 255)
     assert (sample.label, sample.modality, sample.cam, sample.index) == (0, 1, 3, 5)
-    assert sample.seed == zlib.crc32(records[5].path.encode()) == image_seed(records[5].path)
+    assert sample.noise_key == b""  # no NoiseKeys: only deterministic anonymisers apply
+    keyed = ReidImageDataset(root, records, ReidTransform(32, 16), noise_keys=NoiseKeys(KEY))
+    assert keyed[5].noise_key == NoiseKeys(KEY).key_of(records[5].path)
+    assert len(keyed[5].noise_key) == 32 and keyed[5].noise_key != keyed[4].noise_key
     # Nose (2, 2) of a 16x8 image -> (2.5 * 2 - 0.5, 2.5 * 2 - 0.5) at 32x16.
     assert sample.keypoints[0].tolist() == pytest.approx([4.5, 4.5, 0.9])
     paired = dataset[(5, 1234)]
@@ -168,8 +171,13 @@ def test_collate_and_batch_to(data):
     assert batch.images.shape == (3, 3, 16, 8) and batch.keypoints.shape == (3, 17, 3)
     assert batch.labels.tolist() == [0, 0, 1] and batch.modality.tolist() == [0, 1, 0]
     assert batch.cams.tolist() == [1, 3, 1] and batch.indices.tolist() == [0, 3, 6]
-    for name in ("labels", "modality", "cams", "seeds", "indices"):
+    for name in ("labels", "modality", "cams", "indices"):
         assert getattr(batch, name).dtype == torch.long
+    assert batch.noise_keys.shape == (3, 0) and batch.noise_keys.dtype == torch.uint8
+    keyed = ReidImageDataset(root, records, ReidTransform(16, 8), noise_keys=NoiseKeys(KEY))
+    keys = collate([keyed[i] for i in (0, 3, 6)]).noise_keys
+    assert keys.dtype == torch.uint8
+    assert torch.equal(keys, NoiseKeys(KEY).tensor([records[i].path for i in (0, 3, 6)]))
     moved = batch.to("cpu", non_blocking=True)
     assert moved is not batch and torch.equal(moved.images, batch.images)
     with pytest.raises(ValueError, match="empty"):
@@ -216,6 +224,7 @@ def test_train_loader_batches_are_identical_with_and_without_workers(data, tmp_p
             pose_cfg=cfg.pose,
             keypoints=cache,
             seed=3,
+            noise_keys=NoiseKeys(KEY),
         )
         loader.batch_sampler.set_epoch(number)
         return list(loader)
@@ -224,7 +233,7 @@ def test_train_loader_batches_are_identical_with_and_without_workers(data, tmp_p
     assert len(single) == 24 // 8 == len(multi)
     for a, b in zip(single, multi, strict=True):
         assert a.images.shape == (8, 3, 16, 8)
-        for name in ("images", "keypoints", "labels", "modality", "indices", "seeds"):
+        for name in ("images", "keypoints", "labels", "modality", "indices", "noise_keys"):
             assert torch.equal(getattr(a, name), getattr(b, name)), name
         # P=2 labels x K=2 per modality, visible first.
         assert a.modality.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]

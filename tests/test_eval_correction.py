@@ -62,7 +62,7 @@ def hand_anon_map(cfg: DictConfig, net: PPAEncoder, corrected: bool) -> float:
     feats = []
     with torch.no_grad():
         for batch in loader:
-            images = anonymizer(batch.images, batch.keypoints, batch.seeds).images
+            images = anonymizer(batch.images, batch.keypoints, batch.noise_keys).images
             mask = torch.full_like(batch.labels, corrected, dtype=torch.bool)
             x = normalize(images, tuple(cfg.input.mean), tuple(cfg.input.std))
             feats.append(net(x, batch.modality, anonymized=mask).neck)

@@ -49,7 +49,7 @@ def batch(images: torch.Tensor, modality: int) -> Batch:
         zeros,
         torch.full((n,), modality),
         zeros,
-        zeros,
+        torch.zeros(n, 0, dtype=torch.uint8),
         torch.arange(n),
     )
 

@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 from ppa.anonymize import KprAnonymizer
 from ppa.config import load_config
 from ppa.data.loader import Batch
+from ppa.data.noise_keys import NOISE_KEY_BYTES
 from ppa.device import DeviceSettings
 from ppa.model import PPAEncoder, create_model
 from ppa.pose.heatmaps import head_mask, skeleton_mask
@@ -55,7 +56,8 @@ def synthetic_batch(ids: int, instances: int, height: int, width: int, seed: int
         labels=labels,
         modality=torch.arange(2).repeat_interleave(per_modality),
         cams=torch.ones(size, dtype=torch.long),
-        seeds=torch.randint(0, 2**31 - 1, (size,), generator=gen),
+        # Random noise keys: a bench times the anonymiser, it reproduces no site's noise.
+        noise_keys=torch.randint(0, 256, (size, NOISE_KEY_BYTES), generator=gen, dtype=torch.uint8),
         indices=torch.arange(size),
     )
 

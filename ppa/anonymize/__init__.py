@@ -1,7 +1,7 @@
 """Anonymisers (none, mosaic, blur, noise, learned) and KPR pose-guided composition."""
 
 from ppa.anonymize.base import Anonymizer
-from ppa.anonymize.factory import ANONYMIZER_NAMES, create_anonymizer
+from ppa.anonymize.factory import ANONYMIZER_NAMES, create_anonymizer, noise_keys_for
 from ppa.anonymize.kpr import AnonymizationLevels, AnonymizedBatch, KprAnonymizer
 from ppa.anonymize.learned import AnonymizationGenerator, GeneratorSettings, LearnedAnonymizer
 from ppa.anonymize.pixel import (
@@ -27,4 +27,5 @@ __all__ = [
     "NoiseAnonymizer",
     "create_anonymizer",
     "mosaic",
+    "noise_keys_for",
 ]

@@ -7,7 +7,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import ClassVar
 
+import torch
 from torch import Tensor, nn
+
+from ppa.anonymize.prng import KEY_BYTES
 
 
 def check_images(images: Tensor) -> None:
@@ -20,24 +23,30 @@ def check_images(images: Tensor) -> None:
         raise TypeError(f"images must be floating point in [0, 1], got {images.dtype}")
 
 
-def check_seeds(seeds: Tensor, batch_size: int) -> None:
-    """Raise unless ``seeds`` is an integer tensor of shape (batch_size,)."""
-    if not isinstance(seeds, Tensor):
-        raise TypeError(f"seeds must be a torch.Tensor, got {type(seeds).__name__}")
-    if tuple(seeds.shape) != (batch_size,):
-        raise ValueError(f"seeds must have shape ({batch_size},), got {tuple(seeds.shape)}")
-    if seeds.is_floating_point() or seeds.is_complex():
-        raise TypeError(f"seeds must be an integer tensor, got {seeds.dtype}")
+def check_noise_keys(keys: Tensor, batch_size: int) -> None:
+    """Raise unless ``keys`` is a uint8 tensor of shape (batch_size, 32) (one 256-bit key per
+    image) or (batch_size, 0) (a batch loaded without keys)."""
+    if not isinstance(keys, Tensor):
+        raise TypeError(f"noise keys must be a torch.Tensor, got {type(keys).__name__}")
+    if keys.ndim != 2 or keys.shape[0] != batch_size or keys.shape[1] not in (0, KEY_BYTES):
+        raise ValueError(
+            f"noise keys must have shape ({batch_size}, {KEY_BYTES}), got {tuple(keys.shape)}"
+        )
+    if keys.dtype != torch.uint8:
+        raise TypeError(f"noise keys must be a uint8 tensor, got {keys.dtype}")
 
 
 class Anonymizer(nn.Module, ABC):
-    """Base of every anonymiser: ``forward(images, level, seeds) -> images``.
+    """Base of every anonymiser: ``forward(images, level, keys) -> images``.
 
     ``strength`` is the configured amount (block size / blur sigma in pixels at
     ``reference_height``, or noise sigma); ``level`` multiplies it per call (KPR's strong,
-    medium and weak levels). ``seeds`` (B,) make stochastic anonymisers deterministic per image;
-    deterministic ones ignore them. Images are not range-checked (that would synchronise with
-    the device); inputs are expected in [0, 1] and outputs are clipped to it.
+    medium and weak levels). ``keys`` (B, 32) uint8 are the images' secret noise keys
+    (`ppa.data.noise_keys.NoiseKeys`): a stochastic anonymiser draws image ``i``'s randomness
+    from ``keys[i]`` alone, so it is reproducible by, and only by, the key's holder;
+    deterministic ones ignore them (and accept the (B, 0) of a batch loaded without keys).
+    Images are not range-checked (that would synchronise with the device); inputs are expected
+    in [0, 1] and outputs are clipped to it.
     """
 
     name: ClassVar[str]
@@ -57,35 +66,35 @@ class Anonymizer(nn.Module, ABC):
         """``strength x level`` in pixels of an image ``height`` pixels high."""
         return self.strength * level * height / self.reference_height
 
-    def forward(self, images: Tensor, level: float = 1.0, seeds: Tensor | None = None) -> Tensor:
-        self._check_call(images, (level,), seeds)
-        return self.anonymize(images, float(level), seeds)
+    def forward(self, images: Tensor, level: float = 1.0, keys: Tensor | None = None) -> Tensor:
+        self._check_call(images, (level,), keys)
+        return self.anonymize(images, float(level), keys)
 
     def forward_levels(
-        self, images: Tensor, levels: Sequence[float], seeds: Tensor | None = None
+        self, images: Tensor, levels: Sequence[float], keys: Tensor | None = None
     ) -> list[Tensor]:
         """The images anonymised at each of ``levels``, sharing work between levels where the
         anonymiser can (one noise draw, one generator pass)."""
-        self._check_call(images, levels, seeds)
-        return self.anonymize_levels(images, [float(level) for level in levels], seeds)
+        self._check_call(images, levels, keys)
+        return self.anonymize_levels(images, [float(level) for level in levels], keys)
 
-    def _check_call(self, images: Tensor, levels: Sequence[float], seeds: Tensor | None) -> None:
+    def _check_call(self, images: Tensor, levels: Sequence[float], keys: Tensor | None) -> None:
         check_images(images)
         for level in levels:
             if not math.isfinite(level) or level < 0:
                 raise ValueError(f"anonymisation level must be a finite number >= 0, got {level}")
-        if seeds is not None:
-            check_seeds(seeds, images.shape[0])
+        if keys is not None:
+            check_noise_keys(keys, images.shape[0])
 
     @abstractmethod
-    def anonymize(self, images: Tensor, level: float, seeds: Tensor | None) -> Tensor:
+    def anonymize(self, images: Tensor, level: float, keys: Tensor | None) -> Tensor:
         """Anonymise validated images at ``level`` x the configured strength."""
 
     def anonymize_levels(
-        self, images: Tensor, levels: Sequence[float], seeds: Tensor | None
+        self, images: Tensor, levels: Sequence[float], keys: Tensor | None
     ) -> list[Tensor]:
         """`anonymize` at several levels; override to share work between them."""
-        return [self.anonymize(images, level, seeds) for level in levels]
+        return [self.anonymize(images, level, keys) for level in levels]
 
     def extra_repr(self) -> str:
         return f"strength={self.strength}, reference_height={self.reference_height}"

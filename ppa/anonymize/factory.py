@@ -1,4 +1,5 @@
-"""``create_anonymizer(cfg.anonymizer)``: the one place that maps config names to classes."""
+"""``create_anonymizer(cfg.anonymizer)``: the one place that maps config names to classes (and
+`noise_keys_for`: whose keys a configured anonymiser needs)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from ppa.anonymize.pixel import (
     MosaicAnonymizer,
     NoiseAnonymizer,
 )
+from ppa.data.noise_keys import NoiseKeys, key_file
 
 _FIXED: dict[str, type[Anonymizer]] = {
     cls.name: cls for cls in (IdentityAnonymizer, MosaicAnonymizer, BlurAnonymizer, NoiseAnonymizer)
@@ -38,3 +40,13 @@ def create_anonymizer(cfg: Mapping[str, Any]) -> Anonymizer:
         settings = GeneratorSettings.from_config(cfg["generator"])
         return LearnedAnonymizer(strength, reference_height, settings)
     raise ValueError(f"unknown anonymizer.name {name!r}; choose one of {list(ANONYMIZER_NAMES)}")
+
+
+def noise_keys_for(cfg: Any, owner: str) -> NoiseKeys | None:
+    """`owner`'s NoiseKeys (a site's name, `ppa.data.noise_keys.EVALUATOR` or `CENTRAL`) when
+    the configured anonymiser draws noise, else None, and then no key file is made. `cfg` is
+    the run's whole configuration."""
+    anonymizer_cfg = cfg.anonymizer
+    if str(anonymizer_cfg.get("name")) != NoiseAnonymizer.name:
+        return None
+    return NoiseKeys.from_file(key_file(anonymizer_cfg, owner))

@@ -102,7 +102,7 @@ class KprAnonymizer(nn.Module):
         )
 
     def forward(
-        self, images: Tensor, keypoints: Tensor, seeds: Tensor | None = None
+        self, images: Tensor, keypoints: Tensor, keys: Tensor | None = None
     ) -> AnonymizedBatch:
         check_images(images)
         check_keypoints(keypoints)
@@ -113,12 +113,12 @@ class KprAnonymizer(nn.Module):
 
         if not self.pose_guided:
             return AnonymizedBatch(
-                images=self.anonymizer(images, self.levels.medium, seeds), masks=masks
+                images=self.anonymizer(images, self.levels.medium, keys), masks=masks
             )
         # Each distinct level once (equal levels, e.g. the `none` config, share one output).
         levels = sorted({self.levels.strong, self.levels.medium, self.levels.weak})
         outputs = dict(
-            zip(levels, self.anonymizer.forward_levels(images, levels, seeds), strict=True)
+            zip(levels, self.anonymizer.forward_levels(images, levels, keys), strict=True)
         )
         if len(outputs) == 1:  # one level everywhere (e.g. `none`): the masks change nothing
             return AnonymizedBatch(images=outputs[levels[0]], masks=masks)

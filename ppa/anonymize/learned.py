@@ -105,7 +105,7 @@ class LearnedAnonymizer(Anonymizer):
     """``learned``: ``clip(x + strength x level x G(x), 0, 1)`` with G in [-1, 1].
 
     ``level`` bounds how far a pixel may move from the input. Deterministic given the weights
-    (``seeds`` are ignored). Train G with `objective` (its own optimiser, ``settings.lr``).
+    (noise ``keys`` are ignored). Train G with `objective` (its own optimiser, ``settings.lr``).
     """
 
     name = "learned"
@@ -125,11 +125,11 @@ class LearnedAnonymizer(Anonymizer):
         self.layout_sigma = layout_sigma
         self.generator = AnonymizationGenerator(settings.width, settings.depth, channels)
 
-    def anonymize(self, images: Tensor, level: float, seeds: Tensor | None) -> Tensor:
-        return self.anonymize_levels(images, [level], seeds)[0]
+    def anonymize(self, images: Tensor, level: float, keys: Tensor | None) -> Tensor:
+        return self.anonymize_levels(images, [level], keys)[0]
 
     def anonymize_levels(
-        self, images: Tensor, levels: Sequence[float], seeds: Tensor | None
+        self, images: Tensor, levels: Sequence[float], keys: Tensor | None
     ) -> list[Tensor]:
         steps = [self.strength * level for level in levels]
         if all(step == 0 for step in steps):

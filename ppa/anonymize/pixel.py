@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ppa.anonymize.base import Anonymizer
-from ppa.anonymize.prng import seeded_standard_normal
+from ppa.anonymize.prng import keyed_standard_normal
 from ppa.pose.filters import gaussian_filter2d
 
 
@@ -39,7 +39,7 @@ class IdentityAnonymizer(Anonymizer):
 
     name = "none"
 
-    def anonymize(self, images: Tensor, level: float, seeds: Tensor | None) -> Tensor:
+    def anonymize(self, images: Tensor, level: float, keys: Tensor | None) -> Tensor:
         return images
 
 
@@ -51,7 +51,7 @@ class MosaicAnonymizer(Anonymizer):
     def block_size(self, level: float, height: int) -> int:
         return max(1, _round_half_up(self.pixels_at(level, height)))
 
-    def anonymize(self, images: Tensor, level: float, seeds: Tensor | None) -> Tensor:
+    def anonymize(self, images: Tensor, level: float, keys: Tensor | None) -> Tensor:
         return mosaic(images, self.block_size(level, images.shape[-2]))
 
 
@@ -67,17 +67,18 @@ class BlurAnonymizer(Anonymizer):
     def sigma(self, level: float, height: int) -> float:
         return self.pixels_at(level, height)
 
-    def anonymize(self, images: Tensor, level: float, seeds: Tensor | None) -> Tensor:
+    def anonymize(self, images: Tensor, level: float, keys: Tensor | None) -> Tensor:
         return gaussian_filter2d(images, self.sigma(level, images.shape[-2]), padding="reflect")
 
 
 class NoiseAnonymizer(Anonymizer):
-    """``noise``: ``clip(x + N(0, (strength x level)^2), 0, 1)``, deterministic per seed.
+    """``noise``: ``clip(x + N(0, (strength x level)^2), 0, 1)``, deterministic per image key.
 
-    The noise of image ``i`` is a function of ``seeds[i]`` and the image shape only (see
-    `ppa.anonymize.prng`), so it does not depend on the rest of the batch or on the device; one
-    image gets the same noise pattern at every level, scaled. Not scaled with image height:
-    sigma is an intensity on [0, 1] images.
+    The noise of image ``i`` is a function of its secret key ``keys[i]`` and the image shape
+    only (see `ppa.anonymize.prng`; the keys come from the owner's `NoiseKeys`), so it does not
+    depend on the rest of the batch or on the device, and only the key holder can regenerate
+    (and subtract) it; one image gets the same noise pattern at every level, scaled. Not scaled
+    with image height: sigma is an intensity on [0, 1] images.
     """
 
     name = "noise"
@@ -85,18 +86,20 @@ class NoiseAnonymizer(Anonymizer):
     def sigma(self, level: float) -> float:
         return self.strength * level
 
-    def anonymize(self, images: Tensor, level: float, seeds: Tensor | None) -> Tensor:
-        return self.anonymize_levels(images, [level], seeds)[0]
+    def anonymize(self, images: Tensor, level: float, keys: Tensor | None) -> Tensor:
+        return self.anonymize_levels(images, [level], keys)[0]
 
     def anonymize_levels(
-        self, images: Tensor, levels: Sequence[float], seeds: Tensor | None
+        self, images: Tensor, levels: Sequence[float], keys: Tensor | None
     ) -> list[Tensor]:
         # One draw serves every level: only its scale differs.
-        if all(self.sigma(level) == 0 for level in levels):
+        if images.shape[0] == 0 or all(self.sigma(level) == 0 for level in levels):
             return [images for _ in levels]
-        if seeds is None:
-            raise ValueError("the noise anonymizer needs per-image seeds (B,), got seeds=None")
-        noise = seeded_standard_normal(
-            seeds.to(images.device), images.shape[1:], dtype=images.dtype
-        )
+        if keys is None or keys.shape[-1] == 0:
+            got = "None" if keys is None else f"shape {tuple(keys.shape)}"
+            raise ValueError(
+                f"the noise anonymizer needs per-image noise keys (B, 32) uint8, got {got}: "
+                "load the images with their owner's NoiseKeys (ppa.data.noise_keys)"
+            )
+        noise = keyed_standard_normal(keys.to(images.device), images.shape[1:], dtype=images.dtype)
         return [(images + self.sigma(level) * noise).clamp(0.0, 1.0) for level in levels]

@@ -184,7 +184,7 @@ def measure_anonymization(
         if max_images is not None and seen >= max_images:
             break
         batch = batch.to(device)
-        result = anonymizer(batch.images, batch.keypoints, batch.seeds)
+        result = anonymizer(batch.images, batch.keypoints, batch.noise_keys)
         raw, anon = batch.images, result.images
         meter.add(raw, result)
         for m in MODALITIES:

@@ -21,12 +21,14 @@ from matplotlib.ticker import MaxNLocator
 from omegaconf import DictConfig, OmegaConf
 
 from ppa.anonymize import KprAnonymizer
+from ppa.anonymize.factory import noise_keys_for
 from ppa.anonymize.measures import FaceDetector
 from ppa.anonymize.report import measure_anonymization, sample_by_modality
 from ppa.checkpoint import model_from_checkpoint
 from ppa.config import CONFIG_DIR, effective_config, resolve_path
 from ppa.data.keypoints import load_dataset_keypoints
 from ppa.data.loader import create_eval_loader
+from ppa.data.noise_keys import EVALUATOR
 from ppa.data.protocols import dataset_root, test_settings
 from ppa.device import DeviceSettings
 from ppa.eval.evaluate import PRIVACY_PROTOCOLS, TestImages, evaluate
@@ -77,7 +79,7 @@ def run(cfg: DictConfig) -> Path:
     needs_anon = any("anon" in PRIVACY_PROTOCOLS[p] for p in protocols if p in PRIVACY_PROTOCOLS)
     root = dataset_root(cfg.dataset)
     settings = test_settings(cfg.dataset)  # validates the dataset layout first
-    keypoints = anonymizer = None
+    keypoints = anonymizer = noise_keys = None
     if needs_anon or cfg.eval.privacy_images:
         keypoints = load_dataset_keypoints(
             root, cfg.dataset.keypoints, required=cfg.pose.missing == "error"
@@ -85,6 +87,7 @@ def run(cfg: DictConfig) -> Path:
         anonymizer = KprAnonymizer.from_config(cfg).to(device.device)
         if "anonymizer" in payload:  # a learned anonymiser trained with the model
             anonymizer.load_state_dict(payload["anonymizer"])
+        noise_keys = noise_keys_for(cfg, EVALUATOR)
     report = evaluate(
         model,
         cfg,
@@ -92,6 +95,7 @@ def run(cfg: DictConfig) -> Path:
         protocols=protocols,
         anonymizer=anonymizer,
         keypoints=keypoints,
+        noise_keys=noise_keys,
         settings=settings,
         trained_on=trained_on,
     )
@@ -114,6 +118,7 @@ def run(cfg: DictConfig) -> Path:
             num_workers=int(cfg.eval.num_workers),
             pose_cfg=cfg.pose,
             keypoints=keypoints,
+            noise_keys=noise_keys,
         )
         privacy = measure_anonymization(
             loader,

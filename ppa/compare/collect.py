@@ -14,10 +14,12 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from ppa.anonymize import KprAnonymizer
+from ppa.anonymize.factory import noise_keys_for
 from ppa.checkpoint import model_from_checkpoint
 from ppa.compare.plan import Job
 from ppa.compare.table import Curve
 from ppa.data.keypoints import load_dataset_keypoints
+from ppa.data.noise_keys import EVALUATOR
 from ppa.data.protocols import dataset_root, test_settings
 from ppa.device import DeviceSettings
 from ppa.eval.evaluate import PRIVACY_PROTOCOLS, evaluate
@@ -60,7 +62,7 @@ class CheckpointEvaluator:
         self.device = DeviceSettings.from_config(cfg)
         self.settings = test_settings(cfg.dataset)
         needs_anon = any(PRIVACY_PROTOCOLS[p][i] == "anon" for p in protocols for i in (0, 1))
-        self.keypoints = self.anonymizer = None
+        self.keypoints = self.anonymizer = self.noise_keys = None
         if needs_anon:
             self.keypoints = load_dataset_keypoints(
                 dataset_root(cfg.dataset),
@@ -68,6 +70,7 @@ class CheckpointEvaluator:
                 required=cfg.pose.missing == "error",
             )
             self.anonymizer = KprAnonymizer.from_config(cfg).to(self.device.device)
+            self.noise_keys = noise_keys_for(cfg, EVALUATOR)
 
     def __call__(self, path: Path) -> dict[str, dict[str, float]]:
         model, _ = model_from_checkpoint(path, self.cfg.model)
@@ -79,6 +82,7 @@ class CheckpointEvaluator:
             protocols=self.protocols,
             anonymizer=self.anonymizer,
             keypoints=self.keypoints,
+            noise_keys=self.noise_keys,
             settings=self.settings,
             progress=False,
         )

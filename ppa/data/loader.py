@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from ppa.data.noise_keys import NoiseKeys
 from ppa.data.epoch_length import batches_per_epoch
 from ppa.data.errors import CorruptImageError
 from ppa.data.images import read_image
@@ -47,7 +48,9 @@ class Batch:
     labels: Tensor  # (B,) long: training label (train loaders) or original pid (eval loaders)
     modality: Tensor  # (B,) long: Modality.index
     cams: Tensor  # (B,) long
-    seeds: Tensor  # (B,) long: stable per-image seed (crc32 of the relative path)
+    # (B, 32) uint8: each image's secret noise key (ppa.data.noise_keys), or (B, 0) when loaded
+    # without its owner's NoiseKeys (then only deterministic anonymisers apply).
+    noise_keys: Tensor
     indices: Tensor  # (B,) long: position in the record list the loader was built from
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
@@ -75,12 +78,14 @@ class Sample(NamedTuple):
     label: int
     modality: int
     cam: int
-    seed: int
+    noise_key: bytes  # 32 bytes, or empty when the dataset has no NoiseKeys
     index: int
 
 
-def image_seed(relative_path: str) -> int:
-    """Stable per-image seed: CRC32 of the relative path (same on every machine and run)."""
+def augmentation_seed(relative_path: str) -> int:
+    """Default seed of an image's random transform (when the sampler gives none): CRC32 of the
+    relative path, the same on every machine and run. Public, so never used for anonymisation
+    (that draws from the secret `NoiseKeys`)."""
     return zlib.crc32(relative_path.encode("utf-8"))
 
 
@@ -98,7 +103,9 @@ def collate(samples: Sequence[Sample]) -> Batch:
         labels=longs([s.label for s in samples]),
         modality=longs([s.modality for s in samples]),
         cams=longs([s.cam for s in samples]),
-        seeds=longs([s.seed for s in samples]),
+        noise_keys=torch.tensor(
+            [list(s.noise_key) for s in samples], dtype=torch.uint8
+        ).view(len(samples), len(samples[0].noise_key)),
         indices=longs([s.index for s in samples]),
     )
 
@@ -108,7 +115,8 @@ class ReidImageDataset(Dataset[Sample]):
 
     Items are addressed by position (in `self.records`) or by a ``(position, aug_seed)`` pair,
     as `IdentitySampler` yields them; the random transform draws from ``aug_seed`` (else from
-    the image's own seed). `Sample.index` is the record's position in the list passed in, which
+    `augmentation_seed` of the path). With `noise_keys` (the images' owner's), each sample
+    carries its image's secret noise key; without, an empty one. `Sample.index` is the record's position in the list passed in, which
     differs from its position here when records were dropped.
 
     Missing keypoints (`pose_missing`): ``error`` raises MissingKeypointsError at construction
@@ -128,6 +136,7 @@ class ReidImageDataset(Dataset[Sample]):
         pose_missing: str = "error",
         label_kind: str = "train",
         on_bad_image: str = "error",
+        noise_keys: NoiseKeys | None = None,
     ):
         _check_choice("pose_missing", pose_missing, POSE_MISSING)
         _check_choice("label_kind", label_kind, LABEL_KINDS)
@@ -137,6 +146,7 @@ class ReidImageDataset(Dataset[Sample]):
         self.keypoints = keypoints
         self.pose_missing = pose_missing
         self.label_kind = label_kind
+        self.noise_keys = noise_keys
         if label_kind == "train":
             unlabelled = next((r for r in records if not isinstance(r, TrainRecord)), None)
             if unlabelled is not None:
@@ -158,11 +168,12 @@ class ReidImageDataset(Dataset[Sample]):
     def __getitem__(self, item: int | tuple[int, int]) -> Sample:
         position, aug_seed = item if isinstance(item, tuple) else (item, None)
         record = self.records[position]
-        seed = image_seed(record.path)
         image = read_image(self.root / record.path)
         points = self._keypoints_of(record, image.shape[0], image.shape[1])
         rng = (
-            np.random.default_rng(seed if aug_seed is None else aug_seed)
+            np.random.default_rng(
+                augmentation_seed(record.path) if aug_seed is None else aug_seed
+            )
             if self.transform.is_random
             else None
         )
@@ -174,7 +185,7 @@ class ReidImageDataset(Dataset[Sample]):
             int(label),
             record.modality.index,
             int(record.cam),
-            seed,
+            self.noise_keys.key_of(record.path) if self.noise_keys is not None else b"",
             self.source_indices[position],
         )
 
@@ -249,11 +260,13 @@ def create_train_loader(
     keypoints: KeypointCache | None,
     seed: int,
     on_bad_image: str = "error",
+    noise_keys: NoiseKeys | None = None,
 ) -> DataLoader:
     """Training loader: IdentitySampler batches (P=train.num_ids, K=train.num_instances per
     modality) with the augmenting transform of ``train.augment``.
 
-    Call ``loader.batch_sampler.set_epoch(epoch)`` before each epoch.
+    Call ``loader.batch_sampler.set_epoch(epoch)`` before each epoch. `noise_keys`: the
+    site's, when its anonymiser draws noise.
     """
     dataset = ReidImageDataset(
         root,
@@ -263,6 +276,7 @@ def create_train_loader(
         pose_missing=str(pose_cfg.missing),
         label_kind="train",
         on_bad_image=on_bad_image,
+        noise_keys=noise_keys,
     )
     if not dataset.records:
         raise ValueError(
@@ -317,10 +331,12 @@ def create_eval_loader(
     on_bad_image: str = "error",
     pin_memory: bool | str = "auto",
     label_kind: str = "pid",
+    noise_keys: NoiseKeys | None = None,
 ) -> DataLoader:
     """Loader in record order with the resize-only transform: evaluation (labels = original
     pids) and one-pass-over-every-record uses such as the DP prototype release
-    (``label_kind="train"``: training labels)."""
+    (``label_kind="train"``: training labels). `noise_keys`: the images' owner's, when they
+    are to be anonymised with noise."""
     dataset = ReidImageDataset(
         root,
         records,
@@ -329,6 +345,7 @@ def create_eval_loader(
         pose_missing=str(pose_cfg.missing),
         label_kind=label_kind,
         on_bad_image=on_bad_image,
+        noise_keys=noise_keys,
     )
     return DataLoader(
         dataset,

@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 
 from ppa.checkpoint import load_checkpoint, load_state_strict, save_checkpoint
 from ppa.config import resolve_path
+from ppa.data.noise_keys import CENTRAL
 from ppa.data.protocols import load_train_set
 from ppa.dp.accounting import LedgerError, PrivacyBudgetExhaustedError, PrivacyLedger
 from ppa.dp.finetune import FinetuneSettings, prepare_finetune
@@ -58,7 +59,9 @@ def train_central_private(cfg: DictConfig) -> Path:
     ckpt_dir = out / "checkpoints"
     train_set = load_train_set(cfg.dataset)
     check_public_start(cfg)  # a pretrained start must not have seen these identities
-    setup = TrainingSetup.create(cfg, root=train_set.root, num_classes=train_set.num_classes)
+    setup = TrainingSetup.create(
+        cfg, root=train_set.root, num_classes=train_set.num_classes, owner=CENTRAL
+    )
     model, device, objective = setup.model, setup.device, setup.objective
     finetune = FinetuneSettings.from_config(cfg)
     loader = poisson_loader(

@@ -94,7 +94,7 @@ def clipped_sums(
             batch = batch.to(device.device, non_blocking=device.non_blocking)
             views = [(batch.images, None)]
             if anonymizer is not None:
-                anon = anonymizer(batch.images, batch.keypoints, batch.seeds).images
+                anon = anonymizer(batch.images, batch.keypoints, batch.noise_keys).images
                 flags = torch.ones_like(batch.labels, dtype=torch.bool) if correct_offsets else None
                 views.append((anon, flags))
             feature = torch.zeros(len(batch), dim, device=device.device)

@@ -50,6 +50,7 @@ def poisson_loader(
         seed=seed,
         on_bad_image=str(cfg.dataset.on_bad_image),
         multiplicity=multiplicity,
+        noise_keys=setup.noise_keys,
     )
 
 
@@ -170,6 +171,7 @@ def release_private_prototypes(
             batch_size=max(privacy.batch_size, 1),
             num_workers=int(cfg.train.num_workers),
             on_bad_image=str(cfg.dataset.on_bad_image),
+            noise_keys=setup.noise_keys,
         ),
         num_modalities=len(MODALITIES),
         num_classes=setup.num_classes,

@@ -26,6 +26,7 @@ from ppa.data.loader import (
     create_eval_loader,
     resolve_pin_memory,
 )
+from ppa.data.noise_keys import NoiseKeys, no_noise_keys
 from ppa.data.records import TrainRecord
 from ppa.data.transforms import build_train_transform
 from ppa.pose.coco import NUM_KEYPOINTS
@@ -93,7 +94,7 @@ def collate_or_empty(samples: Sequence[Sample], height: int, width: int) -> Batc
         labels=empty,
         modality=empty.clone(),
         cams=empty.clone(),
-        seeds=empty.clone(),
+        noise_keys=no_noise_keys(0),
         indices=empty.clone(),
     )
 
@@ -116,6 +117,7 @@ def create_poisson_loader(
     seed: int,
     on_bad_image: str = "error",
     multiplicity: int = 1,
+    noise_keys: NoiseKeys | None = None,
 ) -> DataLoader:
     """Training loader for DP-SGD: Poisson batches of expected size `expected_batch_size`
     (records; with `multiplicity` K each drawn record comes K times, differently augmented).
@@ -132,6 +134,7 @@ def create_poisson_loader(
         pose_missing=str(pose_cfg.missing),
         label_kind="train",
         on_bad_image=on_bad_image,
+        noise_keys=noise_keys,
     )
     if not dataset.records:
         raise ValueError(
@@ -166,6 +169,7 @@ def create_release_loader(
     batch_size: int,
     num_workers: int = 0,
     on_bad_image: str = "error",
+    noise_keys: NoiseKeys | None = None,
 ) -> DataLoader:
     """One pass over the records, each exactly once, resize-only: the prototype release."""
     return create_eval_loader(
@@ -178,5 +182,6 @@ def create_release_loader(
         keypoints=keypoints,
         on_bad_image=on_bad_image,
         pin_memory=False,
+        noise_keys=noise_keys,
         label_kind="train",
     )

@@ -16,9 +16,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ppa.anonymize import KprAnonymizer
+from ppa.anonymize.factory import noise_keys_for
 from ppa.data.keypoints import KeypointCache
 from ppa.data.leakage import check_trained_on
 from ppa.data.loader import create_eval_loader
+from ppa.data.noise_keys import EVALUATOR, NoiseKeys
 from ppa.data.protocols import DatasetProtocol, TestSetting, dataset_protocol, test_settings
 from ppa.data.records import ImageRecord
 from ppa.device import DeviceSettings
@@ -113,6 +115,7 @@ def evaluate(
     protocols: Sequence[str] | None = None,
     anonymizer: KprAnonymizer | None = None,
     keypoints: KeypointCache | None = None,
+    noise_keys: NoiseKeys | None = None,
     settings: Sequence[TestSetting] | None = None,
     progress: bool = True,
     trained_on: Any | None = None,
@@ -125,6 +128,9 @@ def evaluate(
     `trained_on` is the ``dataset`` config the model was trained with (default
     ``cfg.dataset``): test settings that hold its training identities are refused
     (`ppa.data.leakage`), e.g. a RegDB model tested on another trial.
+
+    The test images are the evaluator's: a noise anonymiser draws from `noise_keys`, by
+    default the evaluator's own (`ppa.data.noise_keys.EVALUATOR`, made on first use).
     """
     protocols = list(protocols or cfg.eval.protocols)
     unknown = [p for p in protocols if p not in PRIVACY_PROTOCOLS]
@@ -146,6 +152,8 @@ def evaluate(
         # Dropping test images would silently change the protocol; fall back to the prior.
         logger.warning("pose.missing=skip does not apply to test images; using center_prior")
         pose_cfg = OmegaConf.merge(pose_cfg, {"missing": "center_prior"})
+    if "anon" in views and noise_keys is None:
+        noise_keys = noise_keys_for(cfg, EVALUATOR)
     loader = create_eval_loader(
         images.records,
         root,
@@ -155,6 +163,7 @@ def evaluate(
         pose_cfg=pose_cfg,
         keypoints=keypoints if "anon" in views else None,
         on_bad_image="error",
+        noise_keys=noise_keys if "anon" in views else None,
     )
     features = extract_features(
         model,

@@ -64,7 +64,7 @@ def extract_features(
             images, anonymized = batch.images, None
             if view == "anon":
                 assert anonymizer is not None
-                images = anonymizer(images, batch.keypoints, batch.seeds).images
+                images = anonymizer(images, batch.keypoints, batch.noise_keys).images
                 if correct_offsets:
                     anonymized = torch.ones_like(batch.labels, dtype=torch.bool)
             x = device.prepare(normalize(images, mean, std))

@@ -17,6 +17,7 @@ from ppa.anonymize.measures import FaceDetector
 from ppa.anonymize.report import PrivacyMeter
 from ppa.data.keypoints import KeypointCache
 from ppa.data.loader import Batch, create_eval_loader
+from ppa.data.noise_keys import NoiseKeys, no_noise_keys
 from ppa.data.protocols import TestSetting, dataset_root
 from ppa.data.records import MODALITIES
 from ppa.eval.evaluate import TestImages
@@ -48,7 +49,7 @@ def measure_batches(
     anon_keep: list[Tensor] = []
     for batch in batches:
         batch = batch.to(device)
-        result = anonymizer(batch.images, batch.keypoints, batch.seeds)
+        result = anonymizer(batch.images, batch.keypoints, batch.noise_keys)
         meter.add(batch.images, result)
         for modality, room in per_modality.items():
             picked = (batch.modality == modality).nonzero(as_tuple=True)[0][:room]
@@ -70,12 +71,15 @@ def measure_photos(
     anonymizer: KprAnonymizer,
     device: torch.device,
     detector: FaceDetector | None,
+    noise_keys: NoiseKeys | None = None,
 ) -> Measured:
+    """Score each photo; a photo's noise key is that of its name under `noise_keys`."""
     meter = PrivacyMeter(detector)
     per_photo, raw_thumbs, anon_thumbs = [], [], []
     for photo in photos:  # one at a time: sizes differ
         raw = photo.image.to(device)
-        result = anonymizer(raw, photo.keypoints.to(device), photo.seed.to(device))
+        keys = noise_keys.tensor([photo.name]) if noise_keys is not None else no_noise_keys(1)
+        result = anonymizer(raw, photo.keypoints.to(device), keys.to(device))
         (numbers,) = meter.add(raw, result)
         per_photo.append({"photo": photo.name, **numbers})
         raw_thumbs.append(thumbnail(raw.cpu()))
@@ -90,10 +94,14 @@ def measure_photos(
 
 
 def dataset_batches(
-    cfg: DictConfig, settings: Sequence[TestSetting], count: int, keypoints: KeypointCache | None
+    cfg: DictConfig,
+    settings: Sequence[TestSetting],
+    count: int,
+    keypoints: KeypointCache | None,
+    noise_keys: NoiseKeys | None = None,
 ) -> list[Batch]:
     """`count` test images spread evenly over the query and gallery records (both modalities),
-    loaded once at the network input size."""
+    loaded once at the network input size (with their keys under `noise_keys`)."""
     records = TestImages.from_settings(settings).records
     if count < len(records):
         picks = np.unique(np.linspace(0, len(records) - 1, count).round().astype(int))
@@ -106,5 +114,6 @@ def dataset_batches(
         num_workers=int(cfg.eval.num_workers),
         pose_cfg=cfg.pose,
         keypoints=keypoints,
+        noise_keys=noise_keys,
     )
     return list(loader)

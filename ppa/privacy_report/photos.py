@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 import torch.nn.functional as F
 from matplotlib import cbook
 from skimage import data as skimage_data
@@ -17,7 +16,6 @@ from torch import Tensor
 from ppa.data.errors import CorruptImageError
 from ppa.data.images import read_image
 from ppa.data.keypoints import KeypointCache
-from ppa.data.loader import image_seed
 from ppa.data.transforms import ReidTransform
 from ppa.pose.coco import INDEX, NUM_KEYPOINTS
 from ppa.pose.prior import canonical_keypoints
@@ -60,10 +58,6 @@ class Photo:
     keypoints_from: str  # cache | prior | hand-placed
     image: Tensor  # (1, 3, H, W) in [0, 1]
     keypoints: Tensor  # (1, 17, 3) in its pixels
-
-    @property
-    def seed(self) -> Tensor:
-        return torch.tensor([image_seed(self.name)], dtype=torch.long)
 
 
 def _photo(

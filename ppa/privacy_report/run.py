@@ -36,12 +36,13 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from ppa.anonymize import KprAnonymizer
+from ppa.anonymize import KprAnonymizer, NoiseAnonymizer
 from ppa.anonymize.measures import FaceDetector
 from ppa.checkpoint import model_from_checkpoint
 from ppa.config import effective_config, resolve_path
 from ppa.data.keypoints import load_dataset_keypoints
 from ppa.data.loader import Batch
+from ppa.data.noise_keys import EVALUATOR, NoiseKeys, key_file
 from ppa.data.protocols import dataset_root, test_settings
 from ppa.device import DeviceSettings
 from ppa.eval.evaluate import evaluate
@@ -133,6 +134,12 @@ def run(cfg: DictConfig) -> Path:
     keypoints = load_dataset_keypoints(
         root, cfg.dataset.keypoints, required=cfg.pose.missing == "error"
     )
+    # The test images are the evaluator's: one key for every noise setting of the report.
+    noise_keys = (
+        NoiseKeys.from_file(key_file(cfg.anonymizer, EVALUATOR))
+        if any(s.name == NoiseAnonymizer.name for s in settings)
+        else None
+    )
 
     batches: dict[tuple[int, int], list[Batch]] = {}  # test images per input size, loaded once
     reference: dict[str, dict] = {}  # raw-raw utility per checkpoint
@@ -155,14 +162,16 @@ def run(cfg: DictConfig) -> Path:
         }
         if int(rc.images) > 0:
             if size not in batches:
-                batches[size] = dataset_batches(run_cfg, tests, int(rc.images), keypoints)
+                batches[size] = dataset_batches(
+                    run_cfg, tests, int(rc.images), keypoints, noise_keys
+                )
             measured = measure_batches(
                 batches[size], anonymizer, device, detector, int(rc.grid_samples)
             )
             row["dataset"] = measured.scores
             sample_grid.add(setting.label, measured.raw, measured.anon)
         if photos:
-            measured = measure_photos(photos, anonymizer, device, detector)
+            measured = measure_photos(photos, anonymizer, device, detector, noise_keys)
             row["photos"] = {**measured.scores, "per_photo": measured.per_image}
             photo_grid.add(setting.label, measured.raw, measured.anon)
         if utility and model is not None:
@@ -183,6 +192,7 @@ def run(cfg: DictConfig) -> Path:
                 protocols=list(UTILITY_PROTOCOLS),
                 anonymizer=anonymizer,
                 keypoints=keypoints,
+                noise_keys=noise_keys,
                 settings=tests,
                 progress=False,
             ).numbers()

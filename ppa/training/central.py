@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from ppa.checkpoint import load_checkpoint, save_checkpoint
 from ppa.config import resolve_path
+from ppa.data.noise_keys import CENTRAL
 from ppa.data.protocols import load_train_set
 from ppa.data.records import MODALITIES
 from ppa.io import atomic_write_json
@@ -40,7 +41,9 @@ def train_central(cfg: DictConfig) -> Path:
     ckpt_dir = out / "checkpoints"
     train_set = load_train_set(cfg.dataset)
     check_public_start(cfg)  # a pretrained start must not have seen these identities
-    setup = TrainingSetup.create(cfg, root=train_set.root, num_classes=train_set.num_classes)
+    setup = TrainingSetup.create(
+        cfg, root=train_set.root, num_classes=train_set.num_classes, owner=CENTRAL
+    )
     model, anonymizer, device = setup.model, setup.anonymizer, setup.device
     loader = setup.train_loader(train_set.records, seed=int(cfg.seed))
     optimizer = create_optimizer(model, cfg.train.optimizer)

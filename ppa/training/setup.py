@@ -15,8 +15,10 @@ from typing import Any
 from omegaconf import DictConfig
 
 from ppa.anonymize import KprAnonymizer
+from ppa.anonymize.factory import noise_keys_for
 from ppa.data.keypoints import KeypointCache, load_dataset_keypoints
 from ppa.data.loader import create_train_loader
+from ppa.data.noise_keys import NoiseKeys
 from ppa.data.records import TrainRecord
 from ppa.device import DeviceSettings
 from ppa.model import PPAEncoder, create_model
@@ -26,7 +28,8 @@ from ppa.training.step import StepContext
 
 @dataclass
 class TrainingSetup:
-    """The model, anonymiser and keypoints of a run over images under `root`."""
+    """The model, anonymiser and keypoints of a run over images under `root`, and the noise
+    keys of the images' owner when the anonymiser draws noise."""
 
     cfg: DictConfig
     objective: PPAObjective
@@ -36,10 +39,12 @@ class TrainingSetup:
     keypoints: KeypointCache | None
     model: PPAEncoder
     anonymizer: KprAnonymizer | None
+    noise_keys: NoiseKeys | None = None
 
     @classmethod
-    def create(cls, cfg: DictConfig, *, root: Path, num_classes: int) -> TrainingSetup:
-        """Keypoints (when the objective anonymises), the placed model, the KPR anonymiser."""
+    def create(cls, cfg: DictConfig, *, root: Path, num_classes: int, owner: str) -> TrainingSetup:
+        """Keypoints (when the objective anonymises), the placed model, the KPR anonymiser and
+        `owner`'s noise keys (a site's name, or `ppa.data.noise_keys.CENTRAL`)."""
         objective = PPAObjective.from_config(cfg.ppa)
         device = DeviceSettings.from_config(cfg)
         needs_pose = objective.anonymized_view
@@ -52,7 +57,10 @@ class TrainingSetup:
         )
         model = device.place(create_model(cfg.model, num_classes))
         anonymizer = KprAnonymizer.from_config(cfg).to(device.device) if needs_pose else None
-        return cls(cfg, objective, device, root, num_classes, keypoints, model, anonymizer)
+        noise_keys = noise_keys_for(cfg, owner) if needs_pose else None
+        return cls(
+            cfg, objective, device, root, num_classes, keypoints, model, anonymizer, noise_keys
+        )
 
     def step_context(self, **fields: Any) -> StepContext:
         """A step context over this set-up's model, objective, anonymiser and device."""
@@ -77,4 +85,5 @@ class TrainingSetup:
             keypoints=self.keypoints,
             seed=seed,
             on_bad_image=str(cfg.dataset.on_bad_image),
+            noise_keys=self.noise_keys,
         )

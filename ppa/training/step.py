@@ -83,8 +83,8 @@ def anonymize(ctx: StepContext, batch: Batch) -> torch.Tensor:
     assert ctx.anonymizer is not None
     if ctx.anonymizer_optimizer is None:
         with torch.no_grad():
-            return ctx.anonymizer(batch.images, batch.keypoints, batch.seeds).images
-    result = ctx.anonymizer(batch.images, batch.keypoints, batch.seeds)
+            return ctx.anonymizer(batch.images, batch.keypoints, batch.noise_keys).images
+    result = ctx.anonymizer(batch.images, batch.keypoints, batch.noise_keys)
     terms = ctx.anonymizer.anonymizer.objective(batch.images, result.images, result.masks)
     ctx.anonymizer_optimizer.zero_grad(set_to_none=True)
     terms["total"].backward()

@@ -97,7 +97,7 @@ def _ppa_step_case(ctx: BenchContext, case: DictConfig, component_repeats: int) 
         for name in ("baseline", "full")
     }
     with torch.no_grad():
-        anonymized = anonymizer(batch.images, batch.keypoints, batch.seeds).images
+        anonymized = anonymizer(batch.images, batch.keypoints, batch.noise_keys).images
     # The two-view compute reference: the baseline step on raw + anonymised images at once.
     doubled = Batch(
         images=torch.cat([batch.images, anonymized]),
@@ -105,7 +105,7 @@ def _ppa_step_case(ctx: BenchContext, case: DictConfig, component_repeats: int) 
         labels=batch.labels.repeat(2),
         modality=batch.modality.repeat(2),
         cams=batch.cams.repeat(2),
-        seeds=batch.seeds.repeat(2),
+        noise_keys=batch.noise_keys.repeat(2, 1),
         indices=batch.indices.repeat(2),
     )
     label = f"{case.model} {height}x{width} b{len(batch)}"
@@ -119,7 +119,7 @@ def _ppa_step_case(ctx: BenchContext, case: DictConfig, component_repeats: int) 
     components = {
         "masks": lambda: anonymizer.masks(batch.keypoints, height, width),
         "masks_full_frame": lambda: full_frame_masks(anonymizer, batch.keypoints, height, width),
-        "anonymization": lambda: anonymizer(batch.images, batch.keypoints, batch.seeds),
+        "anonymization": lambda: anonymizer(batch.images, batch.keypoints, batch.noise_keys),
         "heatmaps": lambda: joint_heatmaps(
             batch.keypoints,
             fh,
