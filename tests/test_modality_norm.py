@@ -109,7 +109,7 @@ def test_training_mode_measurement_gives_batch_statistics_and_leaves_the_model_a
         labels=torch.zeros(4, dtype=torch.long),
         modality=torch.full((4,), IR, dtype=torch.long),
         cams=torch.zeros(4, dtype=torch.long),
-        seeds=torch.zeros(4, dtype=torch.long),
+        noise_keys=torch.zeros(4, 0, dtype=torch.uint8),
         keypoints=torch.zeros(4, 17, 3),
         indices=torch.arange(4),
     )
