@@ -24,7 +24,7 @@ from ppa.node_config import NodeConfigError, SiteSpec, check_layout
 from ppa.prototypes import IdentityPrototypes, PrototypeAccumulator
 from ppa.seeding import derive_seed, seed_everything
 from ppa.training.loop import train_round_epochs
-from ppa.training.norm_statistics import measure_norm_statistics
+from ppa.training.norm_statistics import calibration_mode, measure_norm_statistics
 from ppa.training.optim import create_optimizer
 from ppa.training.scaffold import ControlledRound, control_keys
 from ppa.training.setup import TrainingSetup
@@ -351,7 +351,7 @@ class SiteTrainer:
             mean=tuple(cfg.input.mean),
             std=tuple(cfg.input.std),
             device=self.device.device,
-            mode=str(cfg.federation.get("calibration_mode", "eval")),
+            mode=calibration_mode(cfg),
         )
 
     def package(

@@ -11,7 +11,7 @@ from ppa.data.loader import Batch
 from ppa.data.records import MODALITIES, Modality
 from ppa.model import create_model
 from ppa.model.modality_norm import ModalityBatchNorm2d, modality_routing, split_batch_norms
-from ppa.training.norm_statistics import measure_norm_statistics
+from ppa.training.norm_statistics import calibration_mode, measure_norm_statistics
 from ppa.wire import STEM, parameter_group, site_keys
 
 VIS, IR = Modality.VISIBLE.index, Modality.INFRARED.index
@@ -134,3 +134,16 @@ def test_training_mode_measurement_gives_batch_statistics_and_leaves_the_model_a
     assert all(m.momentum == 0.1 for m in model.modules() if isinstance(m, nn.BatchNorm2d))
     with pytest.raises(ValueError, match="mode"):
         measure_norm_statistics(model, [batch], mean=(0.5,) * 3, std=(0.25,) * 3, mode="x")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ([], "eval"),
+        (["model.trunk_stats=modality"], "train"),
+        (["model.trunk_stats=modality", "federation.calibration_mode=eval"], "eval"),
+        (["federation.calibration_mode=train"], "train"),
+    ],
+)
+def test_auto_calibration_measures_the_way_test_time_normalises(overrides, expected):
+    assert calibration_mode(load_config(["model=tiny", *overrides])) == expected

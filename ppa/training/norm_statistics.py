@@ -20,6 +20,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
+from omegaconf import DictConfig
 from torch import nn
 
 from ppa.data.loader import Batch
@@ -36,6 +37,17 @@ def _batch_norms(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     for name, module in model.named_modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
             yield name, module
+
+
+def calibration_mode(cfg: DictConfig) -> str:
+    """`federation.calibration_mode`, with ``auto`` resolved: ``train`` when the trunk keeps
+    BatchNorm statistics per modality (stems and BNNeck are per modality already, so test
+    time normalises every layer per modality, as local training did), ``eval`` otherwise."""
+    mode = str(cfg.federation.get("calibration_mode", "auto"))
+    if mode != "auto":
+        return mode
+    per_modality = str(cfg.model.get("trunk_stats", "shared")) == "modality"
+    return "train" if per_modality else "eval"
 
 
 def norm_statistics_keys(model: nn.Module) -> list[str]:
