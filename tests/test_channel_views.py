@@ -14,7 +14,7 @@ from ppa.data.channel_views import (
 )
 from ppa.data.loader import Batch
 from ppa.data.records import Modality
-from ppa.pseudo_infrared import PseudoInfraredViews
+from ppa.training.pseudo_infrared import PseudoInfraredViews
 
 VIS, IR = Modality.VISIBLE.index, Modality.INFRARED.index
 

@@ -1,7 +1,7 @@
 """Channel views of visible images (after CAJ, Ye et al., ICCV 2021), batched on tensors.
 
 The per-image, loader-time augmentation of the real-data recipes is `ppa.data.channel_augment`;
-this module makes whole-batch infrared-like views during training (`ppa.pseudo_infrared`).
+this module makes whole-batch infrared-like views during training (`ppa.training.pseudo_infrared`).
 
 An infrared camera records one intensity per pixel; a visible image reduced to one of its
 colour channels (or to its luminance) and repeated three times is an infrared-like view of

@@ -18,8 +18,8 @@ from ppa.model import PPAEncoder
 from ppa.pose.heatmaps import joint_heatmaps
 from ppa.pose.joint_sets import ALL_JOINTS
 from ppa.prototypes import IdentityPrototypes, PrototypeAccumulator
-from ppa.pseudo_infrared import PseudoInfraredViews
 from ppa.training.objective import PPAObjective
+from ppa.training.pseudo_infrared import PseudoInfraredViews
 
 # A step that replaces forward/backward/optimizer.step for one batch (DP-SGD: ppa.dp.PrivateStep)
 # and returns (loss, terms) like `ppa_step`.
@@ -43,7 +43,7 @@ class StepContext:
     prototype_momentum: float | None = None  # set: EMA-update `prototypes` (central training)
     anonymizer_optimizer: torch.optim.Optimizer | None = None
     private_step: StepHook | None = None  # set: DP-SGD does the step (ppa.dp)
-    # set: rewrites each training batch before the step (ppa.pseudo_infrared)
+    # set: rewrites each training batch before the step (ppa.training.pseudo_infrared)
     batch_views: Callable[[Batch], Batch] | None = None
 
     @classmethod

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ppa.federated_regularizers import ProximalTerm
+from ppa.training.proximal import ProximalTerm
 
 
 def test_proximal_gradient_and_fixed_point_on_a_quadratic():
