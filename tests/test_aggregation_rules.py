@@ -7,11 +7,10 @@ same site updates to both and require the same aggregate.
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, Message, MessageType, Metadata, MetricRecord, RecordDict
+from flower_messages import reply_metadata
+from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, Krum
 from flwr.supercore.differential_privacy import compute_clip_model_update
 
@@ -47,17 +46,7 @@ def replies(updates, weights) -> list[Message]:
     """Train replies as Flower's strategies receive them (fresh: FedTrimmedAvg pops arrays)."""
     out = []
     for node, (update, weight) in enumerate(zip(updates, weights, strict=True), start=1):
-        meta = Metadata(
-            run_id=1,
-            message_id=f"m{node}",
-            src_node_id=node,
-            dst_node_id=0,
-            reply_to_message_id="x",
-            group_id="1",
-            created_at=time.time(),
-            ttl=60.0,
-            message_type=MessageType.TRAIN,
-        )
+        meta = reply_metadata(node, MessageType.TRAIN)
         content = RecordDict(
             {
                 "arrays": ArrayRecord({k: Array(v.copy()) for k, v in update.items()}),

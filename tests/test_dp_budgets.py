@@ -4,12 +4,12 @@ reported an exhausted budget."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from flwr.app import Error, Message, MessageType, Metadata
+from flower_messages import reply_metadata
+from flwr.app import Error, Message, MessageType
 from flwr.app import RecordDict as FlwrRecordDict
 from opacus.accountants import RDPAccountant
 
@@ -147,17 +147,7 @@ def test_the_server_stops_sampling_a_site_out_of_its_own_budget() -> None:
     )
     grid = _Nodes([11, 12, 13])
     assert strategy.sample(grid) == [11, 12, 13]
-    meta = Metadata(
-        run_id=1,
-        message_id="m12",
-        src_node_id=12,
-        dst_node_id=0,
-        reply_to_message_id="x",
-        group_id="1",
-        created_at=time.time(),
-        ttl=60.0,
-        message_type=MessageType.TRAIN,
-    )
+    meta = reply_metadata(12, MessageType.TRAIN)
     reason = "site cam3: DP budget exhausted, not training this round"
     strategy.aggregate_train(
         1, [Message(error=Error(code=BUDGET_EXHAUSTED_CODE, reason=reason), metadata=meta)]

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import torch
+from flower_messages import reply_metadata
 from flwr.app import (
     Array,
     ArrayRecord,
@@ -14,7 +13,6 @@ from flwr.app import (
     Error,
     Message,
     MessageType,
-    Metadata,
     MetricRecord,
     RecordDict,
 )
@@ -102,17 +100,7 @@ def test_a_group_norm_model_has_no_statistics() -> None:
 def reply(
     node: int, site: str, modality: Modality, stats: dict, images: int, error: str | None = None
 ) -> Message:
-    meta = Metadata(
-        run_id=1,
-        message_id=f"m{node}",
-        src_node_id=node,
-        dst_node_id=0,
-        reply_to_message_id="x",
-        group_id="1",
-        created_at=time.time(),
-        ttl=60.0,
-        message_type=MessageType.EVALUATE,
-    )
+    meta = reply_metadata(node, MessageType.EVALUATE)
     if error is not None:
         return Message(error=Error(code=1, reason=error), metadata=meta)
     return Message(

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from flwr.app import Message, MessageType, Metadata, RecordDict
+from flower_messages import reply_message
+from flwr.app import RecordDict
 from torch import nn
 
 from client.app import train_reply
@@ -206,21 +206,6 @@ def test_a_control_variate_of_the_wrong_shape_is_refused_at_the_site():
         ControlledRound.attach(model, opt, ["w"], {"w": np.zeros(3, np.float32)}, None)
 
 
-def _reply(node: int, content) -> Message:
-    meta = Metadata(
-        run_id=1,
-        message_id=f"m{node}",
-        src_node_id=node,
-        dst_node_id=0,
-        reply_to_message_id="x",
-        group_id="1",
-        created_at=time.time(),
-        ttl=60.0,
-        message_type=MessageType.TRAIN,
-    )
-    return Message(content=content, metadata=meta)
-
-
 def test_sites_and_server_run_scaffold_rounds_on_real_messages(
     tiny_sysu_root: Path, tmp_path: Path
 ) -> None:
@@ -273,7 +258,7 @@ def test_sites_and_server_run_scaffold_rounds_on_real_messages(
                 send_prototypes=True,
             )
             assert CONTROL_DELTA in content.array_records
-            replies.append(_reply(node, content))
+            replies.append(reply_message(node, content))
         record, _ = strategy.aggregate_train(server_round, replies)
         assert record is not None and strategy.last_report.failed == []
         arrays = {k: v.numpy() for k, v in record.items()}
@@ -291,7 +276,7 @@ def test_sites_and_server_run_scaffold_rounds_on_real_messages(
     # A reply without the control-variate deltas is dropped, the site named.
     content = train_reply(result, site="cam3", modality="infrared", send_prototypes=False)
     del content[CONTROL_DELTA]
-    record, _ = strategy.aggregate_train(3, [_reply(2, content)])
+    record, _ = strategy.aggregate_train(3, [reply_message(2, content)])
     assert record is None and "control-delta" in strategy.last_report.failed[0]
 
 
