@@ -33,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ppa.data.protocols import dataset_root, load_label_space, test_settings
 from ppa.data.splits import TrainSet
+from ppa.model.modality_norm import seed_modality_statistics
 from ppa.synthetic.files import read_manifest
 
 logger = logging.getLogger(__name__)
@@ -166,10 +167,12 @@ def load_start_weights(model: torch.nn.Module, payload: Mapping[str, Any], sourc
     """Copy a start checkpoint's encoder weights into `model` (all but the classifier).
 
     Every other weight must exist with the same shape: a start of another architecture or
-    normalisation (BatchNorm vs GroupNorm) is an error naming the first mismatches.
+    normalisation (BatchNorm vs GroupNorm) is an error naming the first mismatches. A start
+    with shared trunk statistics seeds every modality's statistics of a per-modality trunk.
     """
-    state = {k: v for k, v in payload["state_dict"].items() if k not in IDENTITY_BOUND}
     own = {k: v for k, v in model.state_dict().items() if k not in IDENTITY_BOUND}
+    state = {k: v for k, v in payload["state_dict"].items() if k not in IDENTITY_BOUND}
+    state = seed_modality_statistics(state, own)
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     shapes = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
     if missing or unexpected or shapes:

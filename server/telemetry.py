@@ -77,6 +77,10 @@ class Telemetry:
         self.central_rank1 = gauge(
             "ppa_central_rank1_ratio", "Central Rank-1 of the global model (0..1)", "protocol"
         )
+        # The run's counters exist at 0 from the first scrape: a rate over the run is defined
+        # from its start, not only once two scrapes happened to fall after the first round.
+        for metric in (self.rounds_completed, self.bytes_received_total, self.round_duration):
+            metric.labels(**self.run)
         self._per_site = (self.site_loss, self.site_epsilon, self.site_flagged)
         self._sites: set[str] = set()
         self._server = None

@@ -86,7 +86,18 @@ def _prepared(cfg: DictConfig, num_classes: int) -> nn.Module:
     return model.train()
 
 
-def test_the_recipe_trains_the_late_part_only_and_locks_batch_norm(ft_cfg: DictConfig) -> None:
+def _with_trunk_stats(cfg: DictConfig, trunk_stats: str) -> DictConfig:
+    """`cfg` with one set of trunk BatchNorm statistics or one per modality."""
+    cfg = cfg.copy()
+    cfg.model.trunk_stats = trunk_stats
+    return cfg
+
+
+@pytest.mark.parametrize("trunk_stats", ["shared", "modality"])
+def test_the_recipe_trains_the_late_part_only_and_locks_batch_norm(
+    ft_cfg: DictConfig, trunk_stats: str
+) -> None:
+    ft_cfg = _with_trunk_stats(ft_cfg, trunk_stats)
     settings = FinetuneSettings.from_config(ft_cfg)
     assert settings.freeze_batch_norm and settings.augmentation_multiplicity == 2
     model = create_model(ft_cfg.model, 12)
@@ -117,9 +128,11 @@ def test_the_recipe_trains_the_late_part_only_and_locks_batch_norm(ft_cfg: DictC
         prepare_finetune(create_model(ft_cfg.model, 12), FinetuneSettings(train=("trunk.layer9",)))
 
 
+@pytest.mark.parametrize("trunk_stats", ["shared", "modality"])
 def test_per_record_gradient_through_frozen_statistics_is_that_record_alone(
-    ft_cfg: DictConfig,
+    ft_cfg: DictConfig, trunk_stats: str
 ) -> None:
+    ft_cfg = _with_trunk_stats(ft_cfg, trunk_stats)
     batch, num_classes = _batch(ft_cfg, 2)
     model = _prepared(ft_cfg, num_classes)
     grads = PerSampleGradients(model)

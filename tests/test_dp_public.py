@@ -99,6 +99,43 @@ def test_a_disjoint_public_start_is_accepted_and_loaded(
             torch.testing.assert_close(value, saved[name], msg=name)
 
 
+def test_a_start_with_shared_statistics_seeds_each_modality_of_a_split_trunk(
+    public_root: Path, tiny_sysu_root: Path, tmp_path: Path
+) -> None:
+    public = _cfg(public_root, tmp_path / "p", "model.trunk_stats=shared", name="synthetic_public")
+    record = training_provenance(public.dataset, load_train_set(public.dataset))
+    path = _start(public, tmp_path / "public.pt", record)
+    saved = load_checkpoint(path)["state_dict"]
+    # Make the shared statistics recognisable (a fresh model holds zeros and ones).
+    for key in [k for k in saved if k.endswith(("running_mean", "running_var"))]:
+        saved[key] = torch.rand_like(saved[key]) + 0.5
+    payload = load_checkpoint(path)
+    payload["state_dict"] = saved
+    torch.save(payload, path)
+    private = _cfg(
+        tiny_sysu_root,
+        tmp_path / "q",
+        "model.trunk_stats=modality",
+        f"model.pretrained_path={path}",
+    )
+    model = create_model(private.model, len(load_train_set(private.dataset).pid_to_label))
+    state = model.state_dict()
+    split = [k for k in state if ".stats.visible.running_mean" in k and k.startswith("trunk.")]
+    assert split
+    for key in split:
+        shared = key.replace(".stats.visible.", ".")
+        for modality in ("visible", "infrared"):
+            mine = key.replace(".visible.", f".{modality}.")
+            torch.testing.assert_close(state[mine], saved[shared], msg=mine)
+            torch.testing.assert_close(
+                state[mine.replace("running_mean", "running_var")],
+                saved[shared.replace("running_mean", "running_var")],
+            )
+    # Everything else (affine included) comes from the start unchanged.
+    weight = split[0].replace(".stats.visible.running_mean", ".weight")
+    torch.testing.assert_close(state[weight], saved[weight])
+
+
 def test_a_start_sharing_training_identities_is_refused_naming_both_sets(
     tiny_sysu_root: Path, tmp_path: Path
 ) -> None:

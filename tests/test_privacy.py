@@ -20,6 +20,7 @@ from ppa.anonymize.measures import (
     ssim,
     to_uint8_images,
 )
+from ppa.data.noise_keys import no_noise_keys
 from ppa.pose.coco import INDEX, NUM_KEYPOINTS
 from ppa.pose.heatmaps import MaskSettings
 
@@ -114,7 +115,7 @@ def test_head_region_scores():
         AnonymizationLevels(1.5, 1.0, 0.35),
         MaskSettings(0.3, 0.55, 0.05, 1.5),
     )
-    result = kpr(raw, kp, torch.zeros(1, dtype=torch.long))
+    result = kpr(raw, kp, no_noise_keys(1))
     scores = head_region_scores(raw, result.images, result.masks.head)
     assert set(scores) == {"head_psnr", "head_ssim", "image_psnr", "image_ssim"}
     assert all(isinstance(v, float) for v in scores.values())
@@ -144,7 +145,7 @@ def test_face_found_on_astronaut_and_hidden_by_kpr_mosaic():
         MaskSettings(0.3, 0.55, 0.05, 1.5),
         pose_guided=True,
     )
-    anon = kpr(raw, astronaut_keypoints(), torch.zeros(1, dtype=torch.long)).images
+    anon = kpr(raw, astronaut_keypoints(), no_noise_keys(1)).images
     # The search range of scikit-image's own astronaut example (wider ranges add false hits).
     detector = FaceDetector(min_size=(60, 60), max_size=(123, 123))
     raw_u8, anon_u8 = to_uint8_images(raw), to_uint8_images(anon)

@@ -23,6 +23,7 @@ from ppa.data.keypoints import KeypointCache
 from ppa.pose.coco import INDEX, NUM_KEYPOINTS
 from ppa.privacy_report import run as privacy_report
 from ppa.privacy_report.photos import SAMPLE_PHOTO_JOINTS
+from ppa.privacy_report.settings import AnonymizerSetting
 
 from conftest import REPO, tiny_overrides
 
@@ -234,3 +235,17 @@ def test_bad_report_settings_are_named(tiny_sysu_root: Path, tmp_path: Path, tra
         privacy_report.run(
             report_cfg(tiny_sysu_root, tmp_path, photos=str(tmp_path / "none"), utility=False)
         )
+
+
+@pytest.mark.parametrize(("base", "setting"), [("mosaic", "noise"), ("noise", "blur")])
+def test_a_setting_replaces_the_whole_anonymizer_group(base: str, setting: str) -> None:
+    # Hydra hands the command a struct config: keys only one anonymiser has (the noise
+    # anonymiser's key files) must neither be refused nor leak into another setting.
+    cfg = load_config([f"anonymizer={base}", "ppa.pose_guided=true"])
+    OmegaConf.set_struct(cfg, True)
+    row = AnonymizerSetting.from_entry({"anonymizer": setting, "pose_guided": False}, 0, None)
+    applied = row.apply(cfg)
+    expected = OmegaConf.to_container(load_config([f"anonymizer={setting}"]).anonymizer)
+    assert OmegaConf.to_container(applied.anonymizer) == expected
+    assert applied.ppa.pose_guided is False and cfg.ppa.pose_guided is True
+    assert cfg.anonymizer.name == base  # the run's own config is left alone

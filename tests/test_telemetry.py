@@ -65,6 +65,13 @@ def scrape(port: int) -> dict[str, float]:
 
 def test_metrics_scraped_over_http(telemetry) -> None:
     t, port = telemetry
+    # Before the first round the run's counters are there at 0 (a rate is defined from the
+    # run's start); the gauges of a round are not.
+    before = scrape(port)
+    assert before["ppa_rounds_completed_total{RUN}"] == 0
+    assert before["ppa_received_bytes_total{RUN}"] == 0
+    assert before["ppa_round_duration_seconds_count{RUN}"] == 0
+    assert "ppa_sites_replied{RUN}" not in before
     record_example_round(t)
     lines = scrape(port)
     assert lines["ppa_run_info{RUN}"] == 1

@@ -30,6 +30,7 @@ from omegaconf import DictConfig
 from opacus.grad_sample import register_grad_sampler
 from torch import nn
 
+from ppa.model.modality_norm import ModalityBatchNorm2d
 from ppa.model.neck import ModalityBatchNorm1d
 from ppa.model.routing import route_by_modality
 
@@ -62,8 +63,9 @@ def is_frozen_norm(module: nn.Module) -> bool:
 
 
 def freeze_batch_norm(model: nn.Module) -> list[str]:
-    """Lock every BatchNorm of `model` in evaluation mode and freeze its affine; returns
-    their names. State-dict keys are unchanged (the class changes, not the module)."""
+    """Lock every BatchNorm of `model` in evaluation mode and freeze its affine (per-modality
+    trunk norms included); returns their names. State-dict keys are unchanged (the class
+    changes, not the module)."""
     frozen = []
     for name, module in model.named_modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(
@@ -76,6 +78,12 @@ def freeze_batch_norm(model: nn.Module) -> list[str]:
             for p in module.parameters(recurse=False):
                 p.requires_grad_(False)
             module.eval()
+            frozen.append(name)
+        elif isinstance(module, ModalityBatchNorm2d):
+            # Its statistics are BatchNorm2d children (frozen by the branch above); the shared
+            # affine is a backbone BatchNorm affine, frozen like the others.
+            for p in module.parameters(recurse=False):
+                p.requires_grad_(False)
             frozen.append(name)
     return frozen
 

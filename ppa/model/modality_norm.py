@@ -20,7 +20,8 @@ each modality, like the stems).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -101,3 +102,33 @@ def modality_routing(norms: Sequence[ModalityBatchNorm2d], modality: torch.Tenso
     finally:
         for norm in norms:
             norm.modality = None
+
+
+_STATS_KEY = re.compile(
+    r"^(?P<norm>.+)\.stats\.[^.]+\.(?P<buffer>running_mean|running_var|num_batches_tracked)$"
+)
+
+
+def seed_modality_statistics(
+    state: Mapping[str, torch.Tensor], own_keys: Iterable[str]
+) -> dict[str, torch.Tensor]:
+    """`state` with one set of BatchNorm statistics copied into every modality's statistics.
+
+    A start checkpoint trained with shared statistics (``model.trunk_stats=shared``) fits a
+    per-modality trunk this way: each modality begins from the statistics both shared, as
+    `ModalityBatchNorm2d.from_batch_norm` does for ImageNet weights. Keys `state` already holds
+    per modality are kept; the shared keys that were copied are dropped.
+    """
+    out = dict(state)
+    copied: set[str] = set()
+    for key in own_keys:
+        match = _STATS_KEY.match(key)
+        if match is None or key in state:
+            continue
+        shared = f"{match['norm']}.{match['buffer']}"
+        if shared in state:
+            out[key] = state[shared].clone()
+            copied.add(shared)
+    for key in copied:
+        del out[key]
+    return out

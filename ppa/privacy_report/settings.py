@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ppa.config import CONFIG_DIR, resolve_path
 
@@ -67,10 +67,13 @@ class AnonymizerSetting:
         return str(self.anonymizer["name"])
 
     def apply(self, cfg: DictConfig) -> DictConfig:
-        """`cfg` with this setting's anonymiser and pose guidance."""
-        return OmegaConf.merge(
-            cfg, {"anonymizer": self.anonymizer, "ppa": {"pose_guided": self.pose_guided}}
-        )
+        """`cfg` with this setting's anonymiser (replacing the whole group: anonymisers differ
+        in their keys, e.g. the noise anonymiser's key files) and pose guidance."""
+        out = cfg.copy()
+        with open_dict(out):
+            out.anonymizer = OmegaConf.create(self.anonymizer)
+            out.ppa.pose_guided = self.pose_guided
+        return out
 
 
 def trained_with(payload: dict) -> dict[str, Any]:
