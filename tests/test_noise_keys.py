@@ -153,19 +153,25 @@ def _bytes_of(value) -> bytes:
     return repr(value).encode()
 
 
-def test_the_site_key_stays_out_of_a_sites_reply(
-    tiny_sysu_root: Path, tmp_path: Path, caplog
-) -> None:
-    keys = tmp_path / "keys"
-    cfg = load_config(
+def _noise_config(root: Path, tmp_path: Path, keys: Path, *extra: str):
+    """Tiny settings with the noise anonymiser keeping its keys in `keys`."""
+    return load_config(
         tiny_overrides(
-            tiny_sysu_root,
+            root,
             tmp_path,
             "anonymizer=noise",
             f"anonymizer.key_dir={keys}",
             "train.max_batches_per_epoch=1",
+            *extra,
         )
     )
+
+
+def test_the_site_key_stays_out_of_a_sites_reply(
+    tiny_sysu_root: Path, tmp_path: Path, caplog
+) -> None:
+    keys = tmp_path / "keys"
+    cfg = _noise_config(tiny_sysu_root, tmp_path, keys)
     with caplog.at_level(logging.DEBUG):
         trainer = SiteTrainer(cfg, SiteSpec(None, None, None, 0, 6))
         state = trainer.model.state_dict()
@@ -189,16 +195,7 @@ def test_the_site_key_stays_out_of_a_sites_reply(
 
 def test_the_keys_stay_out_of_a_checkpoint(tiny_sysu_root: Path, tmp_path: Path) -> None:
     keys = tmp_path / "keys"
-    cfg = load_config(
-        tiny_overrides(
-            tiny_sysu_root,
-            tmp_path,
-            "anonymizer=noise",
-            f"anonymizer.key_dir={keys}",
-            "train.epochs=1",
-            "train.max_batches_per_epoch=1",
-        )
-    )
+    cfg = _noise_config(tiny_sysu_root, tmp_path, keys, "train.epochs=1")
     checkpoint = train(cfg).read_bytes()
     owners = sorted(p.name for p in keys.iterdir())
     assert f"{CENTRAL}.noise-key" in owners
