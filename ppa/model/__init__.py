@@ -71,7 +71,7 @@ def create_model(model_cfg: DictConfig | Mapping[str, Any], num_classes: int) ->
         trunk_stats=str(cfg.get("trunk_stats", "shared")),
     )
     if start is not None:
-        from ppa.public_start import load_start_weights
+        from ppa.model.start_weights import load_start_weights
 
         load_start_weights(model, start, str(weights_path))
     return model
