@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 
 import pytest
 
 from ppa.cli import compare as compare_fed_central
-from ppa.compare.plan import ComparisonConfigError, eval_epochs, plan_jobs
+from ppa.compare.plan import ComparisonConfigError, Job, eval_epochs, plan_jobs
+from ppa.compare.runner import run_jobs
 from ppa.compare.table import RunResult, markdown, summarise
 from ppa.config import load_config
 
@@ -95,3 +98,35 @@ def test_comparison_runs_both_sides_and_writes_the_table(tiny_sysu_root: Path, t
     )
     assert (tmp_path / "cmp" / "comparison.png").stat().st_size > 0
     assert "federated / centralised" in (tmp_path / "cmp" / "comparison.md").read_text()
+
+
+def _job(seed: int, tmp_path: Path, code: str) -> Job:
+    return Job("centralised", 1, seed, tmp_path / str(seed), (sys.executable, "-c", code), (1,))
+
+
+@pytest.mark.parametrize("parallel", [1, 2])
+def test_each_job_gets_its_share_of_the_cores(
+    parallel: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PPA_CPU_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    show = "import os; print(os.environ['OMP_NUM_THREADS'], os.environ['PPA_CPU_THREADS'])"
+    jobs = [_job(seed, tmp_path, show) for seed in range(2)]
+    done = run_jobs(jobs, parallel=parallel, timeout=60, log_dir=tmp_path, cwd=tmp_path)
+    assert [f.returncode for f in done] == [0, 0]
+    share = str(max(1, len(os.sched_getaffinity(0)) // parallel))
+    for finished in done:
+        assert finished.log.read_text().split() == [share, share]
+
+
+def test_a_chosen_thread_count_is_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PPA_CPU_THREADS", "3")
+    show = "import os; print(os.environ['PPA_CPU_THREADS'])"
+    (done,) = run_jobs(
+        [_job(0, tmp_path, show)],
+        parallel=2,
+        timeout=60,
+        log_dir=tmp_path,
+        cwd=tmp_path,
+    )
+    assert done.log.read_text().split() == ["3"]
