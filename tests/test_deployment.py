@@ -21,7 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ppa.launch.deployment import DeploymentSettings
+from ppa.launch.deployment import Deployment, DeploymentSettings
 from ppa.launch.flower_config import build_run_config, format_config_args, write_flat_toml
 from ppa.launch.processes import ManagedProcess, free_port, health_ok
 from ppa.launch.proctree import proc_stat
@@ -210,6 +210,22 @@ def test_cli_rejects_bad_overrides_and_duplicate_sites(tmp_path: Path) -> None:
 def test_auth_without_tls_is_refused_by_the_settings(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="needs TLS"):
         DeploymentSettings(output_dir=tmp_path, auth=True, tls=False)
+
+
+@pytest.mark.parametrize("persistent", [False, True])
+def test_superlink_state_is_in_memory_unless_a_file_is_asked_for(
+    persistent: bool, tmp_path: Path
+) -> None:
+    """Six sites pushing at once make flwr's SQLite state drop replies; the file is opt-in."""
+    settings = DeploymentSettings(output_dir=tmp_path, persistent_state=persistent)
+    with Deployment(settings) as deployment:
+        superlink = deployment.start_superlink()
+        answer = deployment.flwr_json("ls", deployment.connection)  # the state answers
+        assert answer["runs"] == []
+        database = superlink.argv[superlink.argv.index("--database") + 1]
+        assert (database == str(deployment.state_db)) is persistent
+        assert deployment.state_db.exists() is persistent
+    assert not superlink.running()
 
 
 # --------------------------------------------------------------------------- processes

@@ -165,7 +165,11 @@ def test_real_app_server_killed_mid_run_resumes_with_nothing_lost(
     workdir = tmp_path / "work"
     workdir.mkdir()
     settings = DeploymentSettings(
-        output_dir=tmp_path / "out", workdir=workdir, startup_timeout=90, stop_grace=15
+        output_dir=tmp_path / "out",
+        workdir=workdir,
+        startup_timeout=90,
+        stop_grace=15,
+        persistent_state=True,  # the restarted SuperLink must know the live SuperNodes
     )
     site = sites(regdb_root)
     overrides = [*OVERRIDES, f"dataset.root={regdb_root}", "federation.rounds=3"]

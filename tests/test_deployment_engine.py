@@ -270,6 +270,8 @@ def test_launcher_runs_two_sites_two_rounds(probe: dict, secure: bool) -> None:
     summary = json.loads((out / "deployment.json").read_text())
     assert summary["status"] == "finished:completed"
     assert summary["tls"] is secure and summary["auth"] is secure
+    # The SuperLink's state stayed in memory (the default): no state file was written.
+    assert summary["state_file"] is False and not (out / "superlink" / "state.db").exists()
     assert summary["run_config"] == {
         "experiment": "demo",
         "overrides": "+probe.delay=0 federation.rounds=2",

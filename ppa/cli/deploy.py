@@ -89,6 +89,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "least 1; 0: torch's default, every site sizes its pool by all cores)",
     )
     parser.add_argument(
+        "--state-file",
+        action="store_true",
+        help="keep the SuperLink's state in <output-dir>/superlink/state.db, so that a "
+        "SuperLink restarted under running SuperNodes knows them (default: in memory; flwr's "
+        "SQLite state loses replies when several sites push at once)",
+    )
+    parser.add_argument(
         "--no-data-check",
         action="store_true",
         help="do not require each site's data root to exist here",
@@ -158,6 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         auth=args.auth,
         certs_dir=args.certs_dir,
         startup_timeout=args.startup_timeout,
+        persistent_state=args.state_file,
         site_threads=(
             threads_per_site(len(sites)) if args.site_threads is None else args.site_threads or None
         ),
@@ -171,6 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "tls": settings.tls,
         "auth": settings.auth,
         "site_threads": settings.site_threads,
+        "state_file": settings.persistent_state,
         "output_dir": str(settings.output_dir),
     }
     deployment = Deployment(settings)

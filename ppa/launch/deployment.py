@@ -40,6 +40,10 @@ class DeploymentSettings(LaunchSettings):
     auth: bool = False
     certs_dir: Path | None = None  # default: <output_dir>/certs, created with make_certs.sh
     site_threads: int | None = None  # torch/BLAS threads per SuperNode (None: torch's default)
+    # In memory unless asked (ppa-deploy --state-file): with six sites pushing their replies at
+    # once, flwr's SQLite state refuses some pushes ("database is locked") and the replies are
+    # lost. The file is what lets a SuperLink restarted under live SuperNodes know them.
+    persistent_state: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -60,8 +64,8 @@ class Deployment(SuperLinkSession):
     """A SuperLink and SuperNodes on this machine; a context manager that stops them all.
 
     Layout under `output_dir`: that of SuperLinkSession (``logs/``, ``flwr-home/<process>/``,
-    ``superlink/state.db``, which survives a SuperLink restart: registrations, runs), one log
-    per SuperNode, and ``certs/``.
+    with `persistent_state` ``superlink/state.db``, which survives a SuperLink restart:
+    registrations, runs), one log per SuperNode, and ``certs/``.
     """
 
     connection: ClassVar[str] = CONNECTION

@@ -29,7 +29,13 @@ from ppa.launch.processes import (
     health_ok,
     tail_text,
 )
-from ppa.launch.settings import FLOWER_ENV, STATUS_FINISHED_PREFIX, LaunchSettings, RunResult
+from ppa.launch.settings import (
+    FLOWER_ENV,
+    IN_MEMORY_STATE,
+    STATUS_FINISHED_PREFIX,
+    LaunchSettings,
+    RunResult,
+)
 
 # Seconds: one `flwr` CLI call; `flwr run` (builds and uploads the app bundle); the log
 # follower's last words after the run ended.
@@ -205,7 +211,8 @@ class SuperLinkSession:
             raise LaunchError("the SuperLink is already running")
         if self.port is None:
             self.port = free_port(self.settings.host)
-        self.state_db.parent.mkdir(parents=True, exist_ok=True)
+        if self.settings.persistent_state:
+            self.state_db.parent.mkdir(parents=True, exist_ok=True)
         argv = [
             self._executable("flower-superlink"),
             "--host",
@@ -213,7 +220,7 @@ class SuperLinkSession:
             "--port",
             str(self.port),
             "--database",
-            str(self.state_db),
+            str(self.state_db) if self.settings.persistent_state else IN_MEMORY_STATE,
             "--disable-runtime-dependency-installation",
             *self.superlink_args(),
         ]

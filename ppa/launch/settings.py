@@ -23,6 +23,8 @@ FLOWER_ENV = {
 # Run status strings of `flwr ls --format json` (flwr.common.constant.Status/SubStatus).
 STATUS_COMPLETED = "finished:completed"
 STATUS_FINISHED_PREFIX = "finished"
+# `flower-superlink --database` value for state kept in the process (flwr's own name for it).
+IN_MEMORY_STATE = ":flwr-in-memory:"
 
 
 @dataclass
@@ -36,6 +38,11 @@ class LaunchSettings:
     startup_timeout: float = 90.0
     stop_grace: float = 15.0
     extra_env: dict[str, str] = field(default_factory=dict)
+    # SuperLink state (runs, registered nodes, message objects) in an SQLite file that survives
+    # a SuperLink restart; False keeps it in the SuperLink's memory. flwr 1.41's SQLite state
+    # answers concurrent object pushes from several sites with "database is locked" (HTTP 500,
+    # which a SuperNode does not retry: its reply is lost), so the file is a choice, not a given.
+    persistent_state: bool = True
 
     def __post_init__(self) -> None:
         self.output_dir = Path(self.output_dir).resolve()
