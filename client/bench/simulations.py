@@ -71,7 +71,7 @@ def process_memory(pid: int) -> tuple[int, int, str]:
 class TreeMemorySampler:
     """Samples the summed RSS and PSS of a process tree every `interval` seconds, in a thread.
 
-    RSS counts shared pages once per process (the sum the issue asks for); PSS splits them,
+    RSS counts shared pages once per process (the usual per-process sum); PSS splits them,
     so its sum is what the tree really occupies. Ray workers name themselves ``ray::...``;
     their count shows how many sites run at once.
     """
