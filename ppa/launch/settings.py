@@ -23,7 +23,9 @@ FLOWER_ENV = {
 # Run status strings of `flwr ls --format json` (flwr.common.constant.Status/SubStatus).
 STATUS_COMPLETED = "finished:completed"
 STATUS_FINISHED_PREFIX = "finished"
-# `flower-superlink --database` value for state kept in the process (flwr's own name for it).
+# `flower-superlink --database` value for state kept in the process: flwr's
+# `flwr.supercore.constant.FLWR_IN_MEMORY_DB_NAME`, spelt out because importing flwr costs the
+# launchers about a second and they never import it otherwise.
 IN_MEMORY_STATE = ":flwr-in-memory:"
 
 
