@@ -53,6 +53,13 @@ TINY = [
 ]
 
 
+# Composes a command's overrides with the project's config loader (fails on unknown keys).
+COMPOSE = (
+    '.venv/bin/python -c "import sys; from ppa.config import load_config; '
+    'load_config(sys.argv[1:])"'
+)
+
+
 @dataclass(frozen=True)
 class Rule:
     """How a documented command is exercised: `suffix` appended (runs as documented, shrunk),
@@ -82,17 +89,32 @@ def rules(tmp: Path, data: Path, workdir: Path) -> list[Rule]:
     hydra = hydra_suffix(tmp, data)
     app = " ".join([f"dataset.root={data}", *TINY])
     launch = f"--workdir {workdir} --timeout 900"  # the launchers' outputs in the sandbox
-    compose = (
-        '.venv/bin/python -c "import sys; from ppa.config import load_config; '
-        'load_config(sys.argv[1:])" '
-    )
+    compose = COMPOSE + " "
     return [
+        # -- checked instead of run (first: the run rules below would match them too)
+        Rule(
+            entry("ppa-train", "train_central") + r"dataset=synthetic_public",
+            check="CFG",
+            reason="pretrains on the full public set (minutes); tests/test_dp_public.py trains "
+            "a start on tiny disjoint sets",
+        ),
+        Rule(
+            entry("ppa-simulate", "run_simulation") + r"privacy=dp_finetune",
+            check="COMPOSE",
+            reason="needs the public start of the line before, trained in full; "
+            "tests/test_dp_finetune.py and tests/test_dp_public.py fine-tune from tiny starts",
+        ),
         # -- runs, shrunk
         Rule(r"^export PATH=", suffix=""),
         Rule(r"^[A-Z]+=", suffix=""),  # a variable of the block (D=..., C="...")
         Rule(
             r"^FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 flwr run \. --federation-config",
             suffix=f"--run-config \"overrides='{app}'\"",
+        ),
+        Rule(
+            # a named set that is not the demo's: written tiny, into the sandbox
+            entry("ppa-make-synthetic", "make_synthetic") + r"dataset=synthetic_\w+$",
+            suffix=f"{SYNTHETIC_TINY} dataset.root={tmp}/synthetic/$RANDOM",
         ),
         Rule(entry("ppa-make-synthetic", "make_synthetic"), suffix=SYNTHETIC_TINY),
         Rule(entry("ppa-train", "train_central"), suffix=hydra),
@@ -154,6 +176,18 @@ def rules(tmp: Path, data: Path, workdir: Path) -> list[Rule]:
             entry("ppa-regdb-trials", "regdb_trials") + r"experiment=regdb_agw",
             check=compose + "experiment=regdb_agw dataset.root=/path/RegDB",
             reason="ten ResNet-50 trainings on the real RegDB (a GPU's work); it composes here",
+        ),
+        Rule(
+            entry("ppa-compare", "compare_fed_central"),
+            check="COMPOSE",
+            reason="trains a federation and a centralised model per seed and budget (an hour "
+            "and more); tests/test_compare.py runs its plumbing on tiny settings",
+        ),
+        Rule(
+            entry("ppa-privacy-curve", "privacy_curve"),
+            check="COMPOSE",
+            reason="one DP federation per epsilon and seed from a public start (an hour); "
+            "tests/test_dp_curve.py runs the curve on tiny settings",
         ),
         Rule(
             r"^make mutation",
@@ -249,13 +283,16 @@ def doc_blocks() -> list[Block]:
 
 
 def check_command(command: str, rule: Rule) -> str:
-    if rule.check != "CFG":
+    if rule.check not in ("CFG", "COMPOSE"):
         return rule.check
     # The documented overrides, composed by the CPU environment's copy of the command (the
-    # console script, whether the doc names it or its shim in scripts/).
+    # console script, whether the doc names it or its shim in scripts/), or by the project's
+    # config loader for commands that are not Hydra applications.
     words = command.split()
     program = next(w for w in words if w.endswith(".py") or "/bin/ppa-" in w)
     overrides = words[words.index(program) + 1 :]
+    if rule.check == "COMPOSE":
+        return f"{COMPOSE} {' '.join(overrides)}"
     console = program.split("/")[-1]
     if program.endswith(".py"):
         console = CONSOLE_OF_SHIM[Path(program).stem]
