@@ -124,7 +124,7 @@ def train_reply(
 
 @app.evaluate()
 def measure_statistics(msg: Message, context: Context) -> Message:
-    """The statistics round (ppa/training/norm_statistics.py): BatchNorm statistics of the global
+    """The statistics round (ppa/model/norm_statistics.py): BatchNorm statistics of the global
     model on a sample of the site's images. Test metrics are central (server/evaluation.py)."""
     trainer = _trainer(context)
     config = msg.content.config_records[CONFIG]

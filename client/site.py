@@ -19,11 +19,11 @@ from ppa.data.partition import Site, partition_sites
 from ppa.data.protocols import dataset_protocol, load_train_set
 from ppa.data.records import Modality
 from ppa.data.sampler import MIN_USABLE_LABELS
+from ppa.model.norm_statistics import calibration_mode, measure_norm_statistics
 from ppa.node_config import NodeConfigError, SiteSpec, check_layout
 from ppa.prototypes import IdentityPrototypes, PrototypeAccumulator
 from ppa.seeding import derive_seed, seed_everything
 from ppa.training.loop import train_round_epochs
-from ppa.training.norm_statistics import calibration_mode, measure_norm_statistics
 from ppa.training.optim import create_optimizer
 from ppa.training.proximal import ProximalTerm
 from ppa.training.scaffold import ControlledRound, control_keys

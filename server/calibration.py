@@ -1,6 +1,6 @@
 """The statistics round: re-measure the global model's BatchNorm statistics at the sites.
 
-See ppa/training/norm_statistics.py for why. After a round's aggregate is accepted and before it is
+See ppa/model/norm_statistics.py for why. After a round's aggregate is accepted and before it is
 evaluated, the server sends the global arrays to the connected sites as an EVALUATE message;
 each replies with the BatchNorm statistics of that model on a sample of its images; the
 server pools them (shared BatchNorms over all sites, a modality's stem and BNNeck statistics
@@ -17,7 +17,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 
 from ppa.data.records import Modality
-from ppa.training.norm_statistics import VAR_SUFFIX, pool_norm_statistics
+from ppa.model.norm_statistics import VAR_SUFFIX, pool_norm_statistics
 from ppa.wire import (
     ARRAYS,
     CALIBRATION_IMAGES,

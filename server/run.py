@@ -21,10 +21,10 @@ from ppa.data.protocols import load_label_space
 from ppa.device import DeviceSettings
 from ppa.io import atomic_write_json
 from ppa.model import PPAEncoder, create_model
+from ppa.model.norm_statistics import norm_statistics_keys
 from ppa.public_start import check_public_start
 from ppa.run_dir import claim_run_dir
 from ppa.seeding import seed_everything
-from ppa.training.norm_statistics import norm_statistics_keys
 from ppa.training.scaffold import control_keys
 from ppa.wire import (
     HALF_PRECISION,
@@ -256,7 +256,7 @@ class FederatedRun:
 
     def _calibrate(self, grid: Grid, server_round: int) -> dict:
         """The statistics round: the sites re-measure the new global model's BatchNorm
-        statistics, which replace the averaged ones (ppa/training/norm_statistics.py says why)."""
+        statistics, which replace the averaged ones (ppa/model/norm_statistics.py says why)."""
         assert self.calibration is not None
         nodes = [n for n in sorted(grid.get_node_ids()) if n not in self.strategy.exhausted_nodes]
         messages = self.calibration.messages(server_round, self.arrays, nodes)

@@ -11,7 +11,7 @@ from ppa.data.loader import Batch
 from ppa.data.records import MODALITIES, Modality
 from ppa.model import create_model
 from ppa.model.modality_norm import ModalityBatchNorm2d, modality_routing, split_batch_norms
-from ppa.training.norm_statistics import calibration_mode, measure_norm_statistics
+from ppa.model.norm_statistics import calibration_mode, measure_norm_statistics
 from ppa.wire import STEM, parameter_group, site_keys
 
 VIS, IR = Modality.VISIBLE.index, Modality.INFRARED.index

@@ -22,7 +22,7 @@ from ppa.data.loader import Batch
 from ppa.data.records import Modality
 from ppa.data.transforms import normalize
 from ppa.model import create_model
-from ppa.training.norm_statistics import (
+from ppa.model.norm_statistics import (
     measure_norm_statistics,
     norm_statistics_keys,
     pool_norm_statistics,

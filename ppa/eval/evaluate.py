@@ -7,7 +7,7 @@ all trials, modes and privacy protocols.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,11 +19,12 @@ from ppa.anonymize import KprAnonymizer
 from ppa.anonymize.factory import noise_keys_for
 from ppa.data.keypoints import KeypointCache
 from ppa.data.leakage import check_trained_on
-from ppa.data.loader import create_eval_loader
+from ppa.data.loader import Batch, create_eval_loader
 from ppa.data.noise_keys import EVALUATOR, NoiseKeys
 from ppa.data.protocols import DatasetProtocol, TestSetting, dataset_protocol, test_settings
 from ppa.data.records import ImageRecord
 from ppa.device import DeviceSettings
+from ppa.eval.camera_statistics import features_with_camera_statistics
 from ppa.eval.features import VIEWS, FeatureSet, extract_features
 from ppa.eval.metrics import pairwise_distance, regdb_metrics, sysu_metrics
 from ppa.eval.report import EvaluationReport, GroupResult
@@ -154,30 +155,47 @@ def evaluate(
         pose_cfg = OmegaConf.merge(pose_cfg, {"missing": "center_prior"})
     if "anon" in views and noise_keys is None:
         noise_keys = noise_keys_for(cfg, EVALUATOR)
-    loader = create_eval_loader(
-        images.records,
-        root,
-        input_cfg=cfg.input,
-        batch_size=int(cfg.eval.batch_size),
-        num_workers=int(cfg.eval.num_workers),
-        pose_cfg=pose_cfg,
-        keypoints=keypoints if "anon" in views else None,
-        on_bad_image="error",
-        noise_keys=noise_keys if "anon" in views else None,
-    )
-    features = extract_features(
-        model,
-        loader,
-        device=device,
-        mean=tuple(cfg.input.mean),
-        std=tuple(cfg.input.std),
-        views=views,
-        anonymizer=anonymizer,
-        correct_offsets=bool(cfg.ppa.offsets),
-        flip=bool(cfg.eval.flip_test),
-        progress=progress,
-        desc="test features",
-    )
+
+    def loader_for(records: Sequence[ImageRecord]) -> Iterable[Batch]:
+        return create_eval_loader(
+            records,
+            root,
+            input_cfg=cfg.input,
+            batch_size=int(cfg.eval.batch_size),
+            num_workers=int(cfg.eval.num_workers),
+            pose_cfg=pose_cfg,
+            keypoints=keypoints if "anon" in views else None,
+            on_bad_image="error",
+            noise_keys=noise_keys if "anon" in views else None,
+        )
+
+    def extract(loader: Iterable[Batch]) -> dict[str, FeatureSet]:
+        return extract_features(
+            model,
+            loader,
+            device=device,
+            mean=tuple(cfg.input.mean),
+            std=tuple(cfg.input.std),
+            views=views,
+            anonymizer=anonymizer,
+            correct_offsets=bool(cfg.ppa.offsets),
+            flip=bool(cfg.eval.flip_test),
+            progress=progress,
+            desc="test features",
+        )
+
+    if bool(cfg.eval.get("camera_statistics", False)):
+        features = features_with_camera_statistics(
+            model,
+            images.records,
+            loader_for,
+            extract,
+            mean=tuple(cfg.input.mean),
+            std=tuple(cfg.input.std),
+            device=device.device,
+        )
+    else:
+        features = extract(loader_for(images.records))
     max_rank = int(cfg.eval.max_rank)
     family = dataset_protocol(cfg.dataset)
     results: dict[str, dict[str, GroupResult]] = {}

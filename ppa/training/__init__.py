@@ -1,2 +1,2 @@
 """Training: objective, optimiser and schedule, the PPA step, the epoch loop, the one training
-set-up (central, site, DP), central training and BatchNorm statistics."""
+set-up (central, site, DP) and central training."""

@@ -25,7 +25,7 @@ from torch import nn
 
 from ppa.data.loader import Batch
 from ppa.data.transforms import normalize
-from ppa.model import PPAEncoder
+from ppa.model.encoder import PPAEncoder
 
 CALIBRATION_MODES = ("eval", "train")  # federation.calibration_mode
 MEAN_SUFFIX = ".running_mean"
