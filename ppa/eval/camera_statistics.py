@@ -78,10 +78,10 @@ def features_with_camera_statistics(
             )
             for key, value in measured.items():
                 buffers[key].copy_(torch.from_numpy(value))
+            # A camera's statistics stay until the next camera's overwrite them: both pass
+            # through the same norms, and norms one camera does not reach do not touch its rows.
             parts.append(extract(loader))
             order.extend(positions)
-            for key in keys:
-                buffers[key].copy_(original[key])
     finally:
         for key in keys:
             buffers[key].copy_(original[key])

@@ -155,6 +155,7 @@ def evaluate(
         pose_cfg = OmegaConf.merge(pose_cfg, {"missing": "center_prior"})
     if "anon" in views and noise_keys is None:
         noise_keys = noise_keys_for(cfg, EVALUATOR)
+    mean, std = tuple(cfg.input.mean), tuple(cfg.input.std)
 
     def loader_for(records: Sequence[ImageRecord]) -> Iterable[Batch]:
         return create_eval_loader(
@@ -174,8 +175,8 @@ def evaluate(
             model,
             loader,
             device=device,
-            mean=tuple(cfg.input.mean),
-            std=tuple(cfg.input.std),
+            mean=mean,
+            std=std,
             views=views,
             anonymizer=anonymizer,
             correct_offsets=bool(cfg.ppa.offsets),
@@ -190,8 +191,8 @@ def evaluate(
             images.records,
             loader_for,
             extract,
-            mean=tuple(cfg.input.mean),
-            std=tuple(cfg.input.std),
+            mean=mean,
+            std=std,
             device=device.device,
         )
     else:
