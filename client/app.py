@@ -39,6 +39,7 @@ from ppa.wire import (
     PROTOTYPES,
     SERVER_ROUND,
     SITE,
+    SITE_CAMERAS,
     STATISTICS,
     site_identity,
 )
@@ -129,7 +130,7 @@ def measure_statistics(msg: Message, context: Context) -> Message:
     trainer = _trainer(context)
     config = msg.content.config_records[CONFIG]
     arrays = {k: v.numpy() for k, v in msg.content.array_records[ARRAYS].items()}
-    stats, images = trainer.measure_norm_statistics(
+    stats, images, cameras = trainer.measure_norm_statistics(
         arrays,
         server_round=int(config[SERVER_ROUND]),
         images=int(config[CALIBRATION_IMAGES]),
@@ -138,7 +139,12 @@ def measure_statistics(msg: Message, context: Context) -> Message:
         {
             STATISTICS: ArrayRecord({k: Array(v) for k, v in stats.items()}),
             METRICS: MetricRecord({NUM_EXAMPLES: float(images)}),
-            SITE: ConfigRecord(site_identity(trainer.site.name, trainer.site.modality)),
+            SITE: ConfigRecord(
+                {
+                    **site_identity(trainer.site.name, trainer.site.modality),
+                    SITE_CAMERAS: cameras,
+                }
+            ),
         }
     )
     return Message(content=content, reply_to=msg)

@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from client.injection import maybe_fail, poison
 from client.private import PrivateTraining
-from ppa.data.loader import create_eval_loader
+from ppa.data.loader import create_statistics_loader
 from ppa.data.partition import Site, partition_sites
 from ppa.data.protocols import dataset_protocol, load_train_set
 from ppa.data.records import Modality
@@ -320,9 +320,10 @@ class SiteTrainer:
 
     def measure_norm_statistics(
         self, global_arrays: Mapping[str, np.ndarray], *, server_round: int, images: int
-    ) -> tuple[dict[str, np.ndarray], int]:
+    ) -> tuple[dict[str, np.ndarray], int, list[int]]:
         """BatchNorm statistics of the global model over up to `images` of this site's raw
-        images (a seeded sample per round and site)."""
+        images (a seeded sample per round and site): (statistics, images measured, the cameras
+        they came from)."""
         if self.private is not None:
             # Statistics of raw images are not covered by the DP guarantee: never sent.
             raise PermissionError(
@@ -335,17 +336,9 @@ class SiteTrainer:
         rng = np.random.default_rng(derive_seed(int(cfg.seed), server_round, self.site.name))
         count = min(int(images), len(self.site.records))
         chosen = sorted(rng.choice(len(self.site.records), size=count, replace=False).tolist())
-        loader = create_eval_loader(
-            [self.site.records[i] for i in chosen],
-            self.root,
-            input_cfg=cfg.input,
-            batch_size=int(cfg.train.num_ids) * int(cfg.train.num_instances),
-            num_workers=0,
-            pose_cfg=cfg.pose,
-            keypoints=None,  # raw images only: no anonymisation, no keypoints
-            on_bad_image=str(cfg.dataset.on_bad_image),
-        )
-        return measure_norm_statistics(
+        sample = [self.site.records[i] for i in chosen]
+        loader = create_statistics_loader(sample, self.root, cfg)
+        stats, measured = measure_norm_statistics(
             self.model,
             loader,
             mean=tuple(cfg.input.mean),
@@ -353,6 +346,7 @@ class SiteTrainer:
             device=self.device.device,
             mode=calibration_mode(cfg),
         )
+        return stats, measured, sorted({int(r.cam) for r in sample})
 
     def package(
         self, global_arrays: Mapping[str, np.ndarray], half_precision: bool

@@ -56,6 +56,9 @@ CALIBRATION_IMAGES = "calibration-images"
 NUM_EXAMPLES = "num-examples"
 SITE_NAME = "site"
 SITE_MODALITY = "modality"
+# Statistics-round replies: the cameras of the images measured (the server keeps the statistics
+# of a one-camera site per camera, for eval.camera_statistics=training).
+SITE_CAMERAS = "cameras"
 
 
 def site_identity(name: str, modality: Modality) -> dict[str, str]:

@@ -5,6 +5,9 @@ evaluated, the server sends the global arrays to the connected sites as an EVALU
 each replies with the BatchNorm statistics of that model on a sample of its images; the
 server pools them (shared BatchNorms over all sites, a modality's stem and BNNeck statistics
 over that modality's sites) and they replace the averaged statistics in the global model.
+The replies of sites that measured one camera's images are also pooled per camera
+(`CalibrationReport.per_camera`): the statistics eval.camera_statistics=training normalises
+each test camera with (ppa/eval/camera_statistics.py).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from ppa.wire import (
     SERVER_ROUND,
     SHARED,
     SITE,
+    SITE_CAMERAS,
     SITE_MODALITY,
     SITE_NAME,
     STATISTICS,
@@ -42,12 +46,19 @@ class CalibrationReport:
     """What one statistics round produced."""
 
     statistics: dict[str, np.ndarray] = field(default_factory=dict)
+    # camera -> statistics pooled over the sites whose sample held that camera only
+    per_camera: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
     sites: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     images: int = 0
 
     def summary(self) -> dict:
-        return {"sites": self.sites, "failed": self.failed, "images": self.images}
+        return {
+            "sites": self.sites,
+            "failed": self.failed,
+            "images": self.images,
+            "cameras": sorted(self.per_camera),
+        }
 
 
 class NormCalibration:
@@ -93,34 +104,41 @@ class NormCalibration:
         """Validate each reply (names, shapes, finite values, variances >= 0) and pool the
         valid ones per BatchNorm; a malformed or failed reply is dropped with its site named."""
         report = CalibrationReport()
-        parts: list[tuple[str, dict[str, np.ndarray], float]] = []
+        parts: list[tuple[str, dict[str, np.ndarray], float, list[int]]] = []
         for msg in replies:
             if msg.has_error():
                 report.failed.append(f"node {msg.metadata.src_node_id}: {msg.error.reason}")
                 continue
             try:
-                site, stats, images = self._parse(msg, current)
+                site, stats, images, cameras = self._parse(msg, current)
             except (MalformedUpdateError, KeyError, ValueError, TypeError) as err:
                 report.failed.append(str(err))
                 continue
-            parts.append((site, stats, float(images)))
+            parts.append((site, stats, float(images), cameras))
             report.images += images
         for reason in report.failed:
             logger.warning("statistics round: dropped %s", reason)
         # Pooled in site order, not reply order: floating-point sums must not depend on which
         # site answered first, or two runs of the same seed drift apart.
         parts.sort(key=lambda part: part[0])
-        report.sites = [site for site, _, _ in parts]
+        report.sites = [site for site, _, _, _ in parts]
         if parts:
-            report.statistics = pool_norm_statistics([(stats, n) for _, stats, n in parts])
+            report.statistics = pool_norm_statistics([(stats, n) for _, stats, n, _ in parts])
+        by_camera: dict[int, list[tuple[dict[str, np.ndarray], float]]] = {}
+        for _, stats, n, cameras in parts:
+            if len(cameras) == 1:  # a mixed sample says nothing about one camera
+                by_camera.setdefault(cameras[0], []).append((stats, n))
+        report.per_camera = {c: pool_norm_statistics(p) for c, p in sorted(by_camera.items())}
         return report
 
     def _parse(
         self, msg: Message, current: Mapping[str, np.ndarray]
-    ) -> tuple[str, dict[str, np.ndarray], int]:
+    ) -> tuple[str, dict[str, np.ndarray], int, list[int]]:
         info = msg.content.config_records[SITE]
         site = str(info[SITE_NAME])
         modality = Modality.parse(str(info[SITE_MODALITY]))
+        # Absent from a site that does not say (an older client): pooled, never per camera.
+        cameras = sorted({int(c) for c in info.get(SITE_CAMERAS, [])})
         images = int(msg.content.metric_records[METRICS][NUM_EXAMPLES])
         if images < 1:
             raise MalformedUpdateError(f"site {site!r}: statistics over {images} images")
@@ -140,4 +158,4 @@ class NormCalibration:
                 )
             if k.endswith(VAR_SUFFIX) and (arr < 0).any():
                 raise MalformedUpdateError(f"site {site!r}: statistics {k!r} are negative")
-        return site, stats, images
+        return site, stats, images, cameras

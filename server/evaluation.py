@@ -15,6 +15,7 @@ from ppa.data.keypoints import load_dataset_keypoints
 from ppa.data.noise_keys import EVALUATOR
 from ppa.data.protocols import dataset_root, test_settings
 from ppa.device import DeviceSettings
+from ppa.eval.camera_statistics import CameraStatistics
 from ppa.eval.evaluate import PRIVACY_PROTOCOLS, evaluate
 from ppa.eval.report import EvaluationReport
 from ppa.io import atomic_write_json
@@ -45,7 +46,15 @@ class CentralEvaluator:
             # The test set is the evaluator's: anonymised under its own key, not a site's.
             self.noise_keys = noise_keys_for(cfg, EVALUATOR)
 
-    def __call__(self, model: PPAEncoder, progress: bool = False) -> EvaluationReport:
+    def __call__(
+        self,
+        model: PPAEncoder,
+        progress: bool = False,
+        camera_statistics: CameraStatistics | None = None,
+    ) -> EvaluationReport:
+        """`camera_statistics`: per-camera BatchNorm statistics of `model` from the statistics
+        round, for eval.camera_statistics=training (never measured here: the server holds no
+        training images; cameras without them keep the model's own)."""
         return evaluate(
             model,
             self.cfg,
@@ -56,6 +65,7 @@ class CentralEvaluator:
             noise_keys=self.noise_keys,
             settings=self.settings,
             progress=progress,
+            camera_statistics={} if camera_statistics is None else camera_statistics,
         )
 
 

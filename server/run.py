@@ -19,9 +19,10 @@ from omegaconf import DictConfig, OmegaConf
 from ppa.checkpoint import save_checkpoint
 from ppa.data.protocols import load_label_space
 from ppa.device import DeviceSettings
+from ppa.eval.camera_statistics import camera_statistics_source
 from ppa.io import atomic_write_json
 from ppa.model import PPAEncoder, create_model
-from ppa.model.norm_statistics import norm_statistics_keys
+from ppa.model.norm_statistics import calibration_mode, norm_statistics_keys
 from ppa.public_start import check_public_start
 from ppa.run_dir import claim_run_dir
 from ppa.seeding import seed_everything
@@ -123,6 +124,19 @@ class FederatedRun:
             and not cfg.privacy.get("enabled", False)
             else None
         )
+        # eval.camera_statistics=training: each camera's statistics from the statistics round of
+        # the evaluated round (server/calibration.py), measured as training normalised.
+        self.camera_statistics: dict[int, dict[str, np.ndarray]] = {}
+        self.camera_statistics_round = -1
+        if camera_statistics_source(cfg) == "training" and (
+            self.calibration is None or calibration_mode(cfg) != "train"
+        ):
+            raise ValueError(
+                "eval.camera_statistics=training takes each camera's statistics from the "
+                "statistics round in training mode: it needs federation.calibrate_norm_statistics"
+                "=true, a BatchNorm model without DP, and federation.calibration_mode=train (or "
+                f"auto with model.trunk_stats=modality); got {calibration_mode(cfg)}"
+            )
         self.store = CheckpointStore(
             self.out / "checkpoints", keep=int(cfg.federation.keep_checkpoints)
         )
@@ -262,6 +276,7 @@ class FederatedRun:
         messages = self.calibration.messages(server_round, self.arrays, nodes)
         replies = grid.send_and_receive(messages, timeout=float(self.cfg.federation.round_timeout))
         result = self.calibration.combine(replies, self.arrays)
+        self.camera_statistics, self.camera_statistics_round = result.per_camera, server_round
         if result.statistics:
             # The next round's configure_train hands these arrays to the strategy.
             self.arrays.update(
@@ -277,7 +292,12 @@ class FederatedRun:
         return result.summary()
 
     def _evaluate_and_record(self, server_round: int, record: dict) -> None:
-        evaluation = self.evaluator(self.global_model())
+        # Only statistics of this round's model describe it (none at round 0 or after a resume:
+        # every camera keeps the model's own then).
+        current = server_round == self.camera_statistics_round
+        evaluation = self.evaluator(
+            self.global_model(), camera_statistics=self.camera_statistics if current else {}
+        )
         record["central"] = evaluation.headlines()
         eval_dir = self.out / "evaluation"
         eval_dir.mkdir(exist_ok=True)

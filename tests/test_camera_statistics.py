@@ -5,17 +5,26 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from ppa.config import load_config
-from ppa.data.loader import Batch
+from ppa.data import protocols
+from ppa.data.loader import Batch, create_eval_loader
 from ppa.data.records import ImageRecord, Modality
 from ppa.device import DeviceSettings
-from ppa.eval.camera_statistics import camera_positions, features_with_camera_statistics
+from ppa.eval import evaluate as evaluation
+from ppa.eval.camera_statistics import (
+    camera_positions,
+    camera_statistics_source,
+    features_with_camera_statistics,
+    training_camera_statistics,
+)
 from ppa.eval.evaluate import evaluate
 from ppa.eval.features import extract_features
 from ppa.model import create_model
+from ppa.model.norm_statistics import measure_norm_statistics
 
 from conftest import tiny_overrides
 
@@ -130,14 +139,108 @@ def test_evaluate_normalises_per_camera_only_when_configured(
     model = tiny_model("modality")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     reports = {}
-    for flag in ("false", "true", "false"):
+    for flag in ("none", "test", "none"):
         cfg = load_config(
             tiny_overrides(tiny_sysu_root, tmp_path, f"eval.camera_statistics={flag}")
         )
         report = evaluate(model, cfg, device=CPU, protocols=["raw-raw"], progress=False)
         reports.setdefault(flag, []).append(report.headline("raw-raw"))
-    off, on = reports["false"], reports["true"]
+    off, on = reports["none"], reports["test"]
     assert off[0] == off[1]  # evaluating with camera statistics changed nothing for later
     assert on[0] != off[0]
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize(
+    ("value", "source"),
+    [("none", "none"), ("test", "test"), ("training", "training"), (True, "test"), (False, "none")],
+)
+def test_camera_statistics_setting_reads_old_and_new_values(value, source) -> None:
+    cfg = load_config([f"eval.camera_statistics={str(value).lower()}"])
+    assert camera_statistics_source(cfg) == source
+
+
+def test_unknown_camera_statistics_setting_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"eval\.camera_statistics='sites'"):
+        camera_statistics_source(load_config(["eval.camera_statistics=sites"]))
+
+
+def test_given_statistics_are_used_and_missing_cameras_keep_the_models_own() -> None:
+    """statistics={camera: ...}: a camera given the statistics of its own images gets exactly
+    the measured-per-camera features; a camera not given any gets the model's plain ones."""
+    model = tiny_model("modality")
+    records, images = two_cameras()
+    load, extract = loader_for(images), extractor(model)
+    measured = features_with_camera_statistics(model, records, load, extract, mean=MEAN, std=STD)
+    cam1 = [r for r in records if r.cam == 1]
+    stats1, _ = measure_norm_statistics(model, load(cam1), mean=MEAN, std=STD, mode="train")
+    given = features_with_camera_statistics(
+        model, records, load, extract, mean=MEAN, std=STD, statistics={1: stats1}
+    )["raw"]
+    plain = extract(load(records))["raw"]
+    rows1, rows2 = slice(0, None, 2), slice(1, None, 2)
+    assert torch.allclose(given.features[rows1], measured["raw"].features[rows1], atol=1e-5)
+    assert torch.allclose(given.features[rows2], plain.features[rows2], atol=1e-5)
+    assert not torch.allclose(given.features[rows2], measured["raw"].features[rows2], atol=1e-1)
+
+
+def test_training_camera_statistics_measure_each_training_camera(
+    tiny_sysu_root: Path, tmp_path: Path
+) -> None:
+    """One entry per training camera, each the training-mode statistics of a sample of that
+    camera's training images (different cameras, different numbers); the model unchanged."""
+    cfg = load_config(tiny_overrides(tiny_sysu_root, tmp_path, "federation.calibration_images=4"))
+    model = tiny_model("modality")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    stats = training_camera_statistics(model, cfg)
+    cameras = sorted({r.cam for r in protocols.load_train_set(cfg.dataset).records})
+    assert sorted(stats) == cameras
+    visible = [c for c in cameras if "stems.visible.bn1.running_mean" in stats[c]]
+    assert len(visible) >= 2
+    key = "trunk.layer1.0.bn1.stats.visible.running_mean"
+    assert not np.allclose(stats[visible[0]][key], stats[visible[1]][key])
+    # Visible cameras reach the visible stem only, infrared cameras the infrared one.
+    stems = {c: {k.split(".")[1] for k in s if k.startswith("stems.")} for c, s in stats.items()}
+    assert all(len(names) == 1 for names in stems.values())
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_evaluate_with_training_statistics_uses_the_given_ones(
+    tiny_sysu_root: Path, tmp_path: Path
+) -> None:
+    """eval.camera_statistics=training with each camera's statistics of its *test* images given
+    reproduces eval.camera_statistics=test exactly; with none given (a centralised model) the
+    training images' are measured, which are different numbers."""
+    model = tiny_model("modality")
+    base = tiny_overrides(tiny_sysu_root, tmp_path)
+    test_cfg = load_config([*base, "eval.camera_statistics=test"])
+    train_cfg = load_config([*base, "eval.camera_statistics=training"])
+    settings = protocols.test_settings(test_cfg.dataset)
+    records = evaluation.TestImages.from_settings(settings).records
+    root = settings[0].split.root
+    per_camera = {}
+    for cam, positions in camera_positions(records).items():
+        loader = create_eval_loader(
+            [records[i] for i in positions],
+            root,
+            input_cfg=test_cfg.input,
+            batch_size=int(test_cfg.eval.batch_size),
+            num_workers=0,
+            pose_cfg=test_cfg.pose,
+            keypoints=None,
+            on_bad_image="error",
+        )
+        per_camera[cam], _ = measure_norm_statistics(
+            model,
+            loader,
+            mean=tuple(test_cfg.input.mean),
+            std=tuple(test_cfg.input.std),
+            mode="train",
+        )
+    run = lambda cfg, **kw: evaluate(  # noqa: E731
+        model, cfg, device=CPU, protocols=["raw-raw"], progress=False, **kw
+    ).headline("raw-raw")
+    assert run(train_cfg, camera_statistics=per_camera) == run(test_cfg)
+    assert run(train_cfg) != run(test_cfg)

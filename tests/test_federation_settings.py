@@ -57,3 +57,24 @@ def test_statistics_round_cadence_defaults_to_the_evaluation_cadence() -> None:
     assert demo.federation.calibrate_every == demo.federation.evaluate_every == 2
     own = load_config(["experiment=demo", "federation.calibrate_every=1"])
     assert own.federation.calibrate_every == 1 and own.federation.evaluate_every == 2
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["federation.calibration_mode=eval"],
+        ["federation.calibrate_norm_statistics=false"],
+        ["model.trunk_stats=shared"],  # auto resolves to eval
+    ],
+)
+def test_training_camera_statistics_need_a_training_mode_statistics_round(
+    tiny_sysu_root: Path, tmp_path: Path, extra: list[str]
+) -> None:
+    """The server keeps per-camera statistics only from a training-mode statistics round: any
+    other setting is refused before the run starts, naming the setting."""
+    overrides = tiny_overrides(
+        tiny_sysu_root, tmp_path, "eval.camera_statistics=training", "model.trunk_stats=modality"
+    )
+    with pytest.raises(ValueError, match=r"eval\.camera_statistics=training"):
+        FederatedRun(load_config([*overrides, *extra]))
+    FederatedRun(load_config(overrides))  # training mode: accepted

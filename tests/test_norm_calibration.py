@@ -98,17 +98,26 @@ def test_a_group_norm_model_has_no_statistics() -> None:
 
 
 def reply(
-    node: int, site: str, modality: Modality, stats: dict, images: int, error: str | None = None
+    node: int,
+    site: str,
+    modality: Modality,
+    stats: dict,
+    images: int,
+    error: str | None = None,
+    cameras: list[int] | None = None,
 ) -> Message:
     meta = reply_metadata(node, MessageType.EVALUATE)
     if error is not None:
         return Message(error=Error(code=1, reason=error), metadata=meta)
+    identity = {"site": site, "modality": modality.value}
+    if cameras is not None:
+        identity["cameras"] = cameras
     return Message(
         content=RecordDict(
             {
                 "statistics": ArrayRecord({k: Array(np.asarray(v)) for k, v in stats.items()}),
                 "metrics": MetricRecord({"num-examples": float(images)}),
-                "site": ConfigRecord({"site": site, "modality": modality.value}),
+                "site": ConfigRecord(identity),
             }
         ),
         metadata=meta,
@@ -158,3 +167,39 @@ def test_server_pools_per_group_and_names_bad_replies() -> None:
 def test_calibration_needs_two_images() -> None:
     with pytest.raises(ValueError, match="calibration_images"):
         NormCalibration(["neck.stats.visible.running_mean"], images_per_site=1)
+
+
+def test_one_camera_sites_are_also_kept_per_camera() -> None:
+    """per_camera: a one-camera site's statistics under its camera, two sites of one camera
+    pooled by images; a site whose sample mixes cameras or that names none is pooled only."""
+    model = tiny_model()
+    state = model.state_dict()
+    current = pack(state, global_keys(state))
+    calibration = NormCalibration(norm_statistics_keys(model), images_per_site=8)
+    torch.manual_seed(2)
+    images = [torch.rand(4, 3, 64, 32) * scale for scale in (1.0, 0.5, 2.0, 3.0)]
+    measured = [
+        measure_norm_statistics(model, [batch(x, 0)], mean=MEAN, std=STD)[0] for x in images
+    ]
+    report = calibration.combine(
+        [
+            reply(1, "a", Modality.VISIBLE, measured[0], 4, cameras=[1]),
+            reply(2, "b", Modality.VISIBLE, measured[1], 12, cameras=[2]),
+            reply(3, "c", Modality.VISIBLE, measured[2], 4, cameras=[2]),
+            reply(4, "d", Modality.VISIBLE, measured[3], 4, cameras=[1, 4]),
+            reply(5, "e", Modality.VISIBLE, measured[3], 4),
+        ],
+        current,
+    )
+    assert report.sites == ["a", "b", "c", "d", "e"]
+    assert sorted(report.per_camera) == [1, 2] and report.summary()["cameras"] == [1, 2]
+    key = "trunk.layer1.0.bn1.running_mean"
+    np.testing.assert_allclose(report.per_camera[1][key], measured[0][key], rtol=1e-6)
+    np.testing.assert_allclose(
+        report.per_camera[2][key],
+        0.75 * measured[1][key] + 0.25 * measured[2][key],
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    # The global statistics still pool every site.
+    assert not np.allclose(report.statistics[key], report.per_camera[1][key])

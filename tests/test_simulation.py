@@ -305,6 +305,27 @@ def test_simulation_records_client_drift_per_round(clean: Path) -> None:
     assert "round 2 client drift: infrared: cos" in Path(summary["run_log"]).read_text()
 
 
+@pytest.mark.slow
+@pytest.mark.integration
+def test_training_camera_statistics_come_from_the_statistics_round(
+    clean: Path, tiny_sysu_root: Path, tmp_path: Path
+) -> None:
+    """eval.camera_statistics=training: the server keeps each one-camera site's statistics per
+    camera and evaluates every test camera with them. Training is untouched (round 1's model is
+    the clean run's); round 0, before any statistics round, is evaluated as without them; round
+    1 is evaluated differently."""
+    out = simulate(
+        tiny_sysu_root, tmp_path, "federation.rounds=1", "eval.camera_statistics=training"
+    )
+    before, after = server_arrays(clean, 1), server_arrays(out, 1)
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+    rounds, plain = history(out), history(clean)
+    assert rounds[1]["calibration"]["cameras"] == [int(site[3:]) for site in SITES]
+    assert plain[1]["calibration"]["cameras"] == rounds[1]["calibration"]["cameras"]
+    assert rounds[0]["central"] == plain[0]["central"]
+    assert rounds[1]["central"]["raw-raw"] != plain[1]["central"]["raw-raw"]
+
+
 @pytest.fixture(scope="module")
 def resumed(clean: Path, tmp_path_factory: pytest.TempPathFactory, tiny_sysu_root: Path) -> Path:
     """The clean run's folder (stopped after round 2) resumed for a third round.

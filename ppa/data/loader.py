@@ -357,6 +357,24 @@ def create_eval_loader(
     )
 
 
+def create_statistics_loader(
+    records: Sequence[ImageRecord | TrainRecord], root: str | os.PathLike, cfg: Any
+) -> DataLoader:
+    """Raw training images for measuring BatchNorm statistics as the statistics round does:
+    in batches of a training batch's size (training-mode statistics are per batch, so the
+    batch size is part of what is measured), no keypoints, no anonymisation."""
+    return create_eval_loader(
+        records,
+        root,
+        input_cfg=cfg.input,
+        batch_size=int(cfg.train.num_ids) * int(cfg.train.num_instances),
+        num_workers=0,
+        pose_cfg=cfg.pose,
+        keypoints=None,
+        on_bad_image=str(cfg.dataset.on_bad_image),
+    )
+
+
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")

@@ -24,7 +24,12 @@ from ppa.data.noise_keys import EVALUATOR, NoiseKeys
 from ppa.data.protocols import DatasetProtocol, TestSetting, dataset_protocol, test_settings
 from ppa.data.records import ImageRecord
 from ppa.device import DeviceSettings
-from ppa.eval.camera_statistics import features_with_camera_statistics
+from ppa.eval.camera_statistics import (
+    CameraStatistics,
+    camera_statistics_source,
+    features_with_camera_statistics,
+    training_camera_statistics,
+)
 from ppa.eval.features import VIEWS, FeatureSet, extract_features
 from ppa.eval.metrics import pairwise_distance, regdb_metrics, sysu_metrics
 from ppa.eval.report import EvaluationReport, GroupResult
@@ -120,6 +125,7 @@ def evaluate(
     settings: Sequence[TestSetting] | None = None,
     progress: bool = True,
     trained_on: Any | None = None,
+    camera_statistics: CameraStatistics | None = None,
 ) -> EvaluationReport:
     """Evaluate `model` on the test protocol of `cfg.dataset` under privacy protocols.
 
@@ -132,6 +138,10 @@ def evaluate(
 
     The test images are the evaluator's: a noise anonymiser draws from `noise_keys`, by
     default the evaluator's own (`ppa.data.noise_keys.EVALUATOR`, made on first use).
+
+    With ``eval.camera_statistics=training``, `camera_statistics` are the per-camera BatchNorm
+    statistics to use (a federation's, from its statistics round); None measures them on the
+    configured training set (`training_camera_statistics`, a centralised model).
     """
     protocols = list(protocols or cfg.eval.protocols)
     unknown = [p for p in protocols if p not in PRIVACY_PROTOCOLS]
@@ -185,7 +195,12 @@ def evaluate(
             desc="test features",
         )
 
-    if bool(cfg.eval.get("camera_statistics", False)):
+    source = camera_statistics_source(cfg)
+    if source == "none":
+        features = extract(loader_for(images.records))
+    else:
+        if source == "training" and camera_statistics is None:
+            camera_statistics = training_camera_statistics(model, cfg, device=device.device)
         features = features_with_camera_statistics(
             model,
             images.records,
@@ -194,9 +209,8 @@ def evaluate(
             mean=mean,
             std=std,
             device=device.device,
+            statistics=camera_statistics if source == "training" else None,
         )
-    else:
-        features = extract(loader_for(images.records))
     max_rank = int(cfg.eval.max_rank)
     family = dataset_protocol(cfg.dataset)
     results: dict[str, dict[str, GroupResult]] = {}
