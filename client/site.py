@@ -359,7 +359,7 @@ class SiteTrainer:
     def _global_prototypes(
         self, arrays: Mapping[str, np.ndarray] | None, dim: int
     ) -> IdentityPrototypes | None:
-        if not arrays or not self.objective.uses("align"):
+        if not arrays or not self.objective.uses_prototypes():
             return None
         sums = torch.stack(
             [

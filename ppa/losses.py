@@ -82,6 +82,7 @@ def align_rows(
     prototypes: torch.Tensor,
     valid: torch.Tensor,
     temperature: float | None = None,
+    same_modality: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample L_align toward the identity prototypes of the OTHER modality.
 
@@ -93,13 +94,17 @@ def align_rows(
     prototype by collapsing onto a common direction. Returns (rows (N,), count (N,)): the term
     averaged over the other modalities that have the sample's prototype, and how many did
     (rows are 0 where count is 0).
+
+    With `same_modality` the target is the sample's OWN modality's prototype instead (L_proto,
+    FedProto's regulariser): pooled over every camera of that modality, it pulls a site that
+    holds one camera toward what the identity looks like in the others.
     """
     x = F.normalize(features.float(), dim=-1)
     protos = F.normalize(prototypes.float(), dim=-1)
     total = x.new_zeros(len(labels))
     count = x.new_zeros(len(labels))
     for m in range(prototypes.shape[0]):
-        has = (modality != m) & valid[m, labels]
+        has = ((modality == m) if same_modality else (modality != m)) & valid[m, labels]
         if not has.any():
             continue
         if temperature is None:
@@ -121,10 +126,13 @@ def align_loss(
     prototypes: torch.Tensor,
     valid: torch.Tensor,
     temperature: float | None = None,
+    same_modality: bool = False,
 ) -> torch.Tensor:
-    """L_align (see `align_rows`), averaged over samples that have an other-modality
-    prototype."""
-    rows, count = align_rows(features, labels, modality, prototypes, valid, temperature)
+    """L_align (see `align_rows`; L_proto with `same_modality`), averaged over the samples
+    that have a target prototype."""
+    rows, count = align_rows(
+        features, labels, modality, prototypes, valid, temperature, same_modality
+    )
     used = count > 0
     if not used.any():
         return features.sum() * 0.0

@@ -57,3 +57,26 @@ def test_json_layout_round_trips(report: EvaluationReport) -> None:
     assert len(entry["trials"]) == 2
     again = EvaluationReport.from_json(payload)
     assert again == report
+
+
+def test_reranked_numbers_stay_apart(report: EvaluationReport) -> None:
+    report.reranked = {"raw-raw": {"all": group(0.5, 0.4375)}}
+    # Headlines and the protocol's table rows are the plain numbers.
+    assert report.headline()["mAP"] == 0.25
+    assert "reranked" not in report.numbers()
+    text = report.table()
+    plain, reranked = text.split("\n\nk-reciprocal re-ranking (reported apart):\n")
+    assert plain.splitlines()[1].split()[5] == "25.00"
+    assert reranked.splitlines()[1].split()[:6] == [
+        "raw-raw",
+        "all",
+        "50.00",
+        "70.00",
+        "80.00",
+        "43.75",
+    ]
+    payload = json.loads(json.dumps(report.to_json()))
+    assert payload["reranked"]["raw-raw"]["all"]["mean"]["mAP"] == 0.4375
+    assert payload["results"]["raw-raw"]["all"]["mean"]["mAP"] == 0.25
+    again = EvaluationReport.from_json(payload)
+    assert again == report and "reranked" not in again.extras

@@ -99,6 +99,31 @@ def test_align_loss_by_hand() -> None:
     assert none_valid.item() == 0.0
 
 
+def test_proto_loss_pulls_toward_the_own_modality_by_hand() -> None:
+    """L_proto is L_align with the sample's own modality's prototype as the target."""
+    protos = torch.zeros(2, 2, 2)  # (modality, class, dim)
+    protos[0, 0] = torch.tensor([1.0, 0.0])  # visible prototype of id 0
+    protos[1, 0] = torch.tensor([0.0, 1.0])  # infrared prototype of id 0
+    protos[1, 1] = torch.tensor([1.0, 1.0])  # infrared prototype of id 1
+    valid = torch.tensor([[True, False], [True, True]])
+    feats = torch.tensor([[2.0, 0.0], [0.0, 3.0], [1.0, 0.0], [5.0, 0.0]], requires_grad=True)
+    labels = torch.tensor([0, 0, 1, 1])
+    modality = torch.tensor([0, 0, 1, 0])
+    rows, count = losses.align_rows(feats, labels, modality, protos, valid, same_modality=True)
+    # visible id 0 on (1, 0): 0 and 1; infrared id 1 at 45 degrees of (1, 1): 1 - 1/sqrt 2;
+    # visible id 1 has no visible prototype: left out (the infrared one is not used).
+    assert count.tolist() == [1.0, 1.0, 1.0, 0.0]
+    assert rows.tolist() == pytest.approx([0.0, 1.0, 1.0 - 2**-0.5, 0.0])
+    loss = losses.align_loss(feats, labels, modality, protos, valid, same_modality=True)
+    assert loss.item() == pytest.approx((1.0 + 1.0 - 2**-0.5) / 3)
+    loss.backward()
+    assert feats.grad[3].abs().sum() == 0
+    # The same samples under L_align: each toward the other modality's prototype.
+    other, other_count = losses.align_rows(feats, labels, modality, protos, valid)
+    assert other_count.tolist() == [1.0, 1.0, 0.0, 1.0]
+    assert other.tolist() == pytest.approx([1.0, 0.0, 0.0, 1.0 - 2**-0.5])
+
+
 def test_contrastive_align_by_hand() -> None:
     """With a temperature the other modality's prototypes are a classifier: the term is the
     cross-entropy of cos / T over the valid prototypes (invalid ones take no part)."""

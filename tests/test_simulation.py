@@ -26,6 +26,7 @@ from flwr.common.config import parse_config_args
 from flwr.supercore.utils import simulation_config_from_json
 from test_deployment_engine import live_processes_mentioning
 
+from ppa.cli import evaluate as evaluate_cli
 from ppa.cli import simulate as simulate_cli
 from ppa.config import load_config
 from ppa.launch.command_line import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE
@@ -285,6 +286,38 @@ def test_simulation_runs_six_sites_through_flwr_run(clean: Path) -> None:
     assert (clean / "flower" / "superlink" / "state.db").exists()
     run_log = Path(summary["run_log"]).read_text()
     assert "round 2 central evaluation" in run_log
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_ppa_evaluate_of_model_latest_reproduces_the_last_central_evaluation(
+    clean: Path, tiny_sysu_root: Path, tmp_path: Path
+) -> None:
+    """model_latest.pt is the model the server evaluated last: ppa-evaluate scores it the
+    same, every protocol and trial."""
+    cfg = load_config(
+        [
+            "experiment=demo",
+            *tiny_overrides(
+                tiny_sysu_root,
+                tmp_path,
+                *FAST,
+                f"checkpoint={clean / 'model_latest.pt'}",
+                f"eval.output_dir={tmp_path / 'evaluate'}",
+                "eval.privacy_images=0",
+                "eval.face_detection=false",
+            ),
+        ]
+    )
+    metrics = json.loads(evaluate_cli.run(cfg).read_text())
+    server = json.loads((clean / "evaluation" / "round_0002.json").read_text())
+    assert set(server["results"]) <= set(metrics["results"])
+    for protocol, groups in server["results"].items():
+        for group, entry in groups.items():
+            ours = metrics["results"][protocol][group]
+            for theirs, mine in zip(entry["trials"], ours["trials"], strict=True):
+                for key in ("mAP", "rank1", "mINP"):
+                    assert mine[key] == pytest.approx(theirs[key], abs=1e-6), (protocol, key)
 
 
 @pytest.mark.integration

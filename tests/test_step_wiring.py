@@ -34,7 +34,7 @@ from ppa.training.step import StepContext, ppa_step
 
 from conftest import tiny_overrides
 
-TERMS = ("id", "triplet", "kpr", "dc", "align")
+TERMS = ("id", "triplet", "kpr", "dc", "align", "proto")
 
 
 @pytest.fixture(scope="module")
@@ -173,6 +173,9 @@ REACHES = {
     # Cosine pull of BNNeck(g) toward prototypes: neck yes, classifier no.
     "align": {"stem_visible", "stem_infrared", "trunk", "offset_visible", "offset_infrared"}
     | {"neck"},
+    # The same pull toward the sample's own modality's prototypes.
+    "proto": {"stem_visible", "stem_infrared", "trunk", "offset_visible", "offset_infrared"}
+    | {"neck"},
 }
 
 
@@ -269,7 +272,7 @@ def test_baseline_forwards_the_raw_view_only(wiring_cfg: DictConfig, batch: Batc
 
 
 def test_total_is_the_configured_weighted_sum(wiring_cfg: DictConfig, batch: Batch) -> None:
-    weights = {"id": 0.3, "triplet": 0.7, "kpr": 1.3, "dc": 1.7, "align": 2.9}
+    weights = {"id": 0.3, "triplet": 0.7, "kpr": 1.3, "dc": 1.7, "align": 2.9, "proto": 0.6}
     ctx = make_context(wiring_cfg, NUM_CLASSES, weights=weights)
     total, terms, seen = run_step(ctx, batch)
     n = len(batch)
@@ -285,6 +288,14 @@ def test_total_is_the_configured_weighted_sum(wiring_cfg: DictConfig, batch: Bat
         "dc": (out.pooled[n:] - out.pooled[:n] - offsets).detach().pow(2).mean(),
         "align": losses.align_loss(
             out.neck.detach(), labels, modality, ctx.prototypes.means, ctx.prototypes.valid
+        ),
+        "proto": losses.align_loss(
+            out.neck.detach(),
+            labels,
+            modality,
+            ctx.prototypes.means,
+            ctx.prototypes.valid,
+            same_modality=True,
         ),
     }
     assert set(terms) == set(TERMS)

@@ -87,7 +87,7 @@ def step_context(
     identity so L_align is active in the full objective."""
     objective = PPAObjective.from_config(load_config([f"ppa={ppa_name}"]).ppa)
     prototypes = None
-    if objective.uses("align"):
+    if objective.uses_prototypes():
         gen = torch.Generator().manual_seed(1)
         sums = torch.randn(2, num_classes, model.num_features, generator=gen)
         prototypes = IdentityPrototypes.from_sums(sums, torch.ones(2, num_classes)).to(

@@ -97,7 +97,7 @@ def train_central_private(cfg: DictConfig) -> Path:
         start_epoch = int(payload.get("epoch", 0))
         history = list(payload.get("history", []))
         logger.info("resumed from %s at epoch %d", cfg.checkpoint, start_epoch)
-    uses_align = objective.uses("align")
+    uses_align = objective.uses_prototypes()
     budget = privacy.budget_for(SITE)
     epochs = int(cfg.train.epochs)
     last = ckpt_dir / "last.pt"

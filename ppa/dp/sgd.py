@@ -30,6 +30,7 @@ from ppa.data.loader import Batch
 from ppa.data.records import Modality
 from ppa.dp.finetune import is_frozen_norm
 from ppa.model import ModalityOffsets, PPAEncoder
+from ppa.training.objective import PROTOTYPE_TERMS
 from ppa.training.step import StepContext, step_inputs
 
 logger = logging.getLogger(__name__)
@@ -130,17 +131,19 @@ def per_record_losses(
         else:
             diff = out.pooled[n:] - out.pooled[:n] - model.offsets(batch.modality)
         terms["dc"] = diff.float().pow(2).mean(dim=-1)
-    if obj.uses("align") and ctx.prototypes is not None and ctx.prototypes.valid.any():
-        terms["align"] = over_views(
-            losses.align_rows(
-                out.neck,
-                labels,
-                modality,
-                ctx.prototypes.means,
-                ctx.prototypes.valid,
-                obj.align_temperature,
-            )[0]
-        )
+    for term in PROTOTYPE_TERMS:
+        if obj.uses(term) and ctx.prototypes is not None and ctx.prototypes.valid.any():
+            terms[term] = over_views(
+                losses.align_rows(
+                    out.neck,
+                    labels,
+                    modality,
+                    ctx.prototypes.means,
+                    ctx.prototypes.valid,
+                    obj.align_temperature,
+                    same_modality=term == "proto",
+                )[0]
+            )
     total = sum(obj.weights[k] * v for k, v in terms.items())
     assert isinstance(total, torch.Tensor)
     return total, terms, nviews

@@ -33,6 +33,7 @@ from ppa.eval.camera_statistics import (
 from ppa.eval.features import VIEWS, FeatureSet, extract_features
 from ppa.eval.metrics import pairwise_distance, regdb_metrics, sysu_metrics
 from ppa.eval.report import EvaluationReport, GroupResult
+from ppa.eval.reranking import RerankSettings, rerank_distance
 from ppa.model import PPAEncoder
 
 logger = logging.getLogger(__name__)
@@ -103,14 +104,43 @@ def _setting_metrics(
     features: dict[str, FeatureSet],
     images: TestImages,
     max_rank: int,
+    rerank: RerankSettings | None = None,
 ) -> dict:
+    """One setting's metrics; with `rerank`, on the k-reciprocal re-ranked distances."""
     q_view, g_view = PRIVACY_PROTOCOLS[protocol]
     q_pos = images.positions(setting.split.query)
     g_pos = images.positions(setting.split.gallery)
-    q, g = features[q_view], features[g_view]
-    dist = pairwise_distance(q.features[q_pos], g.features[g_pos])
+    q, g = features[q_view].features[q_pos], features[g_view].features[g_pos]
+    dist = pairwise_distance(q, g) if rerank is None else rerank_distance(q, g, rerank)
     rule = RETRIEVAL_RULES[family.metrics]
     return rule(dist, setting.split.query, setting.split.gallery, max_rank)
+
+
+def _protocol_results(
+    protocols: Sequence[str],
+    settings: Sequence[TestSetting],
+    measure: Callable[[str, TestSetting], dict],
+) -> dict[str, dict[str, GroupResult]]:
+    """privacy protocol -> group -> the mean over the group's trials, each trial, mean CMC."""
+    results: dict[str, dict[str, GroupResult]] = {}
+    for protocol in protocols:
+        groups: dict[str, dict] = {}
+        for setting in settings:
+            m = measure(protocol, setting)
+            entry = groups.setdefault(setting.group, {"trials": [], "cmcs": []})
+            entry["trials"].append({"trial": setting.trial, **summarize(m)})
+            entry["cmcs"].append(np.asarray(m["cmc"], dtype=np.float64))
+        results[protocol] = {}
+        for group, entry in groups.items():
+            length = min(len(c) for c in entry["cmcs"])
+            mean_cmc = np.mean([c[:length] for c in entry["cmcs"]], axis=0)
+            mean = {
+                k: float(np.mean([t[k] for t in entry["trials"]]))
+                for k in entry["trials"][0]
+                if k != "trial"
+            }
+            results[protocol][group] = GroupResult(mean, mean_cmc.tolist(), entry["trials"])
+    return results
 
 
 def evaluate(
@@ -142,6 +172,9 @@ def evaluate(
     With ``eval.camera_statistics=training``, `camera_statistics` are the per-camera BatchNorm
     statistics to use (a federation's, from its statistics round); None measures them on the
     configured training set (`training_camera_statistics`, a centralised model).
+
+    With ``eval.rerank.enabled`` the same features are also scored on k-reciprocal re-ranked
+    distances, kept apart in `EvaluationReport.reranked`.
     """
     protocols = list(protocols or cfg.eval.protocols)
     unknown = [p for p in protocols if p not in PRIVACY_PROTOCOLS]
@@ -213,27 +246,27 @@ def evaluate(
         )
     max_rank = int(cfg.eval.max_rank)
     family = dataset_protocol(cfg.dataset)
-    results: dict[str, dict[str, GroupResult]] = {}
-    for protocol in protocols:
-        groups: dict[str, dict] = {}
-        for setting in settings:
-            m = _setting_metrics(protocol, family, setting, features, images, max_rank)
-            entry = groups.setdefault(setting.group, {"trials": [], "cmcs": []})
-            entry["trials"].append({"trial": setting.trial, **summarize(m)})
-            entry["cmcs"].append(np.asarray(m["cmc"], dtype=np.float64))
-        results[protocol] = {}
-        for group, entry in groups.items():
-            length = min(len(c) for c in entry["cmcs"])
-            mean_cmc = np.mean([c[:length] for c in entry["cmcs"]], axis=0)
-            mean = {
-                k: float(np.mean([t[k] for t in entry["trials"]]))
-                for k in entry["trials"][0]
-                if k != "trial"
-            }
-            results[protocol][group] = GroupResult(mean, mean_cmc.tolist(), entry["trials"])
+    results = _protocol_results(
+        protocols,
+        settings,
+        lambda protocol, setting: _setting_metrics(
+            protocol, family, setting, features, images, max_rank
+        ),
+    )
+    rerank = RerankSettings.from_config(cfg.eval)
+    reranked = None
+    if rerank is not None:
+        reranked = _protocol_results(
+            protocols,
+            settings,
+            lambda protocol, setting: _setting_metrics(
+                protocol, family, setting, features, images, max_rank, rerank
+            ),
+        )
     return EvaluationReport(
         dataset=str(cfg.dataset.name),
         protocol=family.name,
         num_test_images=len(images.records),
         results=results,
+        reranked=reranked,
     )

@@ -9,7 +9,10 @@ from omegaconf import DictConfig
 
 from ppa.pose.joint_sets import ALL_JOINTS, joint_indices
 
-LOSS_TERMS = ("id", "triplet", "kpr", "dc", "align")
+LOSS_TERMS = ("id", "triplet", "kpr", "dc", "align", "proto")
+# Terms that pull features toward the global identity prototypes: L_align (the other
+# modality's) and L_proto (the sample's own modality's, pooled over its cameras).
+PROTOTYPE_TERMS = ("align", "proto")
 
 
 @dataclass(frozen=True)
@@ -43,3 +46,7 @@ class PPAObjective:
 
     def uses(self, term: str) -> bool:
         return self.weights.get(term, 0.0) > 0.0
+
+    def uses_prototypes(self) -> bool:
+        """Whether a step needs the global identity prototypes."""
+        return any(self.uses(term) for term in PROTOTYPE_TERMS)

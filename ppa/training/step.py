@@ -18,7 +18,7 @@ from ppa.model import PPAEncoder
 from ppa.pose.heatmaps import joint_heatmaps
 from ppa.pose.joint_sets import ALL_JOINTS
 from ppa.prototypes import IdentityPrototypes, PrototypeAccumulator
-from ppa.training.objective import PPAObjective
+from ppa.training.objective import PROTOTYPE_TERMS, PPAObjective
 from ppa.training.pseudo_infrared import PseudoInfraredViews
 
 # A step that replaces forward/backward/optimizer.step for one batch (DP-SGD: ppa.dp.PrivateStep)
@@ -158,15 +158,17 @@ def ppa_step(ctx: StepContext, batch: Batch) -> tuple[torch.Tensor, dict[str, fl
     # Alignment and prototypes live in the BNNeck space, the retrieval space: the pooled
     # features are non-negative (ReLU + GeM), so any two of them have a high cosine and a
     # cosine pull toward a prototype there carries almost no signal.
-    if obj.uses("align") and ctx.prototypes is not None and ctx.prototypes.valid.any():
-        terms["align"] = losses.align_loss(
-            out.neck,
-            labels,
-            modality,
-            ctx.prototypes.means,
-            ctx.prototypes.valid,
-            obj.align_temperature,
-        )
+    for term in PROTOTYPE_TERMS:
+        if obj.uses(term) and ctx.prototypes is not None and ctx.prototypes.valid.any():
+            terms[term] = losses.align_loss(
+                out.neck,
+                labels,
+                modality,
+                ctx.prototypes.means,
+                ctx.prototypes.valid,
+                obj.align_temperature,
+                same_modality=term == "proto",
+            )
     total = sum(obj.weights[k] * v for k, v in terms.items())
 
     # Prototypes hold both views: BNNeck(f) of raw images and BNNeck(g) of anonymised ones,
