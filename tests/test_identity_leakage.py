@@ -118,6 +118,36 @@ def test_evaluate_script_uses_the_checkpoints_training_trial(
         evaluate_script.run(asked)
 
 
+def test_evaluate_script_says_when_the_test_set_is_not_the_training_set(
+    tiny_regdb_root: Path,
+    tiny_sysu_root: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Cross-dataset testing runs, with a warning naming both sets (a forgotten `dataset=`
+    would otherwise score the model on the default set without a word)."""
+    trained = load_config(tiny_overrides(tiny_regdb_root, tmp_path, dataset="synthetic_regdb"))
+    num_classes = len(protocols.load_label_space(trained.dataset))
+    path = save_checkpoint(tmp_path / "regdb.pt", create_model(trained.model, num_classes), trained)
+    asked = load_config(
+        tiny_overrides(
+            tiny_sysu_root,
+            tmp_path,
+            f"checkpoint={path}",
+            "eval.protocols=[raw-raw]",
+            "eval.privacy_images=0",
+            f"eval.output_dir={tmp_path / 'eval'}",
+        )
+    )
+    with caplog.at_level("WARNING", logger="ppa.cli.evaluate"):
+        metrics = evaluate_cli.run(asked)
+    assert metrics.exists()
+    warned = [r.getMessage() for r in caplog.records if r.name == "ppa.cli.evaluate"]
+    assert any(
+        "trained on dataset synthetic_regdb; evaluating on synthetic_sysu" in m for m in warned
+    ), warned
+
+
 def test_a_training_root_that_is_gone_is_not_opened(tmp_path: Path) -> None:
     """A checkpoint from another machine names a root that does not exist here."""
     root = write_sysu(tmp_path / "sysu")

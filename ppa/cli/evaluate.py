@@ -73,6 +73,16 @@ def run(cfg: DictConfig) -> Path:
     # The dataset the checkpoint was trained on (RegDB: its trial) decides which test
     # identities it may be scored on.
     trained_on = OmegaConf.create(trained["dataset"]) if "dataset" in trained else None
+    if trained_on is not None and str(trained_on.get("name")) != str(cfg.dataset.name):
+        # Cross-dataset testing is legitimate, but a forgotten `dataset=` silently scores the
+        # model on the default set: say which one is used.
+        logger.warning(
+            "%s was trained on dataset %s; evaluating on %s (pass dataset=%s to test on its own)",
+            cfg.checkpoint,
+            trained_on.get("name"),
+            cfg.dataset.name,
+            trained_on.get("name"),
+        )
     device = DeviceSettings.from_config(cfg)
     device.place(model)
     protocols = list(cfg.eval.protocols)
