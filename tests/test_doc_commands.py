@@ -104,6 +104,12 @@ def rules(tmp: Path, data: Path, workdir: Path) -> list[Rule]:
             reason="needs the public start of the line before, trained in full; "
             "tests/test_dp_finetune.py and tests/test_dp_public.py fine-tune from tiny starts",
         ),
+        Rule(
+            entry("ppa-evaluate", "evaluate") + r".*checkpoint=outputs/compare/",
+            check="COMPOSE",
+            reason="evaluates the checkpoints a ppa-compare run trains (an hour and more); "
+            "tests/test_reranking.py evaluates a tiny model with and without re-ranking",
+        ),
         # -- runs, shrunk
         Rule(r"^export PATH=", suffix=""),
         Rule(r"^[A-Z]+=", suffix=""),  # a variable of the block (D=..., C="...")
