@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from opacus.accountants import PRVAccountant, RDPAccountant
 from torch import nn
 
@@ -243,14 +243,16 @@ def _context(cfg: DictConfig, model: nn.Module, num_classes: int, protos: bool) 
 def test_per_record_gradient_is_the_gradient_of_that_record_alone(dp_cfg: DictConfig) -> None:
     # Mixed modalities (central training): stems see subsets of the rows and are scattered
     # back; raw + anonymised views of a record are summed; every loss term is on.
+    # L_proto on as well: both prototype pulls are per-record terms.
+    cfg = OmegaConf.merge(dp_cfg, {"ppa": {"weights": {"proto": 0.5}}})
     torch.manual_seed(0)
-    batch, num_classes = _batch(dp_cfg, {0: 2, 1: 2})
+    batch, num_classes = _batch(cfg, {0: 2, 1: 2})
     assert len(set(batch.modality.tolist())) == 2
-    model = create_model(dp_cfg.model, num_classes).train()
+    model = create_model(cfg.model, num_classes).train()
     grads = PerSampleGradients(model)
-    ctx = _context(dp_cfg, model, num_classes, protos=True)
+    ctx = _context(cfg, model, num_classes, protos=True)
     total, terms, nviews = per_record_losses(ctx, batch)
-    assert nviews == 2 and set(terms) == {"id", "kpr", "dc", "align"}
+    assert nviews == 2 and set(terms) == {"id", "kpr", "dc", "align", "proto"}
     grads.backward(total)
     per_record = grads.per_record(len(batch), batch.modality.repeat(nviews))
     grads.reset()
