@@ -42,7 +42,9 @@ timed() {  # timed STEP command...
 debian_base() {
   local rootfs
   rootfs=$(mktemp -d /tmp/ppa-rootfs.XXXXXX)
-  trap 'rm -rf "$rootfs"' RETURN
+  # Expanded now and removed once fired: a RETURN trap would otherwise also fire when the
+  # caller returns, after the local is gone (set -u).
+  trap "rm -rf '$rootfs'; trap - RETURN" RETURN
   debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
     bookworm "$rootfs" "$DEBIAN_MIRROR" >/dev/null
   tar -C "$rootfs" -c . | "$DOCKER" import - "$DEBIAN_IMAGE" >/dev/null
@@ -63,12 +65,21 @@ project_images() {
   done
 }
 
+flwr_base() {
+  "$DOCKER" build -q -f docker/base/flwr.Dockerfile \
+    --build-arg DEBIAN_IMAGE="$DEBIAN_IMAGE" --build-arg FLWR_VERSION="$FLWR_VERSION" \
+    "${secret[@]}" -t "$FLWR_IMAGE" docker/base >/dev/null
+}
+
+prometheus_base() {
+  "$DOCKER" build -q -f docker/base/prometheus.Dockerfile \
+    --build-arg DEBIAN_IMAGE="$DEBIAN_IMAGE" -t "$PROMETHEUS_IMAGE" docker/base >/dev/null
+}
+
+# Each step a function that silences its own build output: a redirect after `timed ...`
+# would swallow the step's build-time line too.
 has_image "$DEBIAN_IMAGE" || timed debian-base debian_base
-has_image "$FLWR_IMAGE" || timed flwr-base "$DOCKER" build -q -f docker/base/flwr.Dockerfile \
-  --build-arg DEBIAN_IMAGE="$DEBIAN_IMAGE" --build-arg FLWR_VERSION="$FLWR_VERSION" \
-  "${secret[@]}" -t "$FLWR_IMAGE" docker/base >/dev/null
-has_image "$PROMETHEUS_IMAGE" || timed prometheus-base "$DOCKER" build -q \
-  -f docker/base/prometheus.Dockerfile --build-arg DEBIAN_IMAGE="$DEBIAN_IMAGE" \
-  -t "$PROMETHEUS_IMAGE" docker/base >/dev/null
+has_image "$FLWR_IMAGE" || timed flwr-base flwr_base
+has_image "$PROMETHEUS_IMAGE" || timed prometheus-base prometheus_base
 ls docker/wheels/torch-*.whl >/dev/null 2>&1 || timed wheels wheels
 timed project-images project_images

@@ -65,6 +65,17 @@ def run(argv: Sequence[str], *, timeout: float, env=None, cwd=None, check=True):
     return done
 
 
+def local_base_args() -> list[str]:
+    """`docker build` arguments naming the local Flower stand-in for all three bases, as
+    docker/build_local_images.sh passes them (the Dockerfile's defaults are Flower's
+    registry images, unreachable here)."""
+    return [
+        arg
+        for base in ("SUPERLINK_IMAGE", "SUPERNODE_IMAGE", "SUPEREXEC_IMAGE")
+        for arg in ("--build-arg", f"{base}={LOCAL_FLWR}")
+    ]
+
+
 def start_engine() -> bool:
     """Start dockerd unless an engine answers; True when this call started it."""
     # Containers get the CPU weight of as many host processes as the deployment has
@@ -121,6 +132,7 @@ class ComposeStack:
             del self.env["DOCKER_HOST"]
         self.log_dir = log_dir
         log_dir.mkdir(parents=True, exist_ok=True)
+        self.run_ids: list[int] = []  # Flower runs submitted; their ServerApp logs are kept
 
     def argv(self, *args: str) -> list[str]:
         argv = [COMPOSE, "-p", self.project]
@@ -138,6 +150,14 @@ class ComposeStack:
         try:  # keep the logs of a failed run for the reader
             logs = self.compose("logs", "--no-color", timeout=120, check=False)
             (self.log_dir / f"{self.project}.log").write_text(logs.stdout + logs.stderr)
+            # The ServerApp runs in a subprocess of the SuperExec that ships its output to the
+            # SuperLink, not to the container's log: ask the SuperLink for it.
+            for run_id in self.run_ids:
+                done = self.control(
+                    "log", str(run_id), CONNECTION, "--show", timeout=120, check=False
+                )
+                path = self.log_dir / f"{self.project}-run-{run_id}.log"
+                path.write_text(done.stdout + done.stderr)
         finally:
             self.compose("down", "-v", "--remove-orphans", "-t", "10", timeout=300, check=False)
 
