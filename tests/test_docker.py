@@ -1107,10 +1107,15 @@ def test_tls_auth_refuses_unknown_key_and_a_killed_site_rejoins(
             "federation.min_train_sites=4",
             "federation.round_timeout=60",
         )
+        # Killed while its ClientApp process runs (round 1's task arrived, no reply sent yet).
+        # Not from the SuperNode's log: its lines can reach the container log late, and a kill
+        # during the reply's upload is another fault (Flower then spends minutes retrying the
+        # pull of the half-pushed reply before it gives up on it).
         docker_stack.wait_until(
-            lambda: "Receiving: train message" in stack.logs("site-cam2"),
+            lambda: stack.runs_program("site-cam2", "flwr-clientapp"),
             RUN_TIMEOUT_S,
-            "cam2 to receive the round-1 training task",
+            "cam2's ClientApp to work on its round-1 task",
+            poll=0.5,
         )
         killed = stack.container("site-cam2")
         docker_stack.run([docker_stack.DOCKER, "kill", killed], timeout=60)
