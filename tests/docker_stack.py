@@ -30,6 +30,16 @@ LOCAL_PROMETHEUS = "ppa-local/prometheus:bookworm"
 CONNECTION = "isolated"  # the control container's connection name (compose.isolated.yml)
 UID = 49999  # the images' user
 CONTAINERS = 9  # of the SYSU deployment: SuperLink, ServerApp, six sites, Prometheus
+# The SYSU deployment's sites (docker/compose.yml) and the executables Flower's images run.
+SYSU_SITES = {
+    "cam1": "visible",
+    "cam2": "visible",
+    "cam3": "infrared",
+    "cam4": "visible",
+    "cam5": "visible",
+    "cam6": "infrared",
+}
+FLOWER_ENTRYPOINTS = {"flower-superlink", "flower-superexec", "flower-supernode"}
 
 T = TypeVar("T")
 

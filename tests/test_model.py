@@ -56,6 +56,33 @@ def test_each_modality_uses_its_own_stem() -> None:
     assert torch.allclose(single[0], after[0], atol=1e-6)
 
 
+def test_a_shared_stem_is_the_first_part_of_the_shared_trunk() -> None:
+    """model.stems=shared: one stem for both modalities, inside the trunk, so the federation
+    averages it over every site; with per-modality trunk statistics its BatchNorm keeps them
+    per modality like the rest of the trunk."""
+    from ppa.model.modality_norm import ModalityBatchNorm2d
+
+    torch.manual_seed(0)
+    model = create_model(model_cfg("tiny", stems="shared", trunk_stats="modality"), 3).eval()
+    keys = list(model.state_dict())
+    assert not [k for k in keys if k.startswith("stems.")]
+    assert parameter_group("trunk.conv1.weight").kind == SHARED
+    assert isinstance(model.trunk.bn1, ModalityBatchNorm2d)
+    stats = [k for k in keys if k.startswith("trunk.bn1.") and "running_mean" in k]
+    assert sorted(parameter_group(k).kind for k in stats) == [STEM, STEM]
+    x = torch.rand(2, 3, 64, 32)
+    mod = torch.tensor([0, 1])
+    before = model(x, mod).pooled
+    with torch.no_grad():
+        model.trunk.conv1.weight.mul_(3.0)
+    after = model(x, mod).pooled
+    # The one stem serves both modalities.
+    assert not torch.allclose(before[0], after[0]) and not torch.allclose(before[1], after[1])
+    assert model.feature_size(64, 32) == (4, 2)
+    with pytest.raises(ValueError, match=r"model\.stems"):
+        create_model(model_cfg("tiny", stems="one"), 3)
+
+
 def test_offsets_correct_only_anonymised_features() -> None:
     model = create_model(model_cfg("tiny"), num_classes=3).eval()
     with torch.no_grad():
@@ -112,6 +139,35 @@ def test_factory_errors_name_the_problem(tmp_path) -> None:
         )
     with pytest.raises(ValueError, match="num_classes"):
         create_model(model_cfg("tiny"), 0)
+
+
+def test_fixed_classifier_is_unit_rows_and_never_trained() -> None:
+    """model.classifier=fixed: unit-norm random rows, outside the optimiser, unchanged by a
+    training step that moves everything else; the identity loss still trains the encoder."""
+    from ppa.training.optim import create_optimizer
+
+    torch.manual_seed(0)
+    model = create_model(model_cfg("tiny", classifier="fixed"), num_classes=5).train()
+    weight = model.classifier.weight
+    assert not weight.requires_grad
+    assert torch.allclose(weight.norm(dim=1), torch.ones(5))
+    optimizer = create_optimizer(model, load_config([]).train.optimizer)
+    assert all(p is not weight for g in optimizer.param_groups for p in g["params"])
+    before = weight.clone()
+    trunk = model.trunk[0][0].conv1.weight.clone()
+    x = torch.rand(8, 3, 64, 32)
+    modality = torch.tensor([0, 1] * 4)
+    labels = torch.arange(8) % 5
+    loss = torch.nn.functional.cross_entropy(model(x, modality).logits, labels)
+    loss.backward()
+    optimizer.step()
+    assert torch.equal(weight, before)
+    assert not torch.equal(model.trunk[0][0].conv1.weight, trunk)
+    # The default stays a trained classifier, initialised small.
+    learned = create_model(model_cfg("tiny"), num_classes=5).classifier.weight
+    assert learned.requires_grad and learned.abs().max() < 0.01
+    with pytest.raises(ValueError, match=r"model\.classifier"):
+        create_model(model_cfg("tiny", classifier="frozen"), 5)
 
 
 def test_modality_neck_keeps_statistics_per_modality() -> None:

@@ -69,6 +69,8 @@ def create_model(model_cfg: DictConfig | Mapping[str, Any], num_classes: int) ->
         norm=norm,
         neck_stats=str(cfg.get("neck_stats", "modality")),
         trunk_stats=str(cfg.get("trunk_stats", "shared")),
+        classifier=str(cfg.get("classifier", "learned")),
+        stems=str(cfg.get("stems", "modality")),
     )
     if start is not None:
         from ppa.model.start_weights import load_start_weights

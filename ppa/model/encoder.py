@@ -33,6 +33,12 @@ NECK_STATS = ("modality", "shared")
 # model.trunk_stats: the trunk's BatchNorm statistics per modality or one set
 # (ppa/model/modality_norm.py).
 TRUNK_STATS = ("modality", "shared")
+# model.stems: one stem per modality (the two-stream design) or one stem for both, which is
+# then the first part of the shared trunk (its BatchNorm split per modality like the trunk's).
+STEMS = ("modality", "shared")
+# The identity classifier: trained with the encoder, or fixed at its random initialisation
+# (unit-norm rows; only the encoder learns to meet it).
+CLASSIFIERS = ("learned", "fixed")
 
 
 @dataclass
@@ -94,8 +100,14 @@ class PPAEncoder(nn.Module):
         norm: str = "batch",
         neck_stats: str = "modality",
         trunk_stats: str = "shared",
+        classifier: str = "learned",
+        stems: str = "modality",
     ):
         super().__init__()
+        if stems not in STEMS:
+            raise ValueError(f"model.stems must be one of {STEMS}, got {stems!r}")
+        if classifier not in CLASSIFIERS:
+            raise ValueError(f"model.classifier must be one of {CLASSIFIERS}, got {classifier!r}")
         if neck_stats not in NECK_STATS:
             raise ValueError(f"model.neck_stats must be one of {NECK_STATS}, got {neck_stats!r}")
         if trunk_stats not in TRUNK_STATS:
@@ -110,8 +122,15 @@ class PPAEncoder(nn.Module):
             )
         stem = nn.Sequential(OrderedDict((n, getattr(backbone, n)) for n in STEM_LAYERS))
         self.modalities = tuple(modalities)
-        self.stems = nn.ModuleDict({m.value: copy.deepcopy(stem) for m in self.modalities})
-        self.trunk = nn.Sequential(OrderedDict((n, getattr(backbone, n)) for n in TRUNK_LAYERS))
+        trunk_layers = TRUNK_LAYERS
+        if stems == "shared":
+            # No modality-specific part below the offsets: the stem joins the trunk, so the
+            # federation averages it over all sites (ppa/wire.py: a `trunk.` key is shared).
+            self.stems = nn.ModuleDict()
+            trunk_layers = (*STEM_LAYERS, *TRUNK_LAYERS)
+        else:
+            self.stems = nn.ModuleDict({m.value: copy.deepcopy(stem) for m in self.modalities})
+        self.trunk = nn.Sequential(OrderedDict((n, getattr(backbone, n)) for n in trunk_layers))
         if norm == "batch" and trunk_stats == "modality":
             split_batch_norms(self.trunk, self.modalities)
         # The trunk's per-modality norms, told each row's modality for every pass.
@@ -139,12 +158,25 @@ class PPAEncoder(nn.Module):
         self.classifier = nn.Linear(dim, num_classes, bias=False)
         self.offsets = ModalityOffsets(self.modalities, dim)
         nn.init.constant_(self.neck.weight, 1.0)
-        nn.init.normal_(self.classifier.weight, std=0.001)
+        if classifier == "fixed":
+            # Fixed class anchors, the same for every site of a federation (the server's
+            # initial arrays): a site that sees one camera or one modality of an identity
+            # pulls its features toward the same direction as every other site, and no site
+            # can move the anchors toward its own camera (FedBABU's frozen head). Unit rows:
+            # the BNNeck's unit-variance features then give logits of order sqrt(dim).
+            with torch.no_grad():
+                weight = torch.randn_like(self.classifier.weight)
+                self.classifier.weight.copy_(weight / weight.norm(dim=1, keepdim=True))
+            self.classifier.weight.requires_grad_(False)
+        else:
+            nn.init.normal_(self.classifier.weight, std=0.001)
         self._feature_sizes: dict[tuple[int, int], tuple[int, int]] = {}
 
     # The timm-style model contract -------------------------------------------------------
     def forward_stem(self, images: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
-        """Route each image through its modality's stem."""
+        """Route each image through its modality's stem (a shared stem is part of the trunk)."""
+        if not self.stems:
+            return images
         return route_by_modality(images, modality, self.stems, self.modalities)
 
     def forward_features(self, images: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
