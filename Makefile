@@ -52,8 +52,9 @@ test: setup system-deps pose-setup
 test-docs: setup system-deps
 	$(PY) -m pytest tests/test_doc_commands.py
 
-# The container tests (tests/test_docker_containers.py; `make test` skips them and runs the compose
-# and Dockerfile checks of tests/test_docker.py): starts dockerd unless one runs (and stops it again), builds the images from Debian packages and this machine's wheels
+# The container tests (tests/test_docker_containers.py; `make test` skips them and runs the
+# compose and Dockerfile checks of tests/test_docker.py): starts dockerd unless one runs (and
+# stops it again), builds the images from Debian packages and this machine's wheels
 # (docker/build_local_images.sh), runs the SYSU compose deployment for real and removes it.
 docker-test: setup system-deps
 	PPA_CONTAINER_TESTS=1 $(PY) -m pytest tests/test_docker_containers.py

@@ -120,7 +120,6 @@ class PPAEncoder(nn.Module):
                 f"backbone {type(backbone).__name__} is not a ResNet-family model "
                 f"(missing {missing})"
             )
-        stem = nn.Sequential(OrderedDict((n, getattr(backbone, n)) for n in STEM_LAYERS))
         self.modalities = tuple(modalities)
         trunk_layers = TRUNK_LAYERS
         if stems == "shared":
@@ -129,6 +128,7 @@ class PPAEncoder(nn.Module):
             self.stems = nn.ModuleDict()
             trunk_layers = (*STEM_LAYERS, *TRUNK_LAYERS)
         else:
+            stem = nn.Sequential(OrderedDict((n, getattr(backbone, n)) for n in STEM_LAYERS))
             self.stems = nn.ModuleDict({m.value: copy.deepcopy(stem) for m in self.modalities})
         self.trunk = nn.Sequential(OrderedDict((n, getattr(backbone, n)) for n in trunk_layers))
         if norm == "batch" and trunk_stats == "modality":
