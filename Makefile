@@ -44,18 +44,20 @@ demo: setup
 	$(BIN)/ppa-make-synthetic dataset=synthetic_sysu
 	$(BIN)/ppa-simulate --experiment demo
 
+# The whole suite, the container tests included (PPA_CONTAINER_TESTS=1: a plain `pytest`
+# leaves the multi-GB image builds out unless asked).
 test: setup system-deps pose-setup
-	$(PY) -m pytest
+	PPA_CONTAINER_TESTS=1 $(PY) -m pytest
 
 # Only the documented commands: every fenced command of README.md and docs/ run on tiny settings
 # (tests/test_doc_commands.py, also part of `make test`).
 test-docs: setup system-deps
 	$(PY) -m pytest tests/test_doc_commands.py
 
-# The container tests (tests/test_docker_containers.py; `make test` skips them and runs the
-# compose and Dockerfile checks of tests/test_docker.py): starts dockerd unless one runs (and
-# stops it again), builds the images from Debian packages and this machine's wheels
-# (docker/build_local_images.sh), runs the SYSU compose deployment for real and removes it.
+# Only the container tests (tests/test_docker_containers.py, also part of `make test`): starts
+# dockerd unless one runs (and stops it again), builds the images from Debian packages and
+# this machine's wheels (docker/build_local_images.sh), runs the SYSU compose deployment for
+# real and removes it.
 docker-test: setup system-deps
 	PPA_CONTAINER_TESTS=1 $(PY) -m pytest tests/test_docker_containers.py
 

@@ -131,6 +131,12 @@ def rules(tmp: Path, data: Path, workdir: Path) -> list[Rule]:
             entry("ppa-simulate", "run_simulation") + r"(?!federation\.ray_address=<)",
             suffix=f"{launch} {app}",
         ),
+        Rule(
+            # sites from the config: the two of by_modality instead of six cameras (each site
+            # is a SuperNode and a ClientApp process per round on this machine's two cores)
+            entry("ppa-deploy", "run_deployment") + r"(?!.*--site )",
+            suffix=f"--rounds 1 {launch} {app} federation.partition=by_modality",
+        ),
         Rule(entry("ppa-deploy", "run_deployment"), suffix=f"--rounds 1 {launch} {app}"),
         # -- checked instead of run, with the reason
         Rule(

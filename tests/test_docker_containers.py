@@ -30,12 +30,12 @@ FLOWER_ENTRYPOINTS = docker_stack.FLOWER_ENTRYPOINTS
 # images) and the SYSU compose deployment run for real on a Docker engine, on a compose
 # network that is internal (compose.isolated.yml): containers reach each other, nothing else.
 
-# The container tests build multi-GB images and run the federation in containers: they run
-# with `make docker-test` (PPA_CONTAINER_TESTS=1), not as part of every `make test`.
+# The container tests build multi-GB images and run the federation in containers: `make test`
+# and `make docker-test` switch them on (PPA_CONTAINER_TESTS=1), a plain `pytest` leaves them out.
 ENGINE_MISSING = (
     docker_stack.engine_available()
     if os.environ.get("PPA_CONTAINER_TESTS") == "1"
-    else "container tests run with `make docker-test` (PPA_CONTAINER_TESTS=1)"
+    else "container tests run with `make test` or `make docker-test` (PPA_CONTAINER_TESTS=1)"
 )
 needs_engine = pytest.mark.skipif(ENGINE_MISSING is not None, reason=ENGINE_MISSING or "")
 # Seconds: image build from a cold cache; one compose deployment's run; a container's start.
