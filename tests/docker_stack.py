@@ -193,10 +193,11 @@ class ComposeStack:
     def exec(self, service: str, *argv: str, timeout: float = 120, check: bool = True):
         return self.compose("exec", "-T", service, *argv, timeout=timeout, check=check)
 
-    def runs_program(self, service: str, program: str) -> bool:
-        """Whether a process of the service's container runs `program` (its argv[0], or
-        argv[1] under an interpreter), as `docker top` lists them."""
-        lines = run([DOCKER, "top", self.container(service)], timeout=60).stdout.splitlines()
+    def runs_program(self, container: str, program: str) -> bool:
+        """Whether a process of the container (its id: resolved once by the caller, since
+        docker-compose takes seconds per call on a busy host) runs `program` (its argv[0],
+        or argv[1] under an interpreter), as `docker top` lists them."""
+        lines = run([DOCKER, "top", container], timeout=60).stdout.splitlines()
         start = lines[0].index("CMD")
         return any(
             program in [Path(arg).name for arg in line[start:].split()[:2]] for line in lines[1:]

@@ -16,6 +16,7 @@ import re
 import shutil
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import docker_stack
@@ -448,25 +449,33 @@ def test_tls_auth_refuses_unknown_key_and_a_killed_site_rejoins(
         assert "Failed to activate SuperNode" in rogue, rogue[-3000:]
         assert "No SuperNode found with the given public key" in stack.logs("superlink")
 
-        run_id = submit(
-            stack,
-            "federation.rounds=2",
-            "federation.min_available_sites=5",
-            "federation.min_train_sites=4",
-            "federation.round_timeout=60",
-        )
+        killed = stack.container("site-cam2")
         # Killed while its ClientApp process runs (round 1's task arrived, no reply sent yet).
         # Not from the SuperNode's log: its lines can reach the container log late, and a kill
         # during the reply's upload is another fault (Flower then spends minutes retrying the
-        # pull of the half-pushed reply before it gives up on it).
-        docker_stack.wait_until(
-            lambda: stack.runs_program("site-cam2", "flwr-clientapp"),
-            RUN_TIMEOUT_S,
-            "cam2's ClientApp to work on its round-1 task",
-            poll=0.5,
-        )
-        killed = stack.container("site-cam2")
-        docker_stack.run([docker_stack.DOCKER, "kill", killed], timeout=60)
+        # pull of the half-pushed reply before it gives up on it). Watched from before the
+        # submission returns: once, on a busy host, cam2 had already sent its round-1 reply
+        # when the watch began after `flwr run` (a docker-compose run of the control
+        # container, seconds per call) had returned.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            submitted = pool.submit(
+                submit,
+                stack,
+                "federation.rounds=2",
+                "federation.min_available_sites=5",
+                "federation.min_train_sites=4",
+                "federation.round_timeout=60",
+            )
+
+            def cam2_training() -> bool:
+                if submitted.done() and submitted.exception() is not None:
+                    raise submitted.exception()  # the submission failed: its error
+                return stack.runs_program(killed, "flwr-clientapp")
+
+            what = "cam2's ClientApp to work on its round-1 task"
+            docker_stack.wait_until(cam2_training, RUN_TIMEOUT_S, what, poll=0.5)
+            docker_stack.run([docker_stack.DOCKER, "kill", killed], timeout=60)
+            run_id = submitted.result()
         assert not server_history(stack)[1:]  # round 1 was not finished when the site died
         docker_stack.run([docker_stack.DOCKER, "start", killed], timeout=60)
         status = wait_for_run(stack, run_id)
