@@ -411,6 +411,10 @@ def test_sysu_federation_in_containers_two_rounds(
     assert volumes == []
 
 
+# One rerun, as for the loopback kill test (tests/test_deployment_app.py): a kill is timed
+# against processes on a busy host, and the two failures seen in ten runs had different
+# causes (docker/README.md); a failure that repeats is reported in full with both logs kept.
+@pytest.mark.flaky(reruns=1)
 def test_tls_auth_refuses_unknown_key_and_a_killed_site_rejoins(
     images: dict, sysu_sites: dict[str, Path], tmp_path: Path
 ) -> None:
