@@ -125,6 +125,17 @@ def wait_until(predicate: Callable[[], T], timeout: float, what: str, poll: floa
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def runs_program(container: str, program: str) -> bool:
+    """Whether a process of the container (its id, not a compose service: docker-compose takes
+    seconds per call on a busy host) runs `program` (its argv[0], or argv[1] under an
+    interpreter), as `docker top` lists them."""
+    lines = run([DOCKER, "top", container], timeout=60).stdout.splitlines()
+    start = lines[0].index("CMD")
+    return any(
+        program in [Path(arg).name for arg in line[start:].split()[:2]] for line in lines[1:]
+    )
+
+
 def chown_tree(path: Path, uid: int = UID) -> None:
     """Give a host folder to the images' user (bind mounts keep host ownership)."""
     for item in [path, *path.rglob("*")]:
@@ -192,16 +203,6 @@ class ComposeStack:
 
     def exec(self, service: str, *argv: str, timeout: float = 120, check: bool = True):
         return self.compose("exec", "-T", service, *argv, timeout=timeout, check=check)
-
-    def runs_program(self, container: str, program: str) -> bool:
-        """Whether a process of the container (its id: resolved once by the caller, since
-        docker-compose takes seconds per call on a busy host) runs `program` (its argv[0],
-        or argv[1] under an interpreter), as `docker top` lists them."""
-        lines = run([DOCKER, "top", container], timeout=60).stdout.splitlines()
-        start = lines[0].index("CMD")
-        return any(
-            program in [Path(arg).name for arg in line[start:].split()[:2]] for line in lines[1:]
-        )
 
     def logs(self, service: str) -> str:
         done = self.compose("logs", "--no-color", service, timeout=120, check=False)

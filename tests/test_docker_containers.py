@@ -412,7 +412,7 @@ def test_sysu_federation_in_containers_two_rounds(
 
 
 # One rerun, as for the loopback kill test (tests/test_deployment_app.py): a kill is timed
-# against processes on a busy host, and the two failures seen in ten runs had different
+# against processes on a busy host, and the two failures seen in twelve runs had different
 # causes (docker/README.md); a failure that repeats is reported in full with both logs kept.
 @pytest.mark.flaky(reruns=1)
 def test_tls_auth_refuses_unknown_key_and_a_killed_site_rejoins(
@@ -474,7 +474,7 @@ def test_tls_auth_refuses_unknown_key_and_a_killed_site_rejoins(
             def cam2_training() -> bool:
                 if submitted.done() and submitted.exception() is not None:
                     raise submitted.exception()  # the submission failed: its error
-                return stack.runs_program(killed, "flwr-clientapp")
+                return docker_stack.runs_program(killed, "flwr-clientapp")
 
             what = "cam2's ClientApp to work on its round-1 task"
             docker_stack.wait_until(cam2_training, RUN_TIMEOUT_S, what, poll=0.5)
