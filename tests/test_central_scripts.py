@@ -145,3 +145,63 @@ def test_ablation_ladder_writes_one_table(tiny_sysu_root: Path, tmp_path: Path) 
         assert Path(row["checkpoint"]).is_file()
     # Each method trained into its own folder inside the ablation's.
     assert (tmp_path / "abl" / "full" / "checkpoints" / "last.pt").is_file()
+
+
+def test_ablation_over_seeds_reports_mean_and_sample_spread(
+    tiny_sysu_root: Path, tmp_path: Path
+) -> None:
+    overrides = tiny_overrides(
+        tiny_sysu_root,
+        tmp_path,
+        "train.epochs=1",
+        "train.max_batches_per_epoch=2",
+        "run_name=abl",
+        f"output_dir={tmp_path / 'abl'}",
+        "+ablation=[kpr]",
+        "+seeds=[3,4]",
+    )
+    table = Path(run_script("run_ablation", overrides)[-1])
+    payload = json.loads((table.parent / "ablation.json").read_text())
+    assert payload["seeds"] == [3, 4]
+    for seed in (3, 4):  # each seed trained into its own folder, with its own seed
+        saved = tmp_path / "abl" / f"seed{seed}" / "kpr" / "checkpoints" / "last.pt"
+        assert saved.is_file()
+    maps = [payload["per_seed"][str(s)]["kpr"]["results"]["raw-raw"]["mAP"] for s in (3, 4)]
+    assert maps[0] != maps[1]  # two seeds, two models
+    got = payload["summary"]["kpr"]["results"]["raw-raw"]["mAP"]
+    mean = (maps[0] + maps[1]) / 2
+    assert got["mean"] == pytest.approx(mean)
+    assert got["std"] == pytest.approx(abs(maps[0] - maps[1]) / 2**0.5)  # sample std, n - 1
+    assert got["per_seed"] == maps
+    row = next(line for line in table.read_text().splitlines() if line.startswith("| kpr |"))
+    assert f"{100 * mean:.2f} ± {100 * got['std']:.2f}" in row
+    assert row.rstrip(" |").endswith(f"{100 * maps[0]:.2f}, {100 * maps[1]:.2f}")
+
+
+def test_ablation_methods_keep_the_runs_ppa_settings_but_not_its_method() -> None:
+    from ppa.cli.ablation import method_config
+
+    cfg = load_config(
+        [
+            "experiment=demo",  # sets ppa.kpr_joints=all
+            "ppa.label_smoothing=0.0",
+            "ppa.weights.align=0.5",
+            "ppa.weights.kpr=0.0",
+            "ppa.offsets=false",  # a method switch of the run's own method: not carried
+        ]
+    )
+    rows = {m: method_config(cfg, m).ppa for m in ("baseline", "anon_only", "kpr", "dcma", "full")}
+    for method, ppa in rows.items():
+        assert ppa.name == method
+        assert ppa.kpr_joints == "all" and ppa.label_smoothing == 0.0
+    # Weights tune the terms a method has and never switch a term on.
+    assert rows["baseline"].weights.align == 0.0 and rows["kpr"].weights.align == 0.0
+    assert rows["dcma"].weights.align == 0.5 and rows["full"].weights.align == 0.5
+    assert rows["kpr"].weights.kpr == 0.0 and rows["full"].weights.kpr == 0.0
+    assert rows["full"].weights.dc == 1.0 and rows["dcma"].weights.dc == 1.0
+    # The switches come from each method's own file.
+    assert rows["full"].offsets and rows["dcma"].offsets and not rows["kpr"].offsets
+    assert rows["kpr"].pose_guided and not rows["anon_only"].pose_guided
+    # Without overrides every method is its file, plus the experiment's settings only.
+    plain = method_config(load_config([]), "kpr").ppa
+    assert plain == load_config(["ppa=kpr"]).ppa
