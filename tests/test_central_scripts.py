@@ -122,17 +122,22 @@ def test_evaluate_errors_are_clear(tiny_sysu_root: Path, tmp_path: Path) -> None
         evaluate.run(load_config([*base, f"checkpoint={ckpt}", f"dataset.root={no_keypoints}"]))
 
 
-@pytest.mark.slow
-def test_ablation_ladder_writes_one_table(tiny_sysu_root: Path, tmp_path: Path) -> None:
-    overrides = tiny_overrides(
-        tiny_sysu_root,
+def ablation_overrides(root: Path, tmp_path: Path, *extra: str) -> list[str]:
+    """A two-batch, one-epoch ladder trained into tmp_path/abl."""
+    return tiny_overrides(
+        root,
         tmp_path,
         "train.epochs=1",
         "train.max_batches_per_epoch=2",
         "run_name=abl",
         f"output_dir={tmp_path / 'abl'}",
-        "+ablation=[baseline,full]",
+        *extra,
     )
+
+
+@pytest.mark.slow
+def test_ablation_ladder_writes_one_table(tiny_sysu_root: Path, tmp_path: Path) -> None:
+    overrides = ablation_overrides(tiny_sysu_root, tmp_path, "+ablation=[baseline,full]")
     lines = run_script("run_ablation", overrides)
     table = Path(lines[-1])
     assert table.name == "ablation.md"
@@ -147,19 +152,11 @@ def test_ablation_ladder_writes_one_table(tiny_sysu_root: Path, tmp_path: Path) 
     assert (tmp_path / "abl" / "full" / "checkpoints" / "last.pt").is_file()
 
 
+@pytest.mark.slow
 def test_ablation_over_seeds_reports_mean_and_sample_spread(
     tiny_sysu_root: Path, tmp_path: Path
 ) -> None:
-    overrides = tiny_overrides(
-        tiny_sysu_root,
-        tmp_path,
-        "train.epochs=1",
-        "train.max_batches_per_epoch=2",
-        "run_name=abl",
-        f"output_dir={tmp_path / 'abl'}",
-        "+ablation=[kpr]",
-        "+seeds=[3,4]",
-    )
+    overrides = ablation_overrides(tiny_sysu_root, tmp_path, "+ablation=[kpr]", "+seeds=[3,4]")
     table = Path(run_script("run_ablation", overrides)[-1])
     payload = json.loads((table.parent / "ablation.json").read_text())
     assert payload["seeds"] == [3, 4]
