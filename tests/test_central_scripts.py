@@ -199,6 +199,6 @@ def test_ablation_methods_keep_the_runs_ppa_settings_but_not_its_method() -> Non
     # The switches come from each method's own file.
     assert rows["full"].offsets and rows["dcma"].offsets and not rows["kpr"].offsets
     assert rows["kpr"].pose_guided and not rows["anon_only"].pose_guided
-    # Without overrides every method is its file, plus the experiment's settings only.
+    # Without overrides (no experiment either) every method is exactly its file.
     plain = method_config(load_config([]), "kpr").ppa
     assert plain == load_config(["ppa=kpr"]).ppa

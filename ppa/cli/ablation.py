@@ -43,18 +43,17 @@ PROTOCOLS = ("raw-raw", "anon-anon", "raw-anon")
 METHOD_SWITCHES = ("name", "anonymized_view", "pose_guided", "offsets")
 
 
-def carried_settings(cfg: DictConfig) -> dict:
+def carried_settings(cfg: DictConfig) -> tuple[dict, dict]:
     """The run's `ppa` settings that differ from its own method file (set by an experiment or
-    on the command line), minus what defines a method.
+    on the command line): (settings other than the method switches and the loss weights, the
+    loss weights).
 
-    A loss weight is carried only as a tuning of a term the receiving method has (see
-    `method_config`), so `ppa.weights.align=1` changes dcma and full, never turns L_align on in
-    the baseline.
+    `method_config` gives a loss weight only to a method that has the term, so
+    `ppa.weights.align=1` changes dcma and full, never turns L_align on in the baseline.
     """
-    own = load_config([f"ppa={cfg.ppa.name}"]).ppa
     current = OmegaConf.to_container(cfg.ppa, resolve=True)
-    reference = OmegaConf.to_container(own, resolve=True)
-    carried = {
+    reference = OmegaConf.to_container(load_config([f"ppa={cfg.ppa.name}"]).ppa, resolve=True)
+    settings = {
         key: value
         for key, value in current.items()
         if key not in METHOD_SWITCHES and key != "weights" and value != reference.get(key)
@@ -64,9 +63,7 @@ def carried_settings(cfg: DictConfig) -> dict:
         for term, value in current["weights"].items()
         if value != reference["weights"].get(term)
     }
-    if weights:
-        carried["weights"] = weights
-    return carried
+    return settings, weights
 
 
 def method_config(cfg: DictConfig, method: str) -> DictConfig:
@@ -75,9 +72,8 @@ def method_config(cfg: DictConfig, method: str) -> DictConfig:
     base = OmegaConf.to_container(cfg, resolve=False)
     base.pop("ablation", None)
     method_ppa = OmegaConf.to_container(load_config([f"ppa={method}"]).ppa, resolve=True)
-    carried = carried_settings(cfg)
-    weights = carried.pop("weights", {})
-    method_ppa.update(carried)
+    settings, weights = carried_settings(cfg)
+    method_ppa.update(settings)
     for term, value in weights.items():
         if method_ppa["weights"].get(term, 0.0) != 0.0:
             method_ppa["weights"][term] = value
