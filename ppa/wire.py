@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ppa.anonymize.factory import anonymizer_class
 from ppa.data.records import Modality
 
 SHARED = "shared"
@@ -199,13 +200,14 @@ def validate_prototypes(
 
 
 def check_federated_anonymizer(cfg: Any) -> None:
-    """Refuse ``anonymizer=learned`` in a federation: its generator's weights are not among the
-    arrays that travel, so each site would train its own and the server would evaluate with a
-    randomly initialised one. Pixel anonymisers (mosaic, blur, noise) need no weights."""
+    """Refuse a trained anonymiser (``learned``, ``secure_reid``) in a federation: its weights
+    are not among the arrays that travel, so each site would train its own and the server would
+    evaluate with a randomly initialised one. Pixel anonymisers (mosaic, blur, noise) need no
+    weights."""
     anonymizer = cfg.anonymizer.get("name")
-    if anonymizer == "learned" and cfg.ppa.get("anonymized_view", False):
+    if anonymizer_class(cfg.anonymizer).trainable and cfg.ppa.get("anonymized_view", False):
         raise ValueError(
-            "anonymizer=learned is not supported in a federation: the generator is neither "
+            f"anonymizer={anonymizer} is not supported in a federation: its networks are neither "
             "trained jointly by the sites nor sent to the server. Use anonymizer=mosaic, blur or "
             "noise, or train the learned anonymiser centrally (ppa-train)"
         )

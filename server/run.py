@@ -71,6 +71,7 @@ def build_strategy(cfg: DictConfig, model: PPAEncoder) -> ModalityAwareFedAvg:
         server_lr=float(agg.server_lr),
         server_momentum=float(agg.server_momentum),
         control_keys=scaffold_keys(cfg, model),
+        prototypes_exclude_own=bool(fed.get("prototypes_exclude_own", False)),
         seed=int(cfg.seed),
     )
 

@@ -109,7 +109,9 @@ class ModalityAwareFedAvg(Strategy):
       (weighted FedAvg or a robust rule) after optional per-update norm clipping;
     - stems and DCMA offsets: weighted mean within each modality;
     - identity prototypes: per-modality sums / counts, so each identity's prototype is the
-      mean over every image of that modality that any site saw;
+      mean over every image of that modality that any site saw; with
+      ``prototypes_exclude_own`` each site gets them without its own last contribution, so
+      its own modality's prototype describes the identity at the other sites' cameras;
     - optionally a server optimiser step on the aggregate (``server_lr``, ``server_momentum``:
       FedAvgM), applied to parameters, not to normalisation statistics;
     - optionally SCAFFOLD's global control variate (``control_keys``): sent with the model,
@@ -138,6 +140,7 @@ class ModalityAwareFedAvg(Strategy):
         server_lr: float = 1.0,
         server_momentum: float = 0.0,
         control_keys: list[str] | None = None,
+        prototypes_exclude_own: bool = False,
         seed: int = 0,
     ):
         # The current global arrays: the validation reference and the clipping anchor.
@@ -173,6 +176,10 @@ class ModalityAwareFedAvg(Strategy):
         )
         self.proto_sums = np.zeros((len(MODALITIES), num_classes, self.dim), np.float64)
         self.proto_counts = np.zeros((len(MODALITIES), num_classes), np.float64)
+        self.prototypes_exclude_own = prototypes_exclude_own
+        # node -> (modality index, sums, counts) of the node's reply that is part of the
+        # current global prototypes (what `prototypes_exclude_own` takes out again).
+        self.proto_contributions: dict[int, tuple[int, np.ndarray, np.ndarray]] = {}
         self.last_report: RoundReport | None = None
         self._sampled: dict[int, int] = {}
         self._excluded: dict[int, int] = {}
@@ -185,6 +192,9 @@ class ModalityAwareFedAvg(Strategy):
             "rng": self.rng.getstate(),
             "proto_sums": self.proto_sums.copy(),
             "proto_counts": self.proto_counts.copy(),
+            "proto_contributions": {
+                n: (m, s.copy(), c.copy()) for n, (m, s, c) in self.proto_contributions.items()
+            },
             "exhausted_nodes": sorted(self.exhausted_nodes),
             "velocity": {k: v.copy() for k, v in self.velocity.items()},
             "control": self.control.state_dict() if self.control is not None else None,
@@ -194,17 +204,29 @@ class ModalityAwareFedAvg(Strategy):
         self.rng.setstate(state["rng"])
         self.proto_sums = np.asarray(state["proto_sums"], np.float64).copy()
         self.proto_counts = np.asarray(state["proto_counts"], np.float64).copy()
+        self.proto_contributions = {
+            int(n): (int(m), np.asarray(s, np.float64).copy(), np.asarray(c, np.float64).copy())
+            for n, (m, s, c) in state.get("proto_contributions", {}).items()
+        }
         self.exhausted_nodes = set(state.get("exhausted_nodes", []))
         self.velocity = {k: np.asarray(v).copy() for k, v in state.get("velocity", {}).items()}
         if self.control is not None and state.get("control") is not None:
             self.control.load_state_dict(state["control"])
 
-    def prototype_record(self) -> ArrayRecord:
-        """The global prototypes as sent to sites: per-modality sums and counts."""
+    def prototype_record(self, node: int | None = None) -> ArrayRecord:
+        """The global prototypes as sent to sites: per-modality sums and counts; for `node`
+        with ``prototypes_exclude_own``, without that node's own contribution."""
+        sums, counts = self.proto_sums, self.proto_counts
+        if self.prototypes_exclude_own and node in self.proto_contributions:
+            m, own_sum, own_count = self.proto_contributions[node]
+            sums, counts = sums.copy(), counts.copy()
+            counts[m] = np.maximum(counts[m] - own_count, 0.0)
+            # An identity only this node saw has no prototype left (sum and count zero).
+            sums[m] = np.where(counts[m][:, None] > 0, sums[m] - own_sum, 0.0)
         arrays = {}
         for m in MODALITIES:
-            arrays[f"{PROTO_SUM}.{m.value}"] = self.proto_sums[m.index].astype(np.float32)
-            arrays[f"{PROTO_COUNT}.{m.value}"] = self.proto_counts[m.index].astype(np.float32)
+            arrays[f"{PROTO_SUM}.{m.value}"] = sums[m.index].astype(np.float32)
+            arrays[f"{PROTO_COUNT}.{m.value}"] = counts[m.index].astype(np.float32)
         return ArrayRecord({k: Array(v) for k, v in arrays.items()})
 
     # Strategy interface ----------------------------------------------------------------------
@@ -253,9 +275,14 @@ class ModalityAwareFedAvg(Strategy):
             content[CONTROL] = ArrayRecord({k: Array(v) for k, v in self.control.arrays().items()})
         self._sampled[server_round] = len(nodes)
         logger.info("round %d: sampled %d site(s)", server_round, len(nodes))
-        return [
-            Message(content=content, message_type=MessageType.TRAIN, dst_node_id=n) for n in nodes
-        ]
+        messages = []
+        for n in nodes:
+            own = content
+            if self.prototypes_exclude_own and n in self.proto_contributions:
+                own = RecordDict(dict(content.items()))  # the same arrays, its own prototypes
+                own[PROTOTYPES] = self.prototype_record(n)
+            messages.append(Message(content=own, message_type=MessageType.TRAIN, dst_node_id=n))
+        return messages
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -500,6 +527,13 @@ class ModalityAwareFedAvg(Strategy):
             if counts[m.index].sum() > 0:
                 self.proto_sums[m.index] = sums[m.index]
                 self.proto_counts[m.index] = counts[m.index]
+                # The global prototypes of m are now exactly this round's replies of m.
+                self.proto_contributions = {
+                    n: c for n, c in self.proto_contributions.items() if c[0] != m.index
+                }
+                for r in with_protos:
+                    if r.modality == m:
+                        self.proto_contributions[r.node_id] = (m.index, r.proto_sum, r.proto_count)
 
     @staticmethod
     def _aggregate_metrics(replies: list[SiteReply]) -> MetricRecord:

@@ -82,7 +82,7 @@ def test_resume_refuses_mismatched_state(tmp_path: Path) -> None:
             payload, path, model=model, optimizer=optimizer, prototypes=prototypes
         )
     payload.pop("prototypes")
-    with pytest.raises(CheckpointError, match="learned anonymiser"):
+    with pytest.raises(CheckpointError, match="trained anonymiser"):
         restore_training_state(
             payload, path, model=model, optimizer=optimizer, prototypes=prototypes
         )

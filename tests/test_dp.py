@@ -493,3 +493,5 @@ def test_train_central_private_accounts_stops_at_the_budget_and_resumes(
         )
     with pytest.raises(PrivacyConfigError, match="anonymizer=learned"):
         train_central.train(load_config([*base, "anonymizer=learned"]))
+    with pytest.raises(PrivacyConfigError, match="anonymizer=secure_reid"):
+        train_central.train(load_config([*base, "anonymizer=secure_reid", "ppa=anon_only"]))

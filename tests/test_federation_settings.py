@@ -36,15 +36,18 @@ def test_prototypes_travel_only_when_configured() -> None:
     assert kept["site"]["site"] == "cam1" and kept["metrics"]["num-examples"] == 5.0
 
 
-def test_learned_anonymiser_is_refused_in_a_federation(
-    tiny_sysu_root: Path, tmp_path: Path
+@pytest.mark.parametrize("name", ["learned", "secure_reid"])
+def test_a_trained_anonymiser_is_refused_in_a_federation(
+    tiny_sysu_root: Path, tmp_path: Path, name: str
 ) -> None:
-    cfg = load_config(tiny_overrides(tiny_sysu_root, tmp_path, "anonymizer=learned"))
-    with pytest.raises(ValueError, match="anonymizer=learned is not supported in a federation"):
+    cfg = load_config(
+        tiny_overrides(tiny_sysu_root, tmp_path, f"anonymizer={name}", "ppa=anon_only")
+    )
+    with pytest.raises(ValueError, match=f"anonymizer={name} is not supported in a federation"):
         check_federated_anonymizer(cfg)
-    with pytest.raises(ValueError, match="anonymizer=learned"):
+    with pytest.raises(ValueError, match=f"anonymizer={name}"):
         FederatedRun(cfg)
-    with pytest.raises(ValueError, match="anonymizer=learned"):
+    with pytest.raises(ValueError, match=f"anonymizer={name}"):
         SiteTrainer(cfg, SiteSpec(None, None, None, partition_id=0, num_partitions=6))
     # Pixel anonymisers, and the baseline that never anonymises, are fine.
     check_federated_anonymizer(load_config(["anonymizer=noise"]))

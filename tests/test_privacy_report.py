@@ -222,7 +222,7 @@ def test_bad_report_settings_are_named(tiny_sysu_root: Path, tmp_path: Path, tra
         privacy_report.run(report_cfg(tiny_sysu_root, tmp_path))
     with pytest.raises(ValueError, match="settings is empty"):
         privacy_report.run(report_cfg(tiny_sysu_root, tmp_path, settings=[]))
-    with pytest.raises(ValueError, match=r"learned anonymiser needs the generator.*holds none"):
+    with pytest.raises(ValueError, match=r"learned anonymiser needs the weights.*holds none"):
         privacy_report.run(
             report_cfg(
                 tiny_sysu_root,

@@ -24,13 +24,16 @@ from ppa.anonymize import KprAnonymizer
 from ppa.config import load_config
 from ppa.data.keypoints import load_dataset_keypoints
 from ppa.data.loader import Batch, create_train_loader
+from ppa.data.noise_keys import NoiseKeys
 from ppa.data.protocols import load_train_set
+from ppa.data.transforms import normalize
 from ppa.device import DeviceSettings
 from ppa.model import EncoderOutput, PPAEncoder, create_model
 from ppa.pose.heatmaps import joint_heatmaps
 from ppa.prototypes import IdentityPrototypes, PrototypeAccumulator
+from ppa.training.loop import train_one_epoch
 from ppa.training.objective import PPAObjective
-from ppa.training.step import StepContext, ppa_step
+from ppa.training.step import StepContext, ppa_step, step_inputs
 
 from conftest import tiny_overrides
 
@@ -336,3 +339,141 @@ def test_prototypes_accumulate_raw_and_corrected_anonymised_features(
             if rows.any():
                 assert ctx.accumulator.counts[m, label] == rows.sum()
                 assert torch.allclose(ctx.accumulator.sums[m, label], neck[rows].sum(0), atol=1e-5)
+
+
+def trained_anonymiser_context(
+    cfg: DictConfig, num_classes: int, anonymizer: str, *own_weights: str
+) -> StepContext:
+    """`ppa=anon_only` with a trainable anonymiser and its optimiser (plain SGD)."""
+    cfg = load_config(
+        [*cfg_overrides(cfg), "ppa=anon_only", f"anonymizer={anonymizer}", *own_weights]
+    )
+    torch.manual_seed(0)
+    kpr = KprAnonymizer.from_config(cfg)
+    return StepContext.from_config(
+        cfg,
+        model=create_model(cfg.model, num_classes),
+        objective=PPAObjective.from_config(cfg.ppa),
+        anonymizer=kpr,
+        device=DeviceSettings.from_config(cfg),
+        anonymizer_optimizer=torch.optim.SGD(kpr.parameters(), lr=0.1),
+    )
+
+
+def keyed(batch: Batch) -> Batch:
+    keys = NoiseKeys(bytes(range(32))).tensor([f"img{i}.jpg" for i in batch.indices.tolist()])
+    return replace(batch, noise_keys=keys)
+
+
+# Each anonymiser's own objective switched off, so only the re-id loss could reach it.
+SILENT = {
+    "secure_reid": [
+        f"anonymizer.generator.{w}_weight=0" for w in ("anonymization", "recovery", "wrong_key")
+    ],
+    "learned": ["anonymizer.generator.privacy_weight=0", "anonymizer.generator.structure_weight=0"],
+}
+
+
+@pytest.mark.parametrize(("anonymizer", "joint"), [("secure_reid", True), ("learned", False)])
+def test_the_reid_loss_reaches_only_a_jointly_trained_anonymiser(
+    wiring_cfg: DictConfig, batch: Batch, anonymizer: str, joint: bool
+) -> None:
+    num_classes = int(batch.labels.max()) + 1
+    ctx = trained_anonymiser_context(wiring_cfg, num_classes, anonymizer, *SILENT[anonymizer])
+    total, terms = ppa_step(ctx, keyed(batch))
+    assert terms["anonymizer_total"] == 0.0
+    torch.testing.assert_close(float(total), terms["id"] + terms["triplet"], rtol=1e-5, atol=0)
+    total.backward()
+    grads = [p.grad for p in ctx.anonymizer.parameters()]
+    reached = any(g is not None and float(g.abs().sum()) > 0 for g in grads)
+    assert reached is joint
+
+
+@pytest.mark.parametrize("anonymizer", ["secure_reid", "learned"])
+def test_the_step_adds_the_anonymisers_own_objective(
+    wiring_cfg: DictConfig, batch: Batch, anonymizer: str
+) -> None:
+    num_classes = int(batch.labels.max()) + 1
+    ctx = trained_anonymiser_context(wiring_cfg, num_classes, anonymizer)
+    total, terms = ppa_step(ctx, keyed(batch))
+    assert terms["anonymizer_total"] > 0
+    expected = terms["id"] + terms["triplet"] + terms["anonymizer_total"]
+    torch.testing.assert_close(float(total), expected, rtol=1e-5, atol=0)
+
+
+def test_one_training_pass_steps_the_model_and_the_anonymiser(
+    wiring_cfg: DictConfig, batch: Batch
+) -> None:
+    num_classes = int(batch.labels.max()) + 1
+    ctx = trained_anonymiser_context(wiring_cfg, num_classes, "secure_reid")
+    model_before = [p.detach().clone() for p in ctx.model.parameters()]
+    anon_before = [p.detach().clone() for p in ctx.anonymizer.parameters()]
+    optimizer = torch.optim.SGD(ctx.model.parameters(), lr=0.1)
+    metrics = train_one_epoch(ctx, [keyed(batch)], optimizer, progress=False)
+    assert metrics["batches"] == 1.0 and metrics["loss_anonymizer_recovery"] > 0
+    anon_after, model_after = list(ctx.anonymizer.parameters()), list(ctx.model.parameters())
+    # every encoder and decoder weight got a step, and the model moved
+    assert all(not torch.equal(a, b) for a, b in zip(anon_before, anon_after, strict=True))
+    assert any(not torch.equal(a, b) for a, b in zip(model_before, model_after, strict=True))
+
+
+def test_smoothing_and_temperature_come_from_the_objective(
+    wiring_cfg: DictConfig, batch: Batch
+) -> None:
+    """Not the loss functions' defaults: the objective's label smoothing and L_align
+    temperature reach the terms."""
+    ctx = make_context(wiring_cfg, NUM_CLASSES, weights={"id": 1.0, "align": 1.0})
+    ctx.objective = replace(ctx.objective, label_smoothing=0.35, align_temperature=0.2)
+    with torch.no_grad():  # confident logits, where the smoothing changes the loss
+        for param in ctx.model.classifier.parameters():
+            param.mul_(300.0)
+    _, terms, seen = run_step(ctx, batch)
+    out, labels, modality = seen.out, batch.labels.repeat(2), batch.modality.repeat(2)
+    smoothed = losses.identity_loss(out.logits.detach(), labels, 0.35)
+    assert terms["id"] == pytest.approx(float(smoothed), rel=1e-5)
+    assert terms["id"] != pytest.approx(
+        float(losses.identity_loss(out.logits.detach(), labels, 0.1)), rel=1e-3
+    )
+    softmax = losses.align_loss(
+        out.neck.detach(), labels, modality, ctx.prototypes.means, ctx.prototypes.valid, 0.2
+    )
+    assert terms["align"] == pytest.approx(float(softmax), rel=1e-5)
+
+
+def test_central_training_moves_the_prototypes_by_their_ema(
+    wiring_cfg: DictConfig, batch: Batch
+) -> None:
+    ctx = make_context(wiring_cfg, NUM_CLASSES)
+    ctx.prototype_momentum = 0.75
+    before = IdentityPrototypes(ctx.prototypes.means.clone(), ctx.prototypes.valid.clone())
+    _, _, seen = run_step(ctx, batch)
+    expected = IdentityPrototypes(before.means.clone(), before.valid.clone())
+    expected.ema_update(
+        seen.out.neck.detach().float(), batch.labels.repeat(2), batch.modality.repeat(2), 0.75
+    )
+    assert not torch.equal(ctx.prototypes.means, before.means)
+    torch.testing.assert_close(ctx.prototypes.means, expected.means)
+
+
+def test_a_keyed_anonymiser_gets_the_batch_keys(wiring_cfg: DictConfig, batch: Batch) -> None:
+    cfg = load_config([*cfg_overrides(wiring_cfg), "ppa=anon_only", "anonymizer=noise"])
+    ctx = make_context(wiring_cfg, NUM_CLASSES, ppa="anon_only")
+    ctx.anonymizer = KprAnonymizer.from_config(cfg)
+    with_keys = keyed(batch)
+    inputs = step_inputs(ctx, with_keys)
+    expected = ctx.anonymizer(with_keys.images, with_keys.keypoints, with_keys.noise_keys).images
+    n = len(batch)
+    anonymised = inputs.images[n:]
+    by_hand = normalize(expected, ctx.mean, ctx.std)
+    torch.testing.assert_close(anonymised, by_hand)
+    assert inputs.nviews == 2 and inputs.n == n and inputs.anonymizer_terms == {}
+
+
+def test_the_context_takes_its_batch_rewrite_from_the_config(wiring_cfg: DictConfig) -> None:
+    cfg = load_config([*cfg_overrides(wiring_cfg), "train.pseudo_infrared.fraction=0.5"])
+    made = StepContext.from_config(cfg, model=None, objective=None, anonymizer=None, device=None)
+    assert made.batch_views is not None
+    own = StepContext.from_config(
+        cfg, model=None, objective=None, anonymizer=None, device=None, batch_views=None
+    )
+    assert own.batch_views is None

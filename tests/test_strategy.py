@@ -387,3 +387,78 @@ def test_client_drift_against_the_aggregate_by_hand(reference) -> None:
     default.aggregate_train(1, msgs)
     assert default.last_report.anomalies.flagged == []
     assert default.last_report.drift.sites["cam3"]["cosine"] == pytest.approx(-1.0)
+
+
+@pytest.fixture
+def run_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run, node and task ids a ServerApp process has; an outgoing Message reads them."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+
+
+class _Nodes:
+    """What ModalityAwareFedAvg.sample asks of Flower's Grid: the connected node ids."""
+
+    def __init__(self, ids: list[int]):
+        self.ids = ids
+
+    def get_node_ids(self) -> list[int]:
+        return self.ids
+
+
+def _prototype_round(strategy: ModalityAwareFedAvg, reference) -> None:
+    """cam1 and cam2 (visible) and cam3 (infrared) report prototypes of identities 0-1."""
+    dim = strategy.dim
+    replies = [
+        reply(1, "cam1", Modality.VISIBLE, site_arrays(reference, Modality.VISIBLE, 1.0), 10,
+              (np.stack([np.full(dim, 1.0), np.full(dim, 4.0), *[np.zeros(dim)] * 2]),
+               np.array([1.0, 2.0, 0, 0]))),
+        reply(2, "cam2", Modality.VISIBLE, site_arrays(reference, Modality.VISIBLE, 1.0), 10,
+              (np.stack([np.full(dim, 6.0), *[np.zeros(dim)] * 3]), np.array([3.0, 0, 0, 0]))),
+        reply(3, "cam3", Modality.INFRARED, site_arrays(reference, Modality.INFRARED, 1.0), 10,
+              (np.stack([np.full(dim, 5.0), *[np.zeros(dim)] * 3]), np.array([5.0, 0, 0, 0]))),
+    ]  # fmt: skip
+    strategy._sampled[1] = 3
+    strategy.aggregate_train(1, replies)
+
+
+def _sent_prototypes(message: Message) -> dict[str, np.ndarray]:
+    return as_numpy(message.content.array_records["prototypes"])
+
+
+def test_prototypes_without_the_sites_own_contribution(reference, run_identity) -> None:
+    strategy = make_strategy(reference, prototypes_exclude_own=True)
+    _prototype_round(strategy, reference)
+    sent = {
+        m.metadata.dst_node_id: _sent_prototypes(m)
+        for m in strategy.configure_train(2, ArrayRecord(), ConfigRecord(), _Nodes([1, 2, 3]))
+    }
+    vis_sum, vis_count = f"{PROTO_SUM}.visible", f"{PROTO_COUNT}.visible"
+    ir_sum, ir_count = f"{PROTO_SUM}.infrared", f"{PROTO_COUNT}.infrared"
+    # cam1 sees identity 0 as cam2 has it (6 / 3); identity 1 only cam1 saw: gone
+    assert sent[1][vis_count].tolist() == [3.0, 0, 0, 0]
+    assert sent[1][vis_sum][0, 0] == pytest.approx(6.0) and sent[1][vis_sum][1, 0] == 0.0
+    # cam2 sees cam1's identity 0 (1 / 1) and identity 1 (4 / 2)
+    assert sent[2][vis_count].tolist() == [1.0, 2.0, 0, 0]
+    assert sent[2][vis_sum][:2, 0].tolist() == [1.0, 4.0]
+    # the other modality's prototypes arrive whole; the infrared site's own modality is empty
+    assert sent[1][ir_count].tolist() == [5.0, 0, 0, 0] == sent[2][ir_count].tolist()
+    assert sent[3][ir_count].tolist() == [0, 0, 0, 0] and not sent[3][ir_sum].any()
+    assert sent[3][vis_count].tolist() == [4.0, 2.0, 0, 0]
+    assert sent[3][vis_sum][:2, 0].tolist() == [7.0, 4.0]
+    # the global prototypes themselves are unchanged, and survive a checkpoint
+    assert strategy.proto_counts[0].tolist() == [4.0, 2.0, 0, 0]
+    restored = make_strategy(reference, prototypes_exclude_own=True)
+    restored.load_state_dict(strategy.state_dict())
+    assert restored.prototype_record(1)[vis_count].numpy().tolist() == [3.0, 0, 0, 0]
+
+
+def test_by_default_every_site_gets_the_pooled_prototypes(reference, run_identity) -> None:
+    strategy = make_strategy(reference)
+    _prototype_round(strategy, reference)
+    messages = strategy.configure_train(2, ArrayRecord(), ConfigRecord(), _Nodes([1, 2, 3]))
+    counts = [_sent_prototypes(m)[f"{PROTO_COUNT}.visible"].tolist() for m in messages]
+    assert counts == [[4.0, 2.0, 0, 0]] * 3

@@ -1,7 +1,13 @@
-"""Anonymisers (none, mosaic, blur, noise, learned) and KPR pose-guided composition."""
+"""Anonymisers (none, mosaic, blur, noise, learned, secure_reid) and KPR pose-guided
+composition."""
 
 from ppa.anonymize.base import Anonymizer
-from ppa.anonymize.factory import ANONYMIZER_NAMES, create_anonymizer, noise_keys_for
+from ppa.anonymize.factory import (
+    ANONYMIZER_NAMES,
+    anonymizer_class,
+    create_anonymizer,
+    noise_keys_for,
+)
 from ppa.anonymize.kpr import AnonymizationLevels, AnonymizedBatch, KprAnonymizer
 from ppa.anonymize.learned import AnonymizationGenerator, GeneratorSettings, LearnedAnonymizer
 from ppa.anonymize.pixel import (
@@ -11,6 +17,7 @@ from ppa.anonymize.pixel import (
     NoiseAnonymizer,
     mosaic,
 )
+from ppa.anonymize.secure_reid import ReversibleSettings, SecureReIDAnonymizer
 
 __all__ = [
     "ANONYMIZER_NAMES",
@@ -25,6 +32,9 @@ __all__ = [
     "LearnedAnonymizer",
     "MosaicAnonymizer",
     "NoiseAnonymizer",
+    "ReversibleSettings",
+    "SecureReIDAnonymizer",
+    "anonymizer_class",
     "create_anonymizer",
     "mosaic",
     "noise_keys_for",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -50,6 +50,10 @@ class Anonymizer(nn.Module, ABC):
     """
 
     name: ClassVar[str]
+    trainable: ClassVar[bool] = False  # has weights trained alongside the encoder
+    needs_keys: ClassVar[bool] = False  # reads the images' secret noise keys
+    trains_with_reid_loss: ClassVar[bool] = False  # the re-id loss reaches its weights too
+    whole_image_only: ClassVar[bool] = False  # no pose-guided composition of levels
 
     def __init__(self, strength: float, reference_height: int):
         super().__init__()
@@ -95,6 +99,14 @@ class Anonymizer(nn.Module, ABC):
     ) -> list[Tensor]:
         """`anonymize` at several levels; override to share work between them."""
         return [self.anonymize(images, level, keys) for level in levels]
+
+    def training_loss(
+        self, raw: Tensor, anon: Tensor, masks: Any, keys: Tensor | None, level: float
+    ) -> dict[str, Tensor]:
+        """A trainable anonymiser's loss terms (their weighted sum under ``total``) for raw
+        images and their anonymised view (`masks`: the KPR masks it was composed with, `level`:
+        the whole-image level). Only for ``trainable`` anonymisers."""
+        raise TypeError(f"anonymizer {self.name!r} has nothing to train")
 
     def extra_repr(self) -> str:
         return f"strength={self.strength}, reference_height={self.reference_height}"

@@ -14,18 +14,35 @@ from ppa.anonymize.pixel import (
     MosaicAnonymizer,
     NoiseAnonymizer,
 )
+from ppa.anonymize.secure_reid import ReversibleSettings, SecureReIDAnonymizer
 from ppa.data.noise_keys import NoiseKeys, key_file
 
 _FIXED: dict[str, type[Anonymizer]] = {
     cls.name: cls for cls in (IdentityAnonymizer, MosaicAnonymizer, BlurAnonymizer, NoiseAnonymizer)
 }
-ANONYMIZER_NAMES: tuple[str, ...] = (*_FIXED, LearnedAnonymizer.name)
+_CLASSES: dict[str, type[Anonymizer]] = {
+    **_FIXED,
+    LearnedAnonymizer.name: LearnedAnonymizer,
+    SecureReIDAnonymizer.name: SecureReIDAnonymizer,
+}
+ANONYMIZER_NAMES: tuple[str, ...] = tuple(_CLASSES)
+
+
+def anonymizer_class(cfg: Mapping[str, Any]) -> type[Anonymizer]:
+    """The class the ``anonymizer`` config group names (its ``trainable`` / ``needs_keys``)."""
+    name = str(cfg.get("name"))
+    if name not in _CLASSES:
+        raise ValueError(
+            f"unknown anonymizer.name {name!r}; choose one of {list(ANONYMIZER_NAMES)}"
+        )
+    return _CLASSES[name]
 
 
 def create_anonymizer(cfg: Mapping[str, Any]) -> Anonymizer:
     """Build the anonymiser described by the ``anonymizer`` config group.
 
-    Reads ``name``, ``strength``, ``reference_height`` and, for ``learned``, ``generator``.
+    Reads ``name``, ``strength``, ``reference_height`` and, for ``learned`` and
+    ``secure_reid``, ``generator``.
     """
     for key in ("name", "strength", "reference_height"):
         if key not in cfg:
@@ -34,19 +51,22 @@ def create_anonymizer(cfg: Mapping[str, Any]) -> Anonymizer:
     strength, reference_height = float(cfg["strength"]), int(cfg["reference_height"])
     if name in _FIXED:
         return _FIXED[name](strength, reference_height)
-    if name == LearnedAnonymizer.name:
+    if name in (LearnedAnonymizer.name, SecureReIDAnonymizer.name):
         if "generator" not in cfg:
-            raise KeyError("missing config key anonymizer.generator (needed by name=learned)")
-        settings = GeneratorSettings.from_config(cfg["generator"])
-        return LearnedAnonymizer(strength, reference_height, settings)
+            raise KeyError(f"missing config key anonymizer.generator (needed by name={name})")
+        if name == LearnedAnonymizer.name:
+            settings = GeneratorSettings.from_config(cfg["generator"])
+            return LearnedAnonymizer(strength, reference_height, settings)
+        reversible = ReversibleSettings.from_config(cfg["generator"])
+        return SecureReIDAnonymizer(strength, reference_height, reversible)
     raise ValueError(f"unknown anonymizer.name {name!r}; choose one of {list(ANONYMIZER_NAMES)}")
 
 
 def noise_keys_for(cfg: Any, owner: str) -> NoiseKeys | None:
     """`owner`'s NoiseKeys (a site's name, `ppa.data.noise_keys.EVALUATOR` or `CENTRAL`) when
-    the configured anonymiser draws noise, else None, and then no key file is made. `cfg` is
-    the run's whole configuration."""
+    the configured anonymiser reads keys (noise, secure_reid), else None, and then no key file
+    is made. `cfg` is the run's whole configuration."""
     anonymizer_cfg = cfg.anonymizer
-    if str(anonymizer_cfg.get("name")) != NoiseAnonymizer.name:
+    if not anonymizer_class(anonymizer_cfg).needs_keys:
         return None
     return NoiseKeys.from_file(key_file(anonymizer_cfg, owner))

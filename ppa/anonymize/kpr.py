@@ -66,6 +66,11 @@ class KprAnonymizer(nn.Module):
         pose_guided: bool = True,
     ):
         super().__init__()
+        if pose_guided and anonymizer.whole_image_only:
+            raise ValueError(
+                f"anonymizer={anonymizer.name} anonymises the whole image at one level: use it "
+                "with a method whose ppa.pose_guided is false, e.g. ppa=anon_only"
+            )
         self.anonymizer = anonymizer
         self.levels = levels
         self.mask_settings = mask_settings
@@ -133,6 +138,14 @@ class KprAnonymizer(nn.Module):
         composed += masks.skeleton * weak
         composed += masks.rest * medium
         return AnonymizedBatch(images=composed.clamp(0.0, 1.0), masks=masks)
+
+    def training_loss(
+        self, images: Tensor, result: AnonymizedBatch, keys: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        """The trainable anonymiser's loss terms for `images` and their composed `result`."""
+        return self.anonymizer.training_loss(
+            images, result.images, result.masks, keys, self.levels.medium
+        )
 
     def extra_repr(self) -> str:
         return f"levels={self.levels}, pose_guided={self.pose_guided}"

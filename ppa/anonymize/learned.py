@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +19,33 @@ from ppa.pose.heatmaps import KprMasks
 # limb's half-width, so where body parts are is kept and the texture inside them is free.
 LAYOUT_SIGMA = 1.0 / 36.0
 
+T = TypeVar("T")
+
+
+def check_generator_settings(settings: Any) -> None:
+    """Raise unless a trained anonymiser's settings (a dataclass with ``width``, ``depth``,
+    ``lr`` and ``*_weight`` fields) have width >= 1, depth >= 0, lr > 0 and weights >= 0."""
+    if settings.width < 1 or settings.depth < 0:
+        raise ValueError(
+            f"anonymizer.generator needs width >= 1 and depth >= 0, got "
+            f"width={settings.width}, depth={settings.depth}"
+        )
+    weights = {f.name: getattr(settings, f.name) for f in fields(settings) if "weight" in f.name}
+    if settings.lr <= 0 or min(weights.values()) < 0:
+        got = ", ".join(f"{k}={v}" for k, v in weights.items())
+        raise ValueError(
+            f"anonymizer.generator needs lr > 0 and weights >= 0, got lr={settings.lr}, {got}"
+        )
+
+
+def generator_settings_from_config(cls: type[T], cfg: Mapping[str, Any]) -> T:
+    """``cls`` (a settings dataclass of int and float fields) from ``anonymizer.generator``."""
+    missing = [f.name for f in fields(cls) if f.name not in cfg]
+    if missing:
+        raise KeyError(f"missing config key(s) anonymizer.generator.{', '.join(missing)}")
+    cast = {"int": int, "float": float}
+    return cls(**{f.name: cast[str(f.type)](cfg[f.name]) for f in fields(cls)})
+
 
 @dataclass(frozen=True)
 class GeneratorSettings:
@@ -31,46 +58,25 @@ class GeneratorSettings:
     structure_weight: float
 
     def __post_init__(self) -> None:
-        if self.width < 1 or self.depth < 0:
-            raise ValueError(
-                f"anonymizer.generator needs width >= 1 and depth >= 0, got "
-                f"width={self.width}, depth={self.depth}"
-            )
-        if self.lr <= 0 or self.privacy_weight < 0 or self.structure_weight < 0:
-            raise ValueError(
-                f"anonymizer.generator needs lr > 0 and weights >= 0, got lr="
-                f"{self.lr}, privacy_weight={self.privacy_weight}, "
-                f"structure_weight={self.structure_weight}"
-            )
+        check_generator_settings(self)
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> GeneratorSettings:
-        missing = [
-            k
-            for k in ("width", "depth", "lr", "privacy_weight", "structure_weight")
-            if k not in cfg
-        ]
-        if missing:
-            raise KeyError(f"missing config key(s) anonymizer.generator.{', '.join(missing)}")
-        return cls(
-            width=int(cfg["width"]),
-            depth=int(cfg["depth"]),
-            lr=float(cfg["lr"]),
-            privacy_weight=float(cfg["privacy_weight"]),
-            structure_weight=float(cfg["structure_weight"]),
-        )
+        return generator_settings_from_config(cls, cfg)
 
 
 class AnonymizationGenerator(nn.Module):
     """A small U-Net: ``depth`` stride-2 stages down and back up, ``width`` channels throughout.
 
     Returns a displacement in [-1, 1] per pixel and channel. No batch normalisation: the output
-    for one image must not depend on the rest of the batch.
+    for one image must not depend on the rest of the batch. ``condition_channels`` extra input
+    planes (e.g. a key pattern) are read alongside the image; the output has ``channels``.
     """
 
-    def __init__(self, width: int, depth: int, channels: int = 3):
+    def __init__(self, width: int, depth: int, channels: int = 3, condition_channels: int = 0):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(channels, width, 3, padding=1), nn.ReLU())
+        inputs = channels + condition_channels
+        self.stem = nn.Sequential(nn.Conv2d(inputs, width, 3, padding=1), nn.ReLU())
         self.down = nn.ModuleList(
             nn.Sequential(nn.Conv2d(width, width, 3, stride=2, padding=1), nn.ReLU())
             for _ in range(depth)
@@ -81,8 +87,11 @@ class AnonymizationGenerator(nn.Module):
         )
         self.head = nn.Conv2d(width, channels, 1)
 
-    def forward(self, images: Tensor) -> Tensor:
-        x = self.stem(2.0 * images - 1.0)  # centre [0, 1] inputs
+    def forward(self, images: Tensor, condition: Tensor | None = None) -> Tensor:
+        x = 2.0 * images - 1.0  # centre [0, 1] inputs
+        if condition is not None:
+            x = torch.cat([x, condition], dim=1)
+        x = self.stem(x)
         skips = []
         for stage in self.down:
             skips.append(x)
@@ -109,6 +118,7 @@ class LearnedAnonymizer(Anonymizer):
     """
 
     name = "learned"
+    trainable = True
 
     def __init__(
         self,
@@ -137,6 +147,11 @@ class LearnedAnonymizer(Anonymizer):
         # One generator pass serves every level: the level only scales the displacement.
         displacement = self.generator(images)
         return [(images + step * displacement).clamp(0.0, 1.0) for step in steps]
+
+    def training_loss(
+        self, raw: Tensor, anon: Tensor, masks: KprMasks, keys: Tensor | None, level: float
+    ) -> dict[str, Tensor]:
+        return self.objective(raw, anon, masks)
 
     def objective(self, raw: Tensor, anon: Tensor, masks: KprMasks) -> dict[str, Tensor]:
         """Generator loss terms: ``privacy``, ``structure`` and their weighted ``total``.

@@ -82,6 +82,7 @@ class NoiseAnonymizer(Anonymizer):
     """
 
     name = "noise"
+    needs_keys = True
 
     def sigma(self, level: float) -> float:
         return self.strength * level

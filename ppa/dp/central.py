@@ -15,6 +15,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from ppa.anonymize.factory import anonymizer_class
 from ppa.checkpoint import load_checkpoint, load_state_strict, save_checkpoint
 from ppa.config import resolve_path
 from ppa.data.noise_keys import CENTRAL
@@ -49,10 +50,10 @@ def train_central_private(cfg: DictConfig) -> Path:
     with the ledger, so a resumed run keeps composing.
     """
     privacy = PrivacySettings.from_config(cfg)
-    if cfg.anonymizer.name == "learned":
+    if anonymizer_class(cfg.anonymizer).trainable:
         raise PrivacyConfigError(
-            "privacy=dp with anonymizer=learned: the generator would train on the private "
-            "images outside the guarantee; use a fixed anonymiser (blur, mosaic, noise)"
+            f"privacy=dp with anonymizer={cfg.anonymizer.name}: its networks would train on "
+            "the private images outside the guarantee; use a fixed anonymiser (blur, mosaic, noise)"
         )
     seed_everything(int(cfg.seed), bool(cfg.deterministic))
     out = resolve_path(cfg.output_dir)

@@ -36,7 +36,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from ppa.anonymize import KprAnonymizer, NoiseAnonymizer
+from ppa.anonymize import KprAnonymizer
+from ppa.anonymize.factory import anonymizer_class
 from ppa.anonymize.measures import FaceDetector
 from ppa.checkpoint import model_from_checkpoint
 from ppa.config import effective_config, resolve_path
@@ -84,12 +85,12 @@ class Checkpoints:
 def build_anonymizer(
     setting: AnonymizerSetting, run_cfg: DictConfig, payload: dict, device: torch.device
 ) -> KprAnonymizer:
-    """The setting's KPR anonymiser (a learned generator comes from its checkpoint)."""
+    """The setting's KPR anonymiser (a trained one's weights come from its checkpoint)."""
     anonymizer = KprAnonymizer.from_config(run_cfg).to(device)
-    if setting.name == "learned":
+    if anonymizer.anonymizer.trainable:
         if "anonymizer" not in payload:
             raise ValueError(
-                f"setting {setting.label!r}: a learned anonymiser needs the generator trained "
+                f"setting {setting.label!r}: a {setting.name} anonymiser needs the weights trained "
                 f"with the model; checkpoint {setting.checkpoint} holds none"
             )
         anonymizer.load_state_dict(payload["anonymizer"])
@@ -137,7 +138,7 @@ def run(cfg: DictConfig) -> Path:
     # The test images are the evaluator's: one key for every noise setting of the report.
     noise_keys = (
         NoiseKeys.from_file(key_file(cfg.anonymizer, EVALUATOR))
-        if any(s.name == NoiseAnonymizer.name for s in settings)
+        if any(anonymizer_class({"name": s.name}).needs_keys for s in settings)
         else None
     )
 

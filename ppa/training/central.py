@@ -48,7 +48,7 @@ def train_central(cfg: DictConfig) -> Path:
     loader = setup.train_loader(train_set.records, seed=int(cfg.seed))
     optimizer = create_optimizer(model, cfg.train.optimizer)
     anonymizer_optimizer = None
-    if anonymizer is not None and cfg.anonymizer.name == "learned":
+    if anonymizer is not None and anonymizer.anonymizer.trainable:
         anonymizer_optimizer = torch.optim.Adam(
             anonymizer.parameters(), lr=float(cfg.anonymizer.generator.lr)
         )

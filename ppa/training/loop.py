@@ -46,9 +46,14 @@ def train_one_epoch(
             loss, terms = ppa_step(ctx, batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite training loss {float(loss)} ({terms})")
-            optimizer.zero_grad(set_to_none=True)
+            optimizers = [optimizer]
+            if ctx.anonymizer_optimizer is not None:  # a trainable anonymiser, same backward
+                optimizers.append(ctx.anonymizer_optimizer)
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            for opt in optimizers:
+                opt.step()
         batches += 1
         examples += batch.images.shape[0]
         sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())

@@ -1,9 +1,9 @@
 """Resuming centralised training from a checkpoint: every piece of state the loop carries.
 
 A checkpoint written by centralised training holds the model, the optimiser, the epoch, the
-loss history, the EMA identity prototypes (the targets of L_align) and, with
-``anonymizer=learned``, the generator. Restoring only the model and optimiser would restart
-L_align from empty prototypes and the anonymiser from a random initialisation.
+loss history, the EMA identity prototypes (the targets of L_align) and, with a trained
+anonymiser (``learned``, ``secure_reid``), its networks. Restoring only the model and optimiser
+would restart L_align from empty prototypes and the anonymiser from a random initialisation.
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ def restore_training_state(
     if "anonymizer" in payload:
         if anonymizer is None:
             raise CheckpointError(
-                f"checkpoint {source} holds a learned anonymiser but the run has none "
-                "(anonymizer=learned with an anonymised view)"
+                f"checkpoint {source} holds a trained anonymiser but the run has none "
+                "(anonymizer=learned or secure_reid with an anonymised view)"
             )
         anonymizer.load_state_dict(payload["anonymizer"])
     return int(payload.get("epoch", 0)), list(payload.get("history", []))

@@ -78,18 +78,20 @@ def _heatmaps(
     return maps.heatmaps, maps.weights
 
 
-def anonymize(ctx: StepContext, batch: Batch) -> torch.Tensor:
-    """Anonymised view of a batch ([0, 1] images); trains a learned anonymiser when present."""
+def anonymize(ctx: StepContext, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Anonymised view of a batch ([0, 1] images) and, when the anonymiser trains
+    (`ctx.anonymizer_optimizer`), its own loss terms. The view carries the anonymiser's graph
+    only when the re-id loss trains it as well (``secure_reid``, SecureReID's joint learning);
+    a ``learned`` generator follows its own objective alone."""
     assert ctx.anonymizer is not None
     if ctx.anonymizer_optimizer is None:
         with torch.no_grad():
-            return ctx.anonymizer(batch.images, batch.keypoints, batch.noise_keys).images
+            return ctx.anonymizer(batch.images, batch.keypoints, batch.noise_keys).images, {}
     result = ctx.anonymizer(batch.images, batch.keypoints, batch.noise_keys)
-    terms = ctx.anonymizer.anonymizer.objective(batch.images, result.images, result.masks)
-    ctx.anonymizer_optimizer.zero_grad(set_to_none=True)
-    terms["total"].backward()
-    ctx.anonymizer_optimizer.step()
-    return result.images.detach()
+    terms = ctx.anonymizer.training_loss(batch.images, result, batch.noise_keys)
+    if ctx.anonymizer.anonymizer.trains_with_reid_loss:
+        return result.images, terms
+    return result.images.detach(), terms
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,8 @@ class StepInputs:
     confidence: torch.Tensor | None  # (n, J) joint weights, when L_kpr is on
     n: int  # records in the batch
     nviews: int
+    # a training anonymiser's own loss terms (their weighted sum under "total"); empty otherwise
+    anonymizer_terms: dict[str, torch.Tensor]
 
 
 def step_inputs(ctx: StepContext, batch: Batch) -> StepInputs:
@@ -114,8 +118,10 @@ def step_inputs(ctx: StepContext, batch: Batch) -> StepInputs:
     n = raw.shape[0]
     height, width = raw.shape[-2:]
     views = [raw]
+    anonymizer_terms: dict[str, torch.Tensor] = {}
     if obj.anonymized_view:
-        views.append(anonymize(ctx, batch))
+        anon, anonymizer_terms = anonymize(ctx, batch)
+        views.append(anon)
     nviews = len(views)
     anonymized = None
     if obj.anonymized_view and obj.offsets:
@@ -136,6 +142,7 @@ def step_inputs(ctx: StepContext, batch: Batch) -> StepInputs:
         confidence=confidence,
         n=n,
         nviews=nviews,
+        anonymizer_terms=anonymizer_terms,
     )
 
 
@@ -170,6 +177,11 @@ def ppa_step(ctx: StepContext, batch: Batch) -> tuple[torch.Tensor, dict[str, fl
                 same_modality=term == "proto",
             )
     total = sum(obj.weights[k] * v for k, v in terms.items())
+    # The anonymiser's objective reaches only its own networks (and, through the anonymised
+    # view, the re-id loss reaches a jointly trained one): one backward serves both optimisers.
+    if inputs.anonymizer_terms:
+        total = total + inputs.anonymizer_terms["total"]
+        terms.update({f"anonymizer_{k}": v for k, v in inputs.anonymizer_terms.items()})
 
     # Prototypes hold both views: BNNeck(f) of raw images and BNNeck(g) of anonymised ones,
     # g = f(x_anon) - delta_m the corrected feature; retrieval compares exactly these two.
