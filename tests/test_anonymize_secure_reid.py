@@ -217,3 +217,51 @@ def test_settings_are_checked_and_name_the_key() -> None:
     generator = load_config(["anonymizer=secure_reid"]).anonymizer.generator
     read = ReversibleSettings.from_config(generator)
     assert isinstance(read.width, int) and isinstance(read.anonymization_weight, float)
+
+
+def test_privacy_measurement_scores_recovery_with_and_without_the_key() -> None:
+    from ppa.anonymize.measures import psnr, ssim
+    from ppa.data.loader import Batch
+    from ppa.privacy_report.measure import measure_batches
+    from ppa.privacy_report.output import format_markdown
+
+    cfg = load_config(["anonymizer=secure_reid", "ppa=anon_only"])
+    torch.manual_seed(3)
+    kpr = KprAnonymizer.from_config(cfg).eval()
+    n = 6
+    x, k = images(n, 72, 36), keys(n)
+    batch = Batch(
+        images=x,
+        keypoints=torch.zeros(n, 17, 3),
+        labels=torch.zeros(n, dtype=torch.long),
+        modality=torch.arange(n) % 2,
+        cams=torch.ones(n, dtype=torch.long),
+        noise_keys=k,
+        indices=torch.arange(n),
+    )
+    scores = measure_batches([batch], kpr, torch.device("cpu"), None, 0).scores
+    inner = kpr.anonymizer
+    with torch.no_grad():
+        anon = kpr(x, batch.keypoints, k).images
+        right, wrong = inner.recover(anon, k), inner.recover(anon, wrong_keys(k))
+    assert scores["recovery_psnr"] == pytest.approx(float(psnr(x, right).mean()), rel=1e-5)
+    assert scores["recovery_ssim"] == pytest.approx(float(ssim(x, right).mean()), rel=1e-5)
+    assert scores["wrong_key_psnr"] == pytest.approx(float(psnr(x, wrong).mean()), rel=1e-5)
+    assert scores["wrong_key_ssim"] == pytest.approx(float(ssim(x, wrong).mean()), rel=1e-5)
+    assert scores["recovery_psnr"] != pytest.approx(scores["wrong_key_psnr"])
+
+    report = {
+        "utility_group": None,
+        "dataset": {"images": 0},
+        "photos": [],
+        "rows": [{"label": "secure", "dataset": scores}],
+    }
+    note = format_markdown(report)
+    assert f"PSNR {scores['recovery_psnr']:.2f} dB" in note
+    assert f"with wrong keys {scores['wrong_key_psnr']:.2f} dB" in note
+
+    mosaic_kpr = KprAnonymizer.from_config(load_config(["anonymizer=mosaic", "ppa=anon_only"]))
+    plain = measure_batches([batch], mosaic_kpr, torch.device("cpu"), None, 0).scores
+    assert not any(key.startswith(("recovery", "wrong_key")) for key in plain)
+    with pytest.raises(TypeError, match="not reversible"):
+        mosaic_kpr.anonymizer.recover(x, k)

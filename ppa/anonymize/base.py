@@ -54,6 +54,7 @@ class Anonymizer(nn.Module, ABC):
     needs_keys: ClassVar[bool] = False  # reads the images' secret noise keys
     trains_with_reid_loss: ClassVar[bool] = False  # the re-id loss reaches its weights too
     whole_image_only: ClassVar[bool] = False  # no pose-guided composition of levels
+    reversible: ClassVar[bool] = False  # `recover` gives the raw image back with the key
 
     def __init__(self, strength: float, reference_height: int):
         super().__init__()
@@ -107,6 +108,11 @@ class Anonymizer(nn.Module, ABC):
         images and their anonymised view (`masks`: the KPR masks it was composed with, `level`:
         the whole-image level). Only for ``trainable`` anonymisers."""
         raise TypeError(f"anonymizer {self.name!r} has nothing to train")
+
+    def recover(self, anon: Tensor, keys: Tensor | None) -> Tensor:
+        """A reversible anonymiser's estimate of the raw images from anonymised ones and their
+        keys. Only for ``reversible`` anonymisers."""
+        raise TypeError(f"anonymizer {self.name!r} is not reversible")
 
     def extra_repr(self) -> str:
         return f"strength={self.strength}, reference_height={self.reference_height}"

@@ -144,6 +144,14 @@ class PrivacyMeter:
         self.images += raw.shape[0]
         return per_image
 
+    def add_recovery(self, raw: Tensor, with_key: Tensor, wrong_key: Tensor) -> None:
+        """Score a reversible anonymiser's recovery of one batch, whole image against raw:
+        with the images' own keys (``recovery_*``) and with wrong keys (``wrong_key_*``)."""
+        for name, recovered in (("recovery", with_key), ("wrong_key", wrong_key)):
+            for metric, fn in (("psnr", psnr), ("ssim", ssim)):
+                values = fn(raw, recovered).cpu().tolist()
+                self.scores.setdefault(f"{name}_{metric}", []).extend(values)
+
     def summary(self) -> dict[str, float]:
         out: dict[str, float] = {k: _mean(v) for k, v in self.scores.items()}
         out["num_images"] = float(self.images)

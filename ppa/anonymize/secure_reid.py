@@ -9,9 +9,10 @@ nothing. The adaptation (what the PPA comparison calls the modified SecureReID):
 - the key is each image's secret noise key (`ppa.data.noise_keys`: per site, per image, 256
   bits), read as a keyed standard-normal plane by the encoder and the decoder; SecureReID keys
   per identity, which test images of unknown people do not have;
-- the encoder and decoder train by their own objective (`objective`), next to the re-id
-  model, which trains on the raw and anonymised views (``ppa=anon_only``: whole image, no KPR,
-  no DCMA); the re-id loss does not reach the encoder;
+- the encoder and decoder train jointly with the re-id model, as in SecureReID: one backward
+  pass through the re-id loss (on the raw and anonymised views, ``ppa=anon_only``: whole
+  image, no KPR, no DCMA) plus their own objective (`objective`), so the re-id loss reaches
+  the encoder too and pulls it toward what keeps identity;
 - one anonymisation level: the whole image at the level the composition asks for (KPR's
   pose-guided composition of three levels is PPA's, not SecureReID's).
 """
@@ -73,6 +74,7 @@ class SecureReIDAnonymizer(Anonymizer):
     needs_keys = True
     trains_with_reid_loss = True
     whole_image_only = True  # SecureReID anonymises the full body at one strength
+    reversible = True
 
     def __init__(
         self, strength: float, reference_height: int, settings: ReversibleSettings, channels=3
@@ -118,8 +120,8 @@ class SecureReIDAnonymizer(Anonymizer):
         anonymization: ``|E(x, k) - mosaic(x, level)|``, the desensitised supervision.
         recovery: ``|D(E(x, k), k) - x|``: the right key gives the raw image back.
         wrong_key: ``|D(E(x, k), k') - E(x, k)|`` for keys ``k'`` that differ in every bit:
-        without the key the decoder adds nothing to the anonymised image (its target is
-        input and target are detached: this term trains the decoder only).
+        without the key the decoder adds nothing to the anonymised image (its input and
+        target are detached: this term trains the decoder only).
         """
         target = self.supervision(raw, level)
         anonymization = (anon - target).abs().mean()

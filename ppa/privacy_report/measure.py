@@ -15,6 +15,7 @@ from torch import Tensor
 from ppa.anonymize import KprAnonymizer
 from ppa.anonymize.measures import FaceDetector
 from ppa.anonymize.report import PrivacyMeter
+from ppa.anonymize.secure_reid import wrong_keys
 from ppa.data.keypoints import KeypointCache
 from ppa.data.loader import Batch, create_eval_loader
 from ppa.data.noise_keys import NoiseKeys, no_noise_keys
@@ -42,7 +43,8 @@ def measure_batches(
     detector: FaceDetector | None,
     samples: int,
 ) -> Measured:
-    """Score every batch; keep the first images of each modality (half each) for the grid."""
+    """Score every batch (and a reversible anonymiser's recovery, with the images' keys and
+    with wrong ones); keep the first images of each modality (half each) for the grid."""
     meter = PrivacyMeter(detector)
     per_modality = {m.index: math.ceil(samples / 2) for m in MODALITIES}
     raw_keep: list[Tensor] = []
@@ -51,6 +53,13 @@ def measure_batches(
         batch = batch.to(device)
         result = anonymizer(batch.images, batch.keypoints, batch.noise_keys)
         meter.add(batch.images, result)
+        if anonymizer.anonymizer.reversible:
+            inner, keys = anonymizer.anonymizer, batch.noise_keys
+            meter.add_recovery(
+                batch.images,
+                inner.recover(result.images, keys),
+                inner.recover(result.images, wrong_keys(keys)),
+            )
         for modality, room in per_modality.items():
             picked = (batch.modality == modality).nonzero(as_tuple=True)[0][:room]
             per_modality[modality] -= len(picked)

@@ -77,6 +77,16 @@ def format_markdown(report: dict) -> str:
             + ", ".join(f"{p['name']} ({p['keypoints']} keypoints)" for p in report["photos"])
             + f". Faces: {CASCADE_NOTE}; a face counts when a box centre lies in the head mask."
         )
+    for row in report["rows"]:
+        d = row.get("dataset") or {}
+        if "recovery_psnr" in d:
+            notes.append(
+                f"Recovery ({row['label']}, reversible): the decoder with the images' keys gives "
+                f"PSNR {_fmt(d['recovery_psnr'], 2)} dB / SSIM {_fmt(d['recovery_ssim'], 3)} "
+                f"against the raw images, with wrong keys {_fmt(d['wrong_key_psnr'], 2)} dB / "
+                f"{_fmt(d['wrong_key_ssim'], 3)} (the anonymised image itself: "
+                f"{_fmt(d.get('image_psnr'), 2)} dB / {_fmt(d.get('image_ssim'), 3)})."
+            )
     for path, ref in report.get("reference", {}).items():
         numbers = ref.get("raw-raw", {}).get(group) if group else None
         if numbers:
