@@ -158,3 +158,52 @@ def test_align_rows_average_over_every_other_modality():
     )
     assert count.tolist() == [2.0]
     assert rows.tolist() == pytest.approx([(1.0 + 0.0) / 2])  # (1 - cos 90°) and (1 - cos 0°)
+
+
+def test_identity_loss_smooths_by_one_tenth_unless_told() -> None:
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 1.5, 0.0]])
+    labels = torch.tensor([0, 1])
+    expected = torch.nn.functional.cross_entropy(logits, labels, label_smoothing=0.1)
+    assert losses.identity_loss(logits, labels).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def _triplet_by_hand(points: list[float], labels: list[int]) -> float:
+    """The weighted triplet of 1-D points, softplus(d_pos - d_neg) over anchors with both."""
+
+    def weighted(ds: list[float], sign: float) -> float:
+        top = max(sign * d for d in ds)  # shifted, so large distances do not overflow
+        w = [math.exp(sign * d - top) for d in ds]
+        return sum(d * x for d, x in zip(ds, w, strict=True)) / sum(w)
+
+    values = []
+    for i, (p, label) in enumerate(zip(points, labels, strict=True)):
+        pos = [
+            abs(p - q)
+            for j, (q, m) in enumerate(zip(points, labels, strict=True))
+            if m == label and j != i
+        ]
+        neg = [abs(p - q) for q, m in zip(points, labels, strict=True) if m != label]
+        if pos and neg:
+            values.append(weighted(pos, 1.0) - weighted(neg, -1.0))
+    return sum(math.log1p(math.exp(v)) if v < 30 else v for v in values) / len(values)
+
+
+@pytest.mark.parametrize("scale", [0.01, 1.0, 100.0])
+def test_weighted_triplet_at_small_and_large_distances(scale: float) -> None:
+    # Distances far below 1 are not clamped up; distances of hundreds (exp would overflow
+    # float32 without the max shift) give the same finite loss as by hand.
+    points = [0.0, 1.0, 3.0, 5.0, 4.0]
+    labels = [0, 0, 1, 1, 1]
+    feats = torch.tensor([[p * scale] for p in points], requires_grad=True)
+    loss = losses.weighted_triplet_loss(feats, torch.tensor(labels))
+    expected = _triplet_by_hand([p * scale for p in points], labels)
+    assert loss.item() == pytest.approx(expected, rel=1e-4)
+    loss.backward()
+    assert torch.isfinite(feats.grad).all()
+
+
+def test_weighted_triplet_leaves_out_anchors_without_a_positive() -> None:
+    # The anchor of identity 2 has negatives but no positive: it is not averaged in.
+    points, labels = [0.0, 1.0, 3.0, 5.0, 10.0], [0, 0, 1, 1, 2]
+    loss = losses.weighted_triplet_loss(torch.tensor([[p] for p in points]), torch.tensor(labels))
+    assert loss.item() == pytest.approx(_triplet_by_hand(points, labels), rel=1e-5)

@@ -251,3 +251,117 @@ def test_stable_argsort_keeps_float64_precision_and_returns_int64_indices():
     assert order.tolist() == [[1, 0, 2]]
     assert order.dtype == torch.int64
     assert stable_argsort(dist.float()).dtype == torch.int64
+
+
+@pytest.mark.parametrize("num_g", [2, 3, 5, 9, 17, 33])
+def test_gallery_sizes_just_past_a_power_of_two(num_g):
+    # The key-sort paths pack the gallery index into (num_g - 1).bit_length() bits: one bit
+    # too few at 2**k + 1 images would mix the index into the distance bits.
+    rng = np.random.default_rng(num_g)
+    num_q = 12
+    dist = (rng.integers(0, 3, (num_q, num_g)) / 2).astype(np.float32)  # many ties
+    q_pids, g_pids = rng.integers(0, 4, num_q), rng.integers(0, 4, num_g)
+    q_pids[0] = g_pids[0]  # at least one query with a match
+    q_cams, g_cams = np.full(num_q, 3), np.full(num_g, 1)
+    order = stable_argsort(torch.from_numpy(dist))
+    assert order.tolist() == np.argsort(dist, axis=1, kind="stable").tolist()
+    _assert_same(
+        sysu_metrics(dist, q_pids, g_pids, q_cams, g_cams),
+        metrics_reference.sysu_metrics(dist, q_pids, g_pids, q_cams, g_cams),
+    )
+    _assert_same(
+        regdb_metrics(dist, q_pids, g_pids),
+        metrics_reference.regdb_metrics(dist, q_pids, g_pids),
+    )
+
+
+def test_distances_below_float32_resolution_of_one_keep_their_order():
+    # Distances of 1e-9 and 2e-9 are distinct float32 values; anything that shifts them by a
+    # constant before ranking (e.g. + 1.0) would make them tie.
+    dist32 = np.array([[2e-9, 1e-9, 3e-9]], dtype=np.float32)
+    assert stable_argsort(torch.from_numpy(dist32)).tolist() == [[1, 0, 2]]
+    result = regdb_metrics(dist32, [5], [7, 5, 7])
+    assert result["cmc"][0] == 1.0 and result["mAP"] == 1.0
+    # float64 distances equal in float32 rank by their float64 values on every path.
+    dist64 = np.array([[1.0 + 1e-12, 1.0, 3.0]])
+    for metrics in (
+        regdb_metrics(dist64, [5], [7, 5, 7]),
+        sysu_metrics(dist64, [5], [7, 5, 7], [3], [1, 4, 5]),
+    ):
+        assert metrics["cmc"][0] == 1.0 and metrics["mAP"] == 1.0
+
+
+def test_float64_sort_path_with_more_queries_than_gallery_images():
+    rng = np.random.default_rng(8)
+    dist = rng.integers(0, 6, (50, 7)).astype(np.float64)
+    q_pids, g_pids = rng.integers(0, 4, 50), np.array([0, 1, 2, 3, 0, 1, 2])
+    q_cams, g_cams = rng.choice([3, 6], 50), rng.choice([1, 2, 4, 5], 7)
+    _assert_same(
+        sysu_metrics(dist, q_pids, g_pids, q_cams, g_cams),
+        metrics_reference.sysu_metrics(dist, q_pids, g_pids, q_cams, g_cams),
+    )
+
+
+def test_integer_distances_rank_like_floats():
+    as_int = np.array([[3, 1, 2], [0, 2, 1]])
+    for fn, args in ((regdb_metrics, ()), (sysu_metrics, ([3, 6], [1, 2, 4]))):
+        got = fn(as_int, [5, 7], [7, 5, 7], *args)
+        want = fn(as_int.astype(np.float64), [5, 7], [7, 5, 7], *args)
+        _assert_same(got, want)
+
+
+def test_no_match_and_a_single_matching_query():
+    for dist in (DIST, DIST.astype(np.float32)):  # the sort and the key-sort path
+        with pytest.raises(
+            ValueError,
+            match=r"^no query has a correct match in the gallery \(3 queries, 5 gallery images\)",
+        ):
+            regdb_metrics(dist, [8, 8, 9], G_PIDS)
+        # Only the first query has a match: averaged over that one query.
+        one = regdb_metrics(dist, [1, 8, 9], G_PIDS)
+        assert one["cmc"][0] == 1.0
+        assert one["mAP"] == pytest.approx((1 / 1 + 2 / 3) / 2)
+
+
+def test_errors_name_the_offending_input():
+    with pytest.raises(
+        ValueError, match=r"^distance matrix must be non-empty \(Q, G\), got \(0, 5\)$"
+    ):
+        regdb_metrics(np.zeros((0, 5)), [], G_PIDS)
+    with pytest.raises(ValueError, match=r"got \(3, 0\)$"):
+        regdb_metrics(np.zeros((3, 0)), Q_PIDS, [])
+    with pytest.raises(ValueError, match=r"got \(2, 3, 5\)$"):
+        regdb_metrics(np.zeros((2, 3, 5)), [1, 2], G_PIDS)
+    single = regdb_metrics(np.array([[0.5], [0.1]]), [1, 2], [1])  # one gallery image is fine
+    assert single["mAP"] == 1.0
+    with pytest.raises(ValueError, match=r"^distance matrix contains NaN$"):
+        regdb_metrics(np.full((1, 2), np.nan), [1], [1, 2])
+    for args, name in (
+        ((DIST, Q_PIDS[:2], G_PIDS), "q_pids"),
+        ((DIST, Q_PIDS, G_PIDS[:4]), "g_pids"),
+    ):
+        with pytest.raises(ValueError, match=rf"^{name} has \d+ entries"):
+            regdb_metrics(*args)
+    with pytest.raises(ValueError, match=r"^q_cams has 2 entries"):
+        sysu_metrics(DIST, Q_PIDS, G_PIDS, Q_CAMS[:2], G_CAMS)
+    with pytest.raises(ValueError, match=r"^g_cams has 3 entries"):
+        sysu_metrics(DIST, Q_PIDS, G_PIDS, Q_CAMS, G_CAMS[:3])
+
+
+def test_pairwise_distance_dtypes_and_errors():
+    query = torch.tensor([[3.0, 4.0], [1.0, 0.0]])
+    gallery = torch.tensor([[3.0, 4.0], [4.0, -3.0]], dtype=torch.float64)
+    mixed = pairwise_distance(query, gallery)  # float32 x float64 -> float64
+    assert mixed.dtype == torch.float64
+    torch.testing.assert_close(mixed, torch.tensor([[0.0, 1.0], [0.4, 0.2]], dtype=torch.float64))
+    mixed = pairwise_distance(gallery, query, metric="euclidean")
+    assert mixed.dtype == torch.float64
+    ints = pairwise_distance(np.array([[3, 4]]), np.array([[0, 0], [3, 4]]), "euclidean")
+    assert ints.dtype == torch.float32
+    torch.testing.assert_close(ints, torch.tensor([[5.0, 0.0]]))
+    with pytest.raises(ValueError, match=r"^metric must be one of cosine, euclidean, got 'l1'$"):
+        pairwise_distance(query, query, metric="l1")
+    with pytest.raises(ValueError, match=r"^batch_size must be >= 1, got 0$"):
+        pairwise_distance(query, query, batch_size=0)
+    with pytest.raises(ValueError, match=r"features must be \(Q, D\) and \(G, D\)"):
+        pairwise_distance(query, query[:, :, None])  # 3-D gallery with the same D

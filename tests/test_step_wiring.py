@@ -477,3 +477,58 @@ def test_the_context_takes_its_batch_rewrite_from_the_config(wiring_cfg: DictCon
         cfg, model=None, objective=None, anonymizer=None, device=None, batch_views=None
     )
     assert own.batch_views is None
+
+
+@pytest.mark.parametrize(
+    ("weights", "expected"),
+    [
+        ({"align": 1.0}, True),
+        ({"proto": 0.5}, True),
+        ({"align": 0.0, "proto": 0.0, "id": 1.0, "triplet": 1.0, "kpr": 1.0, "dc": 1.0}, False),
+        ({}, False),
+    ],
+)
+def test_only_the_prototype_terms_need_the_prototypes(weights, expected) -> None:
+    objective = PPAObjective(anonymized_view=True, offsets=True, weights=weights)
+    assert objective.uses_prototypes() is expected
+
+
+def test_objective_from_config_reads_every_setting_and_defaults_the_rest() -> None:
+    from omegaconf import OmegaConf
+
+    from ppa.pose.joint_sets import ALL_JOINTS, joint_indices
+
+    minimal = OmegaConf.create(
+        {
+            "name": "mine",
+            "anonymized_view": True,
+            "offsets": False,
+            "weights": {"id": 1.0, "kpr": 0.5},
+            "label_smoothing": 0.2,
+        }
+    )
+    objective = PPAObjective.from_config(minimal)
+    assert objective.weights == {
+        "id": 1.0,
+        "triplet": 0.0,
+        "kpr": 0.5,
+        "dc": 0.0,
+        "align": 0.0,
+        "proto": 0.0,
+    }
+    assert objective.label_smoothing == 0.2
+    assert objective.align_temperature is None
+    assert objective.kpr_joints == ALL_JOINTS
+    assert not objective.uses("triplet") and not objective.uses("unknown")
+    assert objective.uses("kpr")
+
+    full = OmegaConf.merge(minimal, {"align_temperature": 0.07, "kpr_joints": "body"})
+    objective = PPAObjective.from_config(full)
+    assert objective.align_temperature == 0.07
+    assert objective.kpr_joints == joint_indices("body") != ALL_JOINTS
+
+    raw_only = OmegaConf.merge(minimal, {"anonymized_view": False})
+    with pytest.raises(
+        ValueError, match=r"^ppa=mine: the kpr/dc losses need anonymized_view=true$"
+    ):
+        PPAObjective.from_config(raw_only)
