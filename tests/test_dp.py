@@ -495,3 +495,40 @@ def test_train_central_private_accounts_stops_at_the_budget_and_resumes(
         train_central.train(load_config([*base, "anonymizer=learned"]))
     with pytest.raises(PrivacyConfigError, match="anonymizer=secure_reid"):
         train_central.train(load_config([*base, "anonymizer=secure_reid", "ppa=anon_only"]))
+
+
+def test_private_prototypes_take_the_configured_views() -> None:
+    from ppa.dp.prototypes import clipped_sums
+
+    cfg = load_config(["model=tiny", "ppa=full", "ppa.pose_guided=false", "anonymizer=mosaic"])
+    torch.manual_seed(0)
+    model = create_model(cfg.model, 3)
+    n = 6
+    batch = Batch(
+        images=torch.rand(n, 3, 64, 32),
+        keypoints=torch.zeros(n, 17, 3),
+        labels=torch.tensor([0, 1, 2, 0, 1, 2]),
+        modality=torch.tensor([0, 0, 0, 1, 1, 1]),
+        cams=torch.ones(n, dtype=torch.long),
+        noise_keys=torch.zeros(n, 0, dtype=torch.uint8),
+        indices=torch.arange(n),
+    )
+    anonymizer = KprAnonymizer.from_config(cfg)
+    common = dict(
+        num_modalities=2,
+        num_classes=3,
+        clip=1.0,
+        device=DeviceSettings.from_config(cfg),
+        mean=tuple(cfg.input.mean),
+        std=tuple(cfg.input.std),
+    )
+    raw, counts, _ = clipped_sums(model, [batch], **common)
+    anon, anon_counts, _ = clipped_sums(
+        model, [batch], anonymizer=anonymizer, include_raw=False, **common
+    )
+    both, _, _ = clipped_sums(model, [batch], anonymizer=anonymizer, **common)
+    assert torch.equal(counts, anon_counts)  # one count per record whatever the views
+    assert not torch.allclose(raw, anon)
+    torch.testing.assert_close(both, (raw + anon) / 2)  # the mean of the record's two views
+    with pytest.raises(ValueError, match="without the raw view need the anonymiser"):
+        clipped_sums(model, [batch], include_raw=False, **common)

@@ -319,12 +319,15 @@ def test_kpr_pools_the_configured_joints(wiring_cfg: DictConfig, batch: Batch) -
     assert seen.out.parts.shape[1] == 17
 
 
-def test_prototypes_accumulate_raw_and_corrected_anonymised_features(
-    wiring_cfg: DictConfig, batch: Batch
+@pytest.mark.parametrize("views", ["both", "raw", "corrected"])
+def test_prototypes_accumulate_the_configured_views(
+    wiring_cfg: DictConfig, batch: Batch, views: str
 ) -> None:
-    """Prototypes are BNNeck features of both views: f of the raw view and the corrected g of
-    the anonymised one (the two features retrieval compares at test time)."""
+    """Prototypes are BNNeck features of the views `ppa.prototype_views` names: f of the raw
+    view and / or the corrected g of the anonymised one (the two features retrieval
+    compares at test time)."""
     ctx = make_context(wiring_cfg, NUM_CLASSES)
+    ctx.objective = replace(ctx.objective, prototype_views=views)
     ctx.accumulator = PrototypeAccumulator(2, NUM_CLASSES, ctx.model.num_features)
     _, _, seen = run_step(ctx, batch)
     n = len(batch)
@@ -333,12 +336,23 @@ def test_prototypes_accumulate_raw_and_corrected_anonymised_features(
     # The anonymised rows' neck input is the corrected feature.
     assert torch.allclose(seen.out.corrected[n:], seen.out.pooled[n:] - offsets, atol=1e-6)
     labels, modality = batch.labels.repeat(2), batch.modality.repeat(2)
+    view = torch.arange(2 * n) >= n  # True on the anonymised rows
+    taken = {"both": torch.ones(2 * n, dtype=torch.bool), "raw": ~view, "corrected": view}[views]
     for m in (0, 1):
         for label in batch.labels.unique().tolist():
-            rows = (modality == m) & (labels == label)
+            rows = (modality == m) & (labels == label) & taken
+            assert ctx.accumulator.counts[m, label] == rows.sum()
             if rows.any():
-                assert ctx.accumulator.counts[m, label] == rows.sum()
                 assert torch.allclose(ctx.accumulator.sums[m, label], neck[rows].sum(0), atol=1e-5)
+
+
+def test_prototype_views_are_checked() -> None:
+    with pytest.raises(ValueError, match=r"prototype_views must be one of both, raw, corrected"):
+        PPAObjective(anonymized_view=True, offsets=True, weights={}, prototype_views="anon")
+    with pytest.raises(ValueError, match="corrected needs the anonymised view and the offsets"):
+        PPAObjective(anonymized_view=True, offsets=False, weights={}, prototype_views="corrected")
+    read = PPAObjective.from_config(load_config(["ppa=full", "ppa.prototype_views=raw"]).ppa)
+    assert read.prototype_views == "raw"
 
 
 def trained_anonymiser_context(

@@ -76,13 +76,17 @@ def clipped_sums(
     std: tuple[float, ...],
     anonymizer: KprAnonymizer | None = None,
     correct_offsets: bool = True,
+    include_raw: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Per-identity sums of per-record clipped features, and counts (before any noise).
 
     A record's feature is the mean over its views (raw, and anonymised when `anonymizer` is
-    given, corrected by its modality's offset) of the BNNeck features, each clipped to
-    `clip`: the same features the non-DP accumulator sums, bounded per record.
+    given, corrected by its modality's offset; the raw view left out with `include_raw`
+    false) of the BNNeck features, each clipped to `clip`: the same features the non-DP
+    accumulator sums, bounded per record.
     """
+    if not include_raw and anonymizer is None:
+        raise ValueError("prototypes without the raw view need the anonymiser")
     was_training = model.training
     model.eval()
     dim = model.num_features
@@ -92,7 +96,7 @@ def clipped_sums(
     try:
         for batch in loader:
             batch = batch.to(device.device, non_blocking=device.non_blocking)
-            views = [(batch.images, None)]
+            views = [(batch.images, None)] if include_raw else []
             if anonymizer is not None:
                 anon = anonymizer(batch.images, batch.keypoints, batch.noise_keys).images
                 flags = torch.ones_like(batch.labels, dtype=torch.bool) if correct_offsets else None
@@ -126,6 +130,7 @@ def release_prototypes(
     std: tuple[float, ...],
     anonymizer: KprAnonymizer | None = None,
     correct_offsets: bool = True,
+    include_raw: bool = True,
     generator: torch.Generator | None = None,
 ) -> PrototypeRelease:
     """Clipped sums and counts over one pass of `loader`, then the Gaussian mechanism."""
@@ -140,6 +145,7 @@ def release_prototypes(
         std=std,
         anonymizer=anonymizer,
         correct_offsets=correct_offsets,
+        include_raw=include_raw,
     )
     noisy_sums, noisy_counts = add_gaussian_noise(
         sums, counts, clip=clip, noise=noise, generator=generator

@@ -180,7 +180,9 @@ def release_private_prototypes(
         device=setup.device,
         mean=tuple(cfg.input.mean),
         std=tuple(cfg.input.std),
-        anonymizer=setup.anonymizer,
+        # The views of ppa.prototype_views, as the non-DP accumulator takes them.
+        anonymizer=None if setup.objective.prototype_views == "raw" else setup.anonymizer,
         correct_offsets=setup.objective.offsets,
+        include_raw=setup.objective.prototype_views != "corrected",
         generator=generator,
     )

@@ -183,11 +183,14 @@ def ppa_step(ctx: StepContext, batch: Batch) -> tuple[torch.Tensor, dict[str, fl
         total = total + inputs.anonymizer_terms["total"]
         terms.update({f"anonymizer_{k}": v for k, v in inputs.anonymizer_terms.items()})
 
-    # Prototypes hold both views: BNNeck(f) of raw images and BNNeck(g) of anonymised ones,
-    # g = f(x_anon) - delta_m the corrected feature; retrieval compares exactly these two.
-    feats = out.neck.detach().float()
+    # Prototypes hold both views by default: BNNeck(f) of raw images and BNNeck(g) of
+    # anonymised ones, g = f(x_anon) - delta_m the corrected feature; retrieval compares
+    # exactly these two (ppa.prototype_views picks one of them instead).
+    rows = obj.prototype_rows(n)
+    feats = out.neck.detach().float()[rows]
+    proto_labels, proto_modality = labels[rows], modality[rows]
     if ctx.accumulator is not None:
-        ctx.accumulator.add(feats, labels, modality)
+        ctx.accumulator.add(feats, proto_labels, proto_modality)
     if ctx.prototype_momentum is not None and ctx.prototypes is not None:
-        ctx.prototypes.ema_update(feats, labels, modality, ctx.prototype_momentum)
+        ctx.prototypes.ema_update(feats, proto_labels, proto_modality, ctx.prototype_momentum)
     return total, {k: float(v.detach()) for k, v in terms.items()}
