@@ -26,6 +26,11 @@ _CLASSES: dict[str, type[Anonymizer]] = {
     SecureReIDAnonymizer.name: SecureReIDAnonymizer,
 }
 ANONYMIZER_NAMES: tuple[str, ...] = tuple(_CLASSES)
+# The settings (``anonymizer.generator``) of each anonymiser with trained networks.
+_SETTINGS = {
+    LearnedAnonymizer.name: GeneratorSettings,
+    SecureReIDAnonymizer.name: ReversibleSettings,
+}
 
 
 def anonymizer_class(cfg: Mapping[str, Any]) -> type[Anonymizer]:
@@ -48,18 +53,13 @@ def create_anonymizer(cfg: Mapping[str, Any]) -> Anonymizer:
         if key not in cfg:
             raise KeyError(f"missing config key anonymizer.{key}")
     name = str(cfg["name"])
+    cls = anonymizer_class(cfg)
     strength, reference_height = float(cfg["strength"]), int(cfg["reference_height"])
     if name in _FIXED:
-        return _FIXED[name](strength, reference_height)
-    if name in (LearnedAnonymizer.name, SecureReIDAnonymizer.name):
-        if "generator" not in cfg:
-            raise KeyError(f"missing config key anonymizer.generator (needed by name={name})")
-        if name == LearnedAnonymizer.name:
-            settings = GeneratorSettings.from_config(cfg["generator"])
-            return LearnedAnonymizer(strength, reference_height, settings)
-        reversible = ReversibleSettings.from_config(cfg["generator"])
-        return SecureReIDAnonymizer(strength, reference_height, reversible)
-    raise ValueError(f"unknown anonymizer.name {name!r}; choose one of {list(ANONYMIZER_NAMES)}")
+        return cls(strength, reference_height)
+    if "generator" not in cfg:
+        raise KeyError(f"missing config key anonymizer.generator (needed by name={name})")
+    return cls(strength, reference_height, _SETTINGS[name].from_config(cfg["generator"]))
 
 
 def noise_keys_for(cfg: Any, owner: str) -> NoiseKeys | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, TypeVar
+from typing import Any, Self
 
 import torch
 import torch.nn.functional as F
@@ -19,36 +19,36 @@ from ppa.pose.heatmaps import KprMasks
 # limb's half-width, so where body parts are is kept and the texture inside them is free.
 LAYOUT_SIGMA = 1.0 / 36.0
 
-T = TypeVar("T")
 
+class TrainedSettings:
+    """Base of a trained anonymiser's settings dataclass (``width``, ``depth``, ``lr`` and
+    ``*_weight`` fields, read from ``anonymizer.generator``)."""
 
-def check_generator_settings(settings: Any) -> None:
-    """Raise unless a trained anonymiser's settings (a dataclass with ``width``, ``depth``,
-    ``lr`` and ``*_weight`` fields) have width >= 1, depth >= 0, lr > 0 and weights >= 0."""
-    if settings.width < 1 or settings.depth < 0:
-        raise ValueError(
-            f"anonymizer.generator needs width >= 1 and depth >= 0, got "
-            f"width={settings.width}, depth={settings.depth}"
-        )
-    weights = {f.name: getattr(settings, f.name) for f in fields(settings) if "weight" in f.name}
-    if settings.lr <= 0 or min(weights.values()) < 0:
-        got = ", ".join(f"{k}={v}" for k, v in weights.items())
-        raise ValueError(
-            f"anonymizer.generator needs lr > 0 and weights >= 0, got lr={settings.lr}, {got}"
-        )
+    def __post_init__(self) -> None:
+        if self.width < 1 or self.depth < 0:
+            raise ValueError(
+                f"anonymizer.generator needs width >= 1 and depth >= 0, got "
+                f"width={self.width}, depth={self.depth}"
+            )
+        weights = {f.name: getattr(self, f.name) for f in fields(self) if "weight" in f.name}
+        if self.lr <= 0 or min(weights.values()) < 0:
+            got = ", ".join(f"{k}={v}" for k, v in weights.items())
+            raise ValueError(
+                f"anonymizer.generator needs lr > 0 and weights >= 0, got lr={self.lr}, {got}"
+            )
 
-
-def generator_settings_from_config(cls: type[T], cfg: Mapping[str, Any]) -> T:
-    """``cls`` (a settings dataclass of int and float fields) from ``anonymizer.generator``."""
-    missing = [f.name for f in fields(cls) if f.name not in cfg]
-    if missing:
-        raise KeyError(f"missing config key(s) anonymizer.generator.{', '.join(missing)}")
-    cast = {"int": int, "float": float}
-    return cls(**{f.name: cast[str(f.type)](cfg[f.name]) for f in fields(cls)})
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> Self:
+        """The settings from ``anonymizer.generator`` (every field present; ints and floats)."""
+        missing = [f.name for f in fields(cls) if f.name not in cfg]
+        if missing:
+            raise KeyError(f"missing config key(s) anonymizer.generator.{', '.join(missing)}")
+        cast = {"int": int, "float": float}
+        return cls(**{f.name: cast[str(f.type)](cfg[f.name]) for f in fields(cls)})
 
 
 @dataclass(frozen=True)
-class GeneratorSettings:
+class GeneratorSettings(TrainedSettings):
     """``anonymizer.generator``: architecture, optimiser LR and objective weights."""
 
     width: int
@@ -56,13 +56,6 @@ class GeneratorSettings:
     lr: float
     privacy_weight: float
     structure_weight: float
-
-    def __post_init__(self) -> None:
-        check_generator_settings(self)
-
-    @classmethod
-    def from_config(cls, cfg: Mapping[str, Any]) -> GeneratorSettings:
-        return generator_settings_from_config(cls, cfg)
 
 
 class AnonymizationGenerator(nn.Module):

@@ -19,7 +19,6 @@ nothing. The adaptation (what the PPA comparison calls the modified SecureReID):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,8 +27,7 @@ from torch import Tensor
 from ppa.anonymize.base import Anonymizer
 from ppa.anonymize.learned import (
     AnonymizationGenerator,
-    check_generator_settings,
-    generator_settings_from_config,
+    TrainedSettings,
 )
 from ppa.anonymize.pixel import MosaicAnonymizer
 from ppa.anonymize.prng import keyed_standard_normal
@@ -38,7 +36,7 @@ KEY_CHANNELS = 1  # the key's plane: one keyed standard normal per pixel
 
 
 @dataclass(frozen=True)
-class ReversibleSettings:
+class ReversibleSettings(TrainedSettings):
     """``anonymizer.generator`` of ``secure_reid``: the two networks, their LR, the weights."""
 
     width: int
@@ -47,13 +45,6 @@ class ReversibleSettings:
     anonymization_weight: float
     recovery_weight: float
     wrong_key_weight: float
-
-    def __post_init__(self) -> None:
-        check_generator_settings(self)
-
-    @classmethod
-    def from_config(cls, cfg: Mapping[str, Any]) -> ReversibleSettings:
-        return generator_settings_from_config(cls, cfg)
 
 
 def wrong_keys(keys: Tensor) -> Tensor:
