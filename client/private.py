@@ -27,7 +27,6 @@ from ppa.dp import (
     PrivacySettings,
     freeze_other_modalities,
 )
-from ppa.dp.finetune import FinetuneSettings, prepare_finetune
 from ppa.dp.round import (
     commit_releases,
     poisson_loader,
@@ -35,6 +34,7 @@ from ppa.dp.round import (
     release_private_prototypes,
 )
 from ppa.io import atomic_write_json
+from ppa.model.finetune import FinetuneSettings, prepare_finetune
 from ppa.prototypes import IdentityPrototypes
 from ppa.public_start import check_public_start
 from ppa.training.loop import global_epoch

@@ -99,7 +99,7 @@ def rules(tmp: Path, data: Path, workdir: Path) -> list[Rule]:
             "a start on tiny disjoint sets",
         ),
         Rule(
-            entry("ppa-simulate", "run_simulation") + r"privacy=dp_finetune",
+            entry("ppa-simulate", "run_simulation") + r"privacy=(?:dp_)?finetune",
             check="COMPOSE",
             reason="needs the public start of the line before, trained in full; "
             "tests/test_dp_finetune.py and tests/test_dp_public.py fine-tune from tiny starts",

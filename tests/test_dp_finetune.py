@@ -23,12 +23,15 @@ from ppa.data.protocols import load_train_set
 from ppa.data.transforms import build_eval_transform
 from ppa.device import DeviceSettings
 from ppa.dp import PerSampleGradients, PrivateModelError, PrivateStep, per_record_losses
-from ppa.dp.finetune import FinetuneSettings, ParameterAverage, prepare_finetune
+from ppa.dp.averaging import ParameterAverage
 from ppa.dp.sgd import check_private_model
 from ppa.model import create_model
+from ppa.model.finetune import FinetuneSettings, prepare_finetune
 from ppa.synthetic.writer import write_synthetic_sysu
+from ppa.training.loop import train_one_epoch
 from ppa.training.objective import PPAObjective
 from ppa.training.optim import create_optimizer
+from ppa.training.setup import TrainingSetup
 from ppa.training.step import StepContext
 
 from conftest import tiny_overrides
@@ -126,6 +129,53 @@ def test_the_recipe_trains_the_late_part_only_and_locks_batch_norm(
             torch.testing.assert_close(value, stats[key], msg=key)  # statistics never move
     with pytest.raises(ValueError, match=r"\['trunk.layer9'\].*match no parameter"):
         prepare_finetune(create_model(ft_cfg.model, 12), FinetuneSettings(train=("trunk.layer9",)))
+
+
+def test_non_dp_finetuning_trains_what_dp_finetuning_trains(
+    tiny_sysu_root: Path, tmp_path: Path, ft_cfg: DictConfig
+) -> None:
+    """privacy=finetune (the curve's non-DP reference): the set-up every non-DP path builds
+    freezes the same parameters as the DP recipe and locks BatchNorm; an ordinary training
+    epoch then moves layer4 and the classifier and nothing else."""
+    cfg = load_config(tiny_overrides(tiny_sysu_root, tmp_path / "ref", "privacy=finetune"))
+    assert not cfg.privacy.enabled and not cfg.federation.calibrate_norm_statistics
+    train_set = load_train_set(cfg.dataset)
+    setup = TrainingSetup.create(
+        cfg, root=train_set.root, num_classes=train_set.num_classes, owner="central"
+    )
+    model = setup.model
+    dp_model = create_model(ft_cfg.model, train_set.num_classes)
+    prepare_finetune(dp_model, FinetuneSettings.from_config(ft_cfg))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {n for n, p in dp_model.named_parameters() if p.requires_grad}
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = create_optimizer(model, cfg.train.optimizer)
+    train_one_epoch(
+        setup.step_context(),
+        setup.train_loader(train_set.records, seed=0),
+        optimizer,
+        max_batches=2,
+        progress=False,
+    )
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert norms and not any(m.training for m in norms)
+    moved = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert moved and moved <= trainable, moved - trainable  # no statistic, no frozen weight
+    assert "classifier.weight" in moved
+    assert any(k.startswith("trunk.layer4") for k in moved)
+
+
+def test_dp_step_keys_are_refused_without_dp(tiny_sysu_root: Path, tmp_path: Path) -> None:
+    cfg = load_config(
+        tiny_overrides(
+            tiny_sysu_root, tmp_path, "privacy=finetune", "+privacy.finetune.ema_decay=0.9"
+        )
+    )
+    train_set = load_train_set(cfg.dataset)
+    with pytest.raises(ValueError, match=r"privacy\.finetune\.ema_decay shape DP-SGD's step"):
+        TrainingSetup.create(
+            cfg, root=train_set.root, num_classes=train_set.num_classes, owner="central"
+        )
 
 
 @pytest.mark.parametrize("trunk_stats", ["shared", "modality"])

@@ -200,3 +200,16 @@ def test_a_start_without_a_record_is_refused_and_the_server_checks(
     with pytest.raises(PublicStartError, match="records no training data"):
         FederatedRun(cfg)
     assert check_public_start(plain) is None  # no start: nothing to check
+
+
+def test_the_shifted_public_set_is_another_domain_and_another_namespace() -> None:
+    """dataset=synthetic_public_shifted: the public set's size, other writer settings and a
+    seed of its own, so its identity namespace is neither the sites' nor synthetic_public's."""
+    public = load_config(["dataset=synthetic_public"]).dataset
+    shifted = load_config(["dataset=synthetic_public_shifted"]).dataset
+    private = load_config(["dataset=synthetic_sysu"]).dataset
+    assert shifted.synthetic.num_train_ids == public.synthetic.num_train_ids
+    assert len({public.synthetic.seed, shifted.synthetic.seed, private.synthetic.seed}) == 3
+    assert shifted.synthetic.infrared_luminance < private.synthetic.infrared_luminance
+    assert shifted.synthetic.view_jitter > 0.28 and shifted.synthetic.clutter_max > 2
+    assert shifted.root != public.root

@@ -21,7 +21,6 @@ from ppa.config import resolve_path
 from ppa.data.noise_keys import CENTRAL
 from ppa.data.protocols import load_train_set
 from ppa.dp.accounting import LedgerError, PrivacyBudgetExhaustedError, PrivacyLedger
-from ppa.dp.finetune import FinetuneSettings, prepare_finetune
 from ppa.dp.round import (
     commit_releases,
     poisson_loader,
@@ -31,6 +30,7 @@ from ppa.dp.round import (
 from ppa.dp.settings import PrivacyConfigError, PrivacySettings
 from ppa.dp.sgd import PerSampleGradients
 from ppa.io import atomic_write_json
+from ppa.model.finetune import FinetuneSettings, prepare_finetune
 from ppa.prototypes import IdentityPrototypes
 from ppa.public_start import check_public_start, training_provenance
 from ppa.seeding import seed_everything

@@ -17,12 +17,13 @@ import torch
 
 from ppa.data.records import MODALITIES, TrainRecord
 from ppa.dp.accounting import PrivacyLedger, Release, plan_round
+from ppa.dp.averaging import ParameterAverage
 from ppa.dp.budgets import noise_for_round, with_noise
-from ppa.dp.finetune import FinetuneSettings, ParameterAverage
 from ppa.dp.prototypes import PrototypeRelease, release_prototypes
 from ppa.dp.sampling import create_poisson_loader, create_release_loader
 from ppa.dp.settings import PrivacySettings
 from ppa.dp.sgd import PerSampleGradients, PrivateStep
+from ppa.model.finetune import FinetuneSettings
 from ppa.prototypes import IdentityPrototypes
 from ppa.training.loop import train_epoch
 from ppa.training.setup import TrainingSetup

@@ -28,8 +28,10 @@ from torch import nn
 from ppa import losses
 from ppa.data.loader import Batch
 from ppa.data.records import Modality
-from ppa.dp.finetune import is_frozen_norm
 from ppa.model import ModalityOffsets, PPAEncoder
+from ppa.model.finetune import is_frozen_norm
+from ppa.model.neck import ModalityBatchNorm1d
+from ppa.model.routing import route_by_modality
 from ppa.training.objective import PROTOTYPE_TERMS
 from ppa.training.step import StepContext, step_inputs
 
@@ -52,6 +54,28 @@ def _offsets_grad_sample(
         if param.requires_grad:
             mask = (modality == m.index).to(backprops.dtype).unsqueeze(-1)
             grads[param] = backprops * mask
+    return grads
+
+
+@register_grad_sampler(ModalityBatchNorm1d)
+def _modality_norm_grad_sample(
+    layer: ModalityBatchNorm1d, activations: list[torch.Tensor], backprops: torch.Tensor
+) -> dict[nn.Parameter, torch.Tensor]:
+    """Per-sample gradients of the BNNeck affine over frozen statistics:
+    y = normed(x) * w + b, so dL/dw per sample = backprop * normed(x), dL/db = backprop."""
+    if any(stats.training for stats in layer.stats.values()):
+        raise RuntimeError(
+            "BNNeck statistics in training mode couple the records of a batch: freeze them "
+            "(ppa.model.finetune.freeze_batch_norm) before DP-SGD"
+        )
+    x, modality = activations[0], activations[1]
+    with torch.no_grad():
+        normed = route_by_modality(x, modality, layer.stats, layer.modalities)
+    grads = {}
+    if layer.weight.requires_grad:
+        grads[layer.weight] = backprops * normed
+    if layer.bias.requires_grad:
+        grads[layer.bias] = backprops
     return grads
 
 

@@ -22,6 +22,7 @@ from ppa.data.noise_keys import NoiseKeys
 from ppa.data.records import TrainRecord
 from ppa.device import DeviceSettings
 from ppa.model import PPAEncoder, create_model
+from ppa.model.finetune import FinetuneSettings, prepare_finetune
 from ppa.training.objective import PPAObjective
 from ppa.training.step import StepContext
 
@@ -56,6 +57,11 @@ class TrainingSetup:
             else None
         )
         model = device.place(create_model(cfg.model, num_classes))
+        if not cfg.privacy.get("enabled", False):
+            # Without DP, privacy.finetune (privacy=finetune) freezes what the public start
+            # keeps, exactly as DP fine-tuning does: the non-DP reference of the privacy-utility
+            # curve. Under DP the private trainer applies it with its step-shaping keys.
+            prepare_finetune(model, FinetuneSettings.from_config(cfg).without_dp_steps())
         anonymizer = KprAnonymizer.from_config(cfg).to(device.device) if needs_pose else None
         noise_keys = noise_keys_for(cfg, owner) if needs_pose else None
         return cls(

@@ -1,40 +1,28 @@
-"""Private fine-tuning of a public start: what DP-SGD trains, frozen BatchNorm, averaging.
+"""Fine-tuning a pretrained start: which parameters train, BatchNorm frozen in evaluation mode.
 
-DP-SGD's noise grows with the number of trained parameters and its clipping with the size of
-the per-record gradients, so the recipe that makes DP learn (Tramer and Boneh 2021; De et al.
-2022; opacus's fine-tuning tutorials) starts from public features and trains only the late
-part: ``privacy.finetune.train`` lists the parameter-name prefixes DP-SGD updates (by default
-the last trunk stage, the GeM exponent, the BNNeck, the classifier and the DCMA offsets);
-everything else is frozen at the public start.
+Fine-tuning a public start trains only its late part: ``privacy.finetune.train`` lists the
+parameter-name prefixes that are updated; everything else stays at the start. DP-SGD needs
+this most (its noise grows with the number of trained parameters; Tramer and Boneh 2021, De
+et al. 2022), and the non-DP reference of the privacy-utility curve (``privacy=finetune``)
+fine-tunes the same parameters from the same start, so the two differ only by DP.
 
 BatchNorm normalises a record with the statistics of the others. Instead of replacing it with
-GroupNorm (which would throw away the start's statistics), every BatchNorm is *frozen in
+GroupNorm (which would throw away the start's statistics), every BatchNorm can be *frozen in
 evaluation mode*: it normalises with the start's running statistics, a fixed per-channel
 affine map that touches one record at a time, and ``model.train()`` cannot switch it back.
 Backbone BatchNorm affines are frozen too; the BNNeck's affine (a parameter of
-`ModalityBatchNorm1d`, over frozen statistics) is trained, with the per-sample gradient
-defined here.
-
-`ParameterAverage` keeps an exponential moving average of the trained weights over the DP
-steps (post-processing: free in privacy) that replaces them before the update leaves the site.
+`ModalityBatchNorm1d`, over frozen statistics) stays trainable when listed.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
 from omegaconf import DictConfig
-from opacus.grad_sample import register_grad_sampler
 from torch import nn
 
 from ppa.model.modality_norm import ModalityBatchNorm2d
-from ppa.model.neck import ModalityBatchNorm1d
-from ppa.model.routing import route_by_modality
-
-logger = logging.getLogger(__name__)
 
 
 class _EvalModeOnly:
@@ -88,31 +76,10 @@ def freeze_batch_norm(model: nn.Module) -> list[str]:
     return frozen
 
 
-@register_grad_sampler(ModalityBatchNorm1d)
-def _modality_norm_grad_sample(
-    layer: ModalityBatchNorm1d, activations: list[torch.Tensor], backprops: torch.Tensor
-) -> dict[nn.Parameter, torch.Tensor]:
-    """Per-sample gradients of the BNNeck affine over frozen statistics:
-    y = normed(x) * w + b, so dL/dw per sample = backprop * normed(x), dL/db = backprop."""
-    if any(stats.training for stats in layer.stats.values()):
-        raise RuntimeError(
-            "BNNeck statistics in training mode couple the records of a batch: freeze them "
-            "(ppa.dp.finetune.freeze_batch_norm) before DP-SGD"
-        )
-    x, modality = activations[0], activations[1]
-    with torch.no_grad():
-        normed = route_by_modality(x, modality, layer.stats, layer.modalities)
-    grads = {}
-    if layer.weight.requires_grad:
-        grads[layer.weight] = backprops * normed
-    if layer.bias.requires_grad:
-        grads[layer.bias] = backprops
-    return grads
-
-
 @dataclass(frozen=True)
 class FinetuneSettings:
-    """``privacy.finetune``: which parameters DP-SGD trains and how the step is shaped.
+    """``privacy.finetune``: which parameters train (with or without DP) and how DP-SGD's step
+    is shaped (the last three keys apply under DP only).
 
     train: parameter-name prefixes that are trained (all others are frozen); empty = all.
     freeze_batch_norm: lock BatchNorm in evaluation mode (needs a start with statistics).
@@ -142,6 +109,23 @@ class FinetuneSettings:
             )
         if self.ema_decay is not None and not 0 <= self.ema_decay < 1:
             raise ValueError(f"privacy.finetune.ema_decay must be in [0, 1), got {self.ema_decay}")
+
+    def without_dp_steps(self) -> FinetuneSettings:
+        """The settings for non-DP training, which has no Poisson batches, per-record
+        gradients or DP steps to average: raises when a step-shaping key is set."""
+        shaping = {
+            "augmentation_multiplicity": self.augmentation_multiplicity != 1,
+            "physical_batch": self.physical_batch is not None,
+            "ema_decay": self.ema_decay is not None,
+        }
+        if any(shaping.values()):
+            keys = ", ".join(f"privacy.finetune.{k}" for k, v in shaping.items() if v)
+            raise ValueError(
+                f"{keys} shape DP-SGD's step; "
+                "without DP (privacy.enabled=false) only privacy.finetune.train and "
+                "privacy.finetune.freeze_batch_norm apply"
+            )
+        return self
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> FinetuneSettings:
@@ -188,24 +172,3 @@ def prepare_finetune(model: nn.Module, settings: FinetuneSettings) -> list[str]:
     if settings.freeze_batch_norm:
         frozen += [f"{n} (BatchNorm, eval mode)" for n in freeze_batch_norm(model)]
     return frozen
-
-
-class ParameterAverage:
-    """Exponential moving average of a model's trainable parameters over optimiser steps."""
-
-    def __init__(self, model: nn.Module, decay: float):
-        self.model = model
-        self.decay = float(decay)
-        self.params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        self.average = {n: p.detach().clone() for n, p in self.params}
-
-    def update(self) -> None:
-        with torch.no_grad():
-            for name, param in self.params:
-                self.average[name].mul_(self.decay).add_(param.detach(), alpha=1 - self.decay)
-
-    def apply(self) -> None:
-        """Write the averages into the model (before it is packaged or saved)."""
-        with torch.no_grad():
-            for name, param in self.params:
-                param.copy_(self.average[name])
