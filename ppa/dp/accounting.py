@@ -70,7 +70,15 @@ def epsilon_of(releases: Iterable[Release], delta: float, accountant: str = "rdp
     """Epsilon at `delta` of the composition of `releases` (opacus's accountant)."""
     if accountant not in ACCOUNTANTS:
         raise ValueError(f"accountant must be one of {ACCOUNTANTS}, got {accountant!r}")
-    history = [(r.noise, r.rate, r.steps) for r in releases if r.steps > 0]
+    # Releases of one mechanism (noise, rate) compose into one entry of their summed steps:
+    # both accountants compose a history entry's steps exactly like separate entries, and
+    # the cost grows with the entries (a ledger repeats one mechanism every round, and the
+    # budget calibration evaluates a whole plan per bisection step).
+    steps: dict[tuple[float, float], int] = {}
+    for r in releases:
+        if r.steps > 0:
+            steps[(r.noise, r.rate)] = steps.get((r.noise, r.rate), 0) + r.steps
+    history = [(noise, rate, count) for (noise, rate), count in steps.items()]
     if not history:
         return 0.0
     acc = create_accountant(accountant)
