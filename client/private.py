@@ -34,7 +34,7 @@ from ppa.dp.round import (
     release_private_prototypes,
 )
 from ppa.io import atomic_write_json
-from ppa.model.finetune import FinetuneSettings, prepare_finetune
+from ppa.model.finetune import FinetuneSettings
 from ppa.prototypes import IdentityPrototypes
 from ppa.public_start import check_public_start
 from ppa.training.loop import global_epoch
@@ -102,10 +102,9 @@ class PrivateTraining:
         self.site = site
         self.settings = PrivacySettings.from_config(cfg)
         frozen = freeze_other_modalities(setup.model, site.modality)
-        # The fine-tuning recipe (privacy.finetune): train the late part only, BatchNorm
-        # frozen in eval mode; a public start must not hold any of this site's identities.
+        # The fine-tuning recipe's step-shaping keys (privacy.finetune; the set-up already froze
+        # what it does not train); a public start must not hold any of this site's identities.
         self.finetune = FinetuneSettings.from_config(cfg)
-        frozen += prepare_finetune(setup.model, self.finetune)
         check_public_start(cfg, site=site.name, site_pids={r.pid for r in site.records})
         # Raises (naming model.norm) for a BatchNorm model; hooks stay on for the model's life.
         self.per_sample = PerSampleGradients(setup.model)

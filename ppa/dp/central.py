@@ -30,7 +30,7 @@ from ppa.dp.round import (
 from ppa.dp.settings import PrivacyConfigError, PrivacySettings
 from ppa.dp.sgd import PerSampleGradients
 from ppa.io import atomic_write_json
-from ppa.model.finetune import FinetuneSettings, prepare_finetune
+from ppa.model.finetune import FinetuneSettings
 from ppa.prototypes import IdentityPrototypes
 from ppa.public_start import check_public_start, training_provenance
 from ppa.seeding import seed_everything
@@ -73,7 +73,6 @@ def train_central_private(cfg: DictConfig) -> Path:
         multiplicity=finetune.augmentation_multiplicity,
     )
     sampler = loader.batch_sampler
-    prepare_finetune(model, finetune)  # privacy.finetune: what DP-SGD trains, frozen BatchNorm
     grads = PerSampleGradients(model)
     optimizer = create_optimizer(model, cfg.train.optimizer)
     ledger = PrivacyLedger(accountant=privacy.accountant)

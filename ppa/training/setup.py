@@ -57,11 +57,13 @@ class TrainingSetup:
             else None
         )
         model = device.place(create_model(cfg.model, num_classes))
+        # privacy.finetune: what a fine-tuned public start trains and whether its BatchNorm is
+        # frozen, the same with DP (privacy=dp_finetune) and without (privacy=finetune, the
+        # privacy-utility curve's reference); the step-shaping keys exist under DP only.
+        finetune = FinetuneSettings.from_config(cfg)
         if not cfg.privacy.get("enabled", False):
-            # Without DP, privacy.finetune (privacy=finetune) freezes what the public start
-            # keeps, exactly as DP fine-tuning does: the non-DP reference of the privacy-utility
-            # curve. Under DP the private trainer applies it with its step-shaping keys.
-            prepare_finetune(model, FinetuneSettings.from_config(cfg).without_dp_steps())
+            finetune = finetune.without_dp_steps()
+        prepare_finetune(model, finetune)
         anonymizer = KprAnonymizer.from_config(cfg).to(device.device) if needs_pose else None
         noise_keys = noise_keys_for(cfg, owner) if needs_pose else None
         return cls(
