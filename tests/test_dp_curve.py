@@ -61,6 +61,19 @@ def test_points_and_their_overrides(tmp_path: Path) -> None:
     )
 
 
+def test_the_norms_curve_swaps_only_the_dp_recipe() -> None:
+    """privacy_curve=norms: its finite epsilons compose privacy=dp_finetune_norms at its own
+    rate; the inf point is the default curve's non-DP reference, unchanged."""
+    default = load_config([]).privacy_curve
+    norms = load_config(["privacy_curve=norms"]).privacy_curve
+    assert list(norms.public) == list(default.public)
+    assert norms.output_dir != default.output_dir
+    run = load_config([*norms.private, "privacy.epsilon_budget=8"])
+    assert run.privacy.name == "dp_finetune_norms" and run.privacy.enabled
+    assert run.train.optimizer.lr_backbone == pytest.approx(0.5)
+    assert list(run.privacy.finetune.train) == [] and run.privacy.max_grad_norm == 0.1
+
+
 def test_table_and_plot_from_histories(tmp_path: Path) -> None:
     points = plan_points([2, "inf"], [0, 1], tmp_path)
     _history(points[0].output_dir, (0.10, 0.08), (0.12, 0.10), 1.99)

@@ -1,5 +1,5 @@
-"""DP fine-tuning of a public start (privacy=dp_finetune): what is trained, BatchNorm frozen in
-evaluation mode, per-record gradients through the frozen statistics, augmentation
+"""DP fine-tuning of a public start (privacy=dp_finetune): what is trained, BatchNorm frozen at
+its statistics, per-record gradients through the frozen statistics, augmentation
 multiplicity and virtual steps, and that DP fine-tuning lowers the loss from the start."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from ppa.dp import PerSampleGradients, PrivateModelError, PrivateStep, per_recor
 from ppa.dp.averaging import ParameterAverage
 from ppa.dp.sgd import check_private_model
 from ppa.model import create_model
-from ppa.model.finetune import FinetuneSettings, prepare_finetune
+from ppa.model.finetune import FinetuneSettings, is_frozen_norm, prepare_finetune
 from ppa.synthetic.writer import write_synthetic_sysu
 from ppa.training.loop import train_one_epoch
 from ppa.training.objective import PPAObjective
@@ -84,8 +84,11 @@ def _prepared(cfg: DictConfig, num_classes: int) -> nn.Module:
             module.running_var.uniform_(0.5, 2.0)
     # Wider than the default recipe, so the BNNeck affine's per-sample gradient (over frozen
     # statistics), the offsets and the GeM exponent are exercised too.
+    # The trunk's last-stage norm affines train over their frozen statistics (norm_affine).
     wide = ("trunk.layer4", "pool", "neck", "classifier", "offsets")
-    prepare_finetune(model, FinetuneSettings(train=wide, freeze_batch_norm=True))
+    prepare_finetune(
+        model, FinetuneSettings(train=wide, freeze_batch_norm=True, norm_affine=("trunk.layer4",))
+    )
     return model.train()
 
 
@@ -104,7 +107,7 @@ def test_the_recipe_trains_the_late_part_only_and_locks_batch_norm(
     settings = FinetuneSettings.from_config(ft_cfg)
     assert settings.freeze_batch_norm and settings.augmentation_multiplicity == 2
     model = create_model(ft_cfg.model, 12)
-    with pytest.raises(PrivateModelError, match="freeze it in eval mode"):
+    with pytest.raises(PrivateModelError, match="freeze its statistics"):
         check_private_model(model)  # live BatchNorm couples records
     frozen = prepare_finetune(model, settings)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -116,10 +119,10 @@ def test_the_recipe_trains_the_late_part_only_and_locks_batch_norm(
         for n in trainable
     )
     assert not any("bn" in n for n in trainable)  # backbone BatchNorm affines frozen too
-    assert any("BatchNorm, eval mode" in f for f in frozen)
+    assert any("BatchNorm, frozen statistics" in f for f in frozen)
     model.train()
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    assert norms and not any(m.training for m in norms)
+    assert norms and all(is_frozen_norm(m) for m in norms)
     check_private_model(model)
     stats = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
     images, modality = torch.randn(6, 3, 64, 32), torch.tensor([0, 0, 0, 1, 1, 1])
@@ -158,11 +161,88 @@ def test_non_dp_finetuning_trains_what_dp_finetuning_trains(
         progress=False,
     )
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    assert norms and not any(m.training for m in norms)
+    assert norms and all(is_frozen_norm(m) for m in norms)
     moved = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
     assert moved and moved <= trainable, moved - trainable  # no statistic, no frozen weight
     assert "classifier.weight" in moved
     assert any(k.startswith("trunk.layer4") for k in moved)
+
+
+@pytest.mark.parametrize("trunk_stats", ["shared", "modality"])
+def test_norm_affine_trains_scale_and_shift_over_frozen_statistics(
+    ft_cfg: DictConfig, trunk_stats: str
+) -> None:
+    """Scale-and-shift fine-tuning: the listed stage's norm affines train (an empty `train`
+    freezes every other parameter, the classifier included), its statistics and every other
+    norm's affine stay; an ordinary backward reaches exactly those affines."""
+    cfg = _with_trunk_stats(ft_cfg, trunk_stats)
+    model = create_model(cfg.model, 12)
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.running_mean.uniform_(-0.2, 0.2)
+    settings = FinetuneSettings(train=(), freeze_batch_norm=True, norm_affine=("trunk.layer4",))
+    prepare_finetune(model, settings)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    affines = trainable
+    assert affines and all(
+        n.startswith("trunk.layer4") and n.endswith((".weight", ".bias")) for n in affines
+    )
+    assert not any("conv" in n for n in affines)
+    # Every norm affine of layer4 (the residual branch's and the shortcut's), none elsewhere.
+    layer4_norms = {
+        n
+        for n, m in model.named_modules()
+        if n.startswith("trunk.layer4")
+        and hasattr(m, "num_features")
+        and getattr(m, "weight", None) is not None
+    }
+    assert {n.rsplit(".", 1)[0] for n in affines} == layer4_norms
+    check_private_model(model)
+    stats = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    model.train()
+    out = model(torch.randn(4, 3, 64, 32), torch.tensor([0, 0, 1, 1]))
+    out.logits.sum().backward()
+    for name, p in model.named_parameters():
+        assert (p.grad is not None) == (name in trainable), name
+    for key, value in model.state_dict().items():
+        if key in stats:
+            torch.testing.assert_close(value, stats[key], msg=key)
+    with pytest.raises(ValueError, match=r"\['trunk.layer9'\].*name no BatchNorm"):
+        prepare_finetune(
+            create_model(cfg.model, 12),
+            FinetuneSettings(freeze_batch_norm=True, norm_affine=("trunk.layer9",)),
+        )
+    with pytest.raises(ValueError, match=r"needs privacy\.finetune\.freeze_batch_norm"):
+        FinetuneSettings(norm_affine=("trunk.layer4",))
+    with pytest.raises(ValueError, match="nothing would train"):
+        FinetuneSettings(train=(), freeze_batch_norm=True)
+
+
+def test_scale_and_shift_recipe_trains_every_norm_affine_and_nothing_else(
+    tiny_sysu_root: Path, tmp_path: Path
+) -> None:
+    """privacy=dp_finetune_norms: the stems' and trunk's norm affines train under DP-SGD at a
+    clip of 0.1; the classifier, convolutions and the BNNeck stay at the start."""
+    cfg = load_config(
+        tiny_overrides(
+            tiny_sysu_root, tmp_path, "privacy=dp_finetune_norms", "privacy.secret_seed=5"
+        )
+    )
+    assert cfg.privacy.enabled and cfg.privacy.max_grad_norm == pytest.approx(0.1)
+    settings = FinetuneSettings.from_config(cfg)
+    assert settings.train == () and settings.augmentation_multiplicity == 2
+    model = create_model(cfg.model, 12)
+    prepare_finetune(model, settings)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    norms = {
+        n
+        for n, m in model.named_modules()
+        if n.startswith(("stems", "trunk"))
+        and hasattr(m, "num_features")
+        and getattr(m, "weight", None) is not None
+    }
+    assert norms and trainable == {f"{n}.{p}" for n in norms for p in ("weight", "bias")}
+    PerSampleGradients(model).close()  # every trained module has a per-sample gradient
 
 
 def test_dp_step_keys_are_refused_without_dp(tiny_sysu_root: Path, tmp_path: Path) -> None:
@@ -193,6 +273,8 @@ def test_per_record_gradient_through_frozen_statistics_is_that_record_alone(
     grads.reset()
     assert "neck.weight" in per_record and "trunk.layer4.0.conv1.weight" in per_record
     assert "offsets.infrared" in per_record
+    affines = [n for n in per_record if n.startswith("trunk.layer4") and ".bn" in n]
+    assert affines and all(n.endswith((".weight", ".bias")) for n in affines)
     for r in range(len(batch)):
         one = Batch(**{k: getattr(batch, k)[r : r + 1] for k in batch.__dataclass_fields__})
         model.zero_grad(set_to_none=True)

@@ -23,13 +23,15 @@ from dataclasses import fields
 import torch
 import torch.nn.functional as F
 from opacus.grad_sample import GradSampleHooks, register_grad_sampler
+from timm.models.resnet import BasicBlock, Bottleneck
 from torch import nn
 
 from ppa import losses
 from ppa.data.loader import Batch
 from ppa.data.records import Modality
 from ppa.model import ModalityOffsets, PPAEncoder
-from ppa.model.finetune import is_frozen_norm
+from ppa.model.finetune import FrozenBatchNorm2d, is_frozen_norm
+from ppa.model.modality_norm import ModalityBatchNorm2d
 from ppa.model.neck import ModalityBatchNorm1d
 from ppa.model.routing import route_by_modality
 from ppa.training.objective import PROTOTYPE_TERMS
@@ -63,9 +65,9 @@ def _modality_norm_grad_sample(
 ) -> dict[nn.Parameter, torch.Tensor]:
     """Per-sample gradients of the BNNeck affine over frozen statistics:
     y = normed(x) * w + b, so dL/dw per sample = backprop * normed(x), dL/db = backprop."""
-    if any(stats.training for stats in layer.stats.values()):
+    if not all(is_frozen_norm(stats) for stats in layer.stats.values()):
         raise RuntimeError(
-            "BNNeck statistics in training mode couple the records of a batch: freeze them "
+            "live BNNeck statistics couple the records of a batch: freeze them "
             "(ppa.model.finetune.freeze_batch_norm) before DP-SGD"
         )
     x, modality = activations[0], activations[1]
@@ -76,6 +78,49 @@ def _modality_norm_grad_sample(
         grads[layer.weight] = backprops * normed
     if layer.bias.requires_grad:
         grads[layer.bias] = backprops
+    return grads
+
+
+@register_grad_sampler(FrozenBatchNorm2d)
+def _frozen_norm_grad_sample(
+    layer: FrozenBatchNorm2d, activations: list[torch.Tensor], backprops: torch.Tensor
+) -> dict[nn.Parameter, torch.Tensor]:
+    """Per-sample gradients of a BatchNorm2d affine over frozen statistics
+    (``privacy.finetune.norm_affine``): dL/dw = sum over positions of backprop * normed(x),
+    dL/db = sum of backprop."""
+    x = activations[0]
+    with torch.no_grad():
+        normed = F.batch_norm(
+            x, layer.running_mean, layer.running_var, training=False, eps=layer.eps
+        )
+    return _affine_grads(layer.weight, layer.bias, normed, backprops)
+
+
+@register_grad_sampler(ModalityBatchNorm2d)
+def _modality_norm2d_grad_sample(
+    layer: ModalityBatchNorm2d, activations: list[torch.Tensor], backprops: torch.Tensor
+) -> dict[nn.Parameter, torch.Tensor]:
+    """As `_frozen_norm_grad_sample` for the trunk's per-modality norms: each row normalised
+    with its own modality's frozen statistics, one shared affine."""
+    if not all(is_frozen_norm(stats) for stats in layer.stats.values()):
+        raise RuntimeError(
+            "live trunk statistics couple the records of a batch: freeze them "
+            "(ppa.model.finetune.freeze_batch_norm) before DP-SGD"
+        )
+    x = activations[0]
+    with torch.no_grad():
+        normed = route_by_modality(x, layer.last_modality, layer.stats, layer.modalities)
+    return _affine_grads(layer.weight, layer.bias, normed, backprops)
+
+
+def _affine_grads(
+    weight: nn.Parameter, bias: nn.Parameter, normed: torch.Tensor, backprops: torch.Tensor
+) -> dict[nn.Parameter, torch.Tensor]:
+    grads = {}
+    if weight.requires_grad:
+        grads[weight] = (backprops * normed).sum(dim=(2, 3))
+    if bias.requires_grad:
+        grads[bias] = backprops.sum(dim=(2, 3))
     return grads
 
 
@@ -94,7 +139,7 @@ def check_private_model(model: PPAEncoder) -> None:
         raise PrivateModelError(
             f"DP-SGD needs per-sample normalisation but the model has BatchNorm at "
             f"{coupled[:3]}{'...' if len(coupled) > 3 else ''}: set model.norm=group "
-            "(privacy=dp does), or freeze it in eval mode (privacy=dp_finetune)"
+            "(privacy=dp does), or freeze its statistics (privacy=dp_finetune)"
         )
 
 
@@ -173,6 +218,32 @@ def per_record_losses(
     return total, terms, nviews
 
 
+class _Clone(nn.Module):
+    """A copy of its input (no parameters, no state-dict entries)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.clone()
+
+
+def _out_of_place_after_trained_norms(model: nn.Module) -> None:
+    """opacus's full backward hooks forbid in-place changes of a hooked module's output. A
+    trained norm affine (``privacy.finetune.norm_affine``) is hooked, and the trunk modifies
+    norm outputs in place twice: in-place activations, and a residual block's ``x +=
+    shortcut`` on its last norm. Activations are switched to out-of-place ones and a copy is
+    taken at the block's drop-path slot, just before the addition: the same values."""
+    for module in model.modules():
+        if getattr(module, "inplace", False) is True:
+            module.inplace = False
+        if isinstance(module, (BasicBlock, Bottleneck)):
+            last = module.bn3 if isinstance(module, Bottleneck) else module.bn2
+            if any(p.requires_grad for p in last.parameters(recurse=False)):
+                drop = module.drop_path
+                if drop is None:
+                    module.drop_path = _Clone()
+                elif not isinstance(drop, nn.Sequential) or not isinstance(drop[-1], _Clone):
+                    module.drop_path = nn.Sequential(drop, _Clone())
+
+
 class PerSampleGradients:
     """opacus's per-sample-gradient hooks on a PPA model, reduced to per-record gradients.
 
@@ -197,6 +268,7 @@ class PerSampleGradients:
         # private model may have are frozen BatchNorm statistics (checked above), under the
         # BNNeck's trained affine.
         frozen_norms = any(is_frozen_norm(m) for m in model.modules())
+        _out_of_place_after_trained_norms(model)
         self.hooks = GradSampleHooks(model, loss_reduction="sum", strict=not frozen_norms)
 
     def per_record(self, num_records: int, row_modality: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -44,6 +44,7 @@ class ModalityBatchNorm2d(nn.Module):
             {m.value: nn.BatchNorm2d(num_features, eps=eps, affine=False) for m in self.modalities}
         )
         self.modality: torch.Tensor | None = None  # set by `modality_routing` for one pass
+        self.last_modality: torch.Tensor | None = None  # the last trainable pass's routing
 
     @classmethod
     def from_batch_norm(
@@ -71,6 +72,10 @@ class ModalityBatchNorm2d(nn.Module):
                 "encoder (forward_features), which routes it"
             )
         normed = route_by_modality(x, self.modality, self.stats, self.modalities)
+        if self.weight.requires_grad or self.bias.requires_grad:
+            # A per-sample-gradient hook runs after the routing has ended and needs each
+            # row's modality to recompute `normed` (ppa/dp/sgd.py).
+            self.last_modality = self.modality
         return normed * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
 
 
