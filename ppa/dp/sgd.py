@@ -65,20 +65,11 @@ def _modality_norm_grad_sample(
 ) -> dict[nn.Parameter, torch.Tensor]:
     """Per-sample gradients of the BNNeck affine over frozen statistics:
     y = normed(x) * w + b, so dL/dw per sample = backprop * normed(x), dL/db = backprop."""
-    if not all(is_frozen_norm(stats) for stats in layer.stats.values()):
-        raise RuntimeError(
-            "live BNNeck statistics couple the records of a batch: freeze them "
-            "(ppa.model.finetune.freeze_batch_norm) before DP-SGD"
-        )
+    _require_frozen_statistics(layer, "BNNeck")
     x, modality = activations[0], activations[1]
     with torch.no_grad():
         normed = route_by_modality(x, modality, layer.stats, layer.modalities)
-    grads = {}
-    if layer.weight.requires_grad:
-        grads[layer.weight] = backprops * normed
-    if layer.bias.requires_grad:
-        grads[layer.bias] = backprops
-    return grads
+    return _affine_grads(layer.weight, layer.bias, normed, backprops)
 
 
 @register_grad_sampler(FrozenBatchNorm2d)
@@ -102,25 +93,32 @@ def _modality_norm2d_grad_sample(
 ) -> dict[nn.Parameter, torch.Tensor]:
     """As `_frozen_norm_grad_sample` for the trunk's per-modality norms: each row normalised
     with its own modality's frozen statistics, one shared affine."""
-    if not all(is_frozen_norm(stats) for stats in layer.stats.values()):
-        raise RuntimeError(
-            "live trunk statistics couple the records of a batch: freeze them "
-            "(ppa.model.finetune.freeze_batch_norm) before DP-SGD"
-        )
+    _require_frozen_statistics(layer, "trunk")
     x = activations[0]
     with torch.no_grad():
         normed = route_by_modality(x, layer.last_modality, layer.stats, layer.modalities)
     return _affine_grads(layer.weight, layer.bias, normed, backprops)
 
 
+def _require_frozen_statistics(layer: nn.Module, where: str) -> None:
+    if not all(is_frozen_norm(stats) for stats in layer.stats.values()):
+        raise RuntimeError(
+            f"live {where} statistics couple the records of a batch: freeze them "
+            "(ppa.model.finetune.freeze_batch_norm) before DP-SGD"
+        )
+
+
 def _affine_grads(
     weight: nn.Parameter, bias: nn.Parameter, normed: torch.Tensor, backprops: torch.Tensor
 ) -> dict[nn.Parameter, torch.Tensor]:
+    """Per-sample gradients of y = normed * w + b (per channel, dim 1), summed over the
+    positions of a feature map (none for a vector)."""
+    positions = tuple(range(2, normed.dim()))
     grads = {}
     if weight.requires_grad:
-        grads[weight] = (backprops * normed).sum(dim=(2, 3))
+        grads[weight] = (backprops * normed).sum(dim=positions) if positions else backprops * normed
     if bias.requires_grad:
-        grads[bias] = backprops.sum(dim=(2, 3))
+        grads[bias] = backprops.sum(dim=positions) if positions else backprops
     return grads
 
 
