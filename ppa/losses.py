@@ -7,10 +7,21 @@ import torch.nn.functional as F
 
 
 def identity_loss(
-    logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.1
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    label_smoothing: float = 0.1,
+    margin: float = 0.0,
+    reduction: str = "mean",
 ) -> torch.Tensor:
-    """Label-smoothed cross-entropy over the identity classifier shared by all sites."""
-    return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+    """Label-smoothed cross-entropy over the identity classifier shared by all sites.
+
+    `margin` is subtracted from each row's target logit first (CosFace's additive margin for a
+    cosine classifier): a record only scores as well as before if its target wins by that much.
+    """
+    logits = logits.float()
+    if margin:
+        logits = logits - margin * F.one_hot(labels, logits.shape[-1]).to(logits.dtype)
+    return F.cross_entropy(logits, labels, label_smoothing=label_smoothing, reduction=reduction)
 
 
 def _euclidean(x: torch.Tensor) -> torch.Tensor:

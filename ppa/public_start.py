@@ -40,9 +40,15 @@ logger = logging.getLogger(__name__)
 PROVENANCE_KEY = "training_data"
 # ppa.checkpoint's format tag (that module imports ppa.model, which imports this one lazily).
 CHECKPOINT_FORMAT = "ppa-checkpoint/1"
-# Weights tied to the training identities: not carried over to a run with other identities.
-IDENTITY_BOUND = ("classifier.weight",)
+# The module whose state is tied to the training identities (the classifier, whatever its
+# kind): not carried over to a run with other identities.
+IDENTITY_BOUND = "classifier"
 _SHOWN = 5
+
+
+def is_identity_bound(key: str) -> bool:
+    """Whether a state-dict key belongs to the identity classifier."""
+    return key.split(".", 1)[0] == IDENTITY_BOUND
 
 
 class PublicStartError(ValueError):

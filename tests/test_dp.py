@@ -25,6 +25,7 @@ from ppa.device import DeviceSettings
 from ppa.dp import (
     PROTOTYPES,
     SGD,
+    ClipGroups,
     LedgerError,
     PerSampleGradients,
     PoissonBatchSampler,
@@ -157,6 +158,12 @@ def test_settings_validate_and_default_the_batch(dp_cfg: DictConfig) -> None:
         _settings(accountant="moments")
     with pytest.raises(PrivacyConfigError, match=r"privacy\.site_budgets\.cam2"):
         _settings(site_budgets={"cam2": -1.0})
+    assert settings.clip_groups == {}
+    grouped = dp_cfg.copy()
+    grouped.privacy.clip_groups = {"classifier": 5.0}
+    assert PrivacySettings.from_config(grouped).clip_groups == {"classifier": 5.0}
+    with pytest.raises(PrivacyConfigError, match=r"privacy\.clip_groups\.neck"):
+        _settings(clip_groups={"neck": 0.0})
 
 
 # The per-sample model ------------------------------------------------------------------------
@@ -307,6 +314,36 @@ def test_clipping_bounds_a_record_scaled_a_thousandfold(dp_cfg: DictConfig) -> N
     assert norm({k: noisy[k] - without[k] for k in noisy}) <= max_norm + 1e-4
 
 
+def test_group_clipping_by_hand() -> None:
+    # Two records, three parameters: "head.w" in group "head" (C 1.0), "body.a" and "body.b"
+    # in the default group (C 0.5). Record 0: head (3, 4) -> norm 5 -> scaled to (0.6, 0.8);
+    # body (0.3, 0.4) -> norm 0.5 -> kept. Record 1: head (0, 0.5) -> kept; body (0, 2) ->
+    # norm 2 -> scaled by 1/4.
+    per_record = {
+        "head.w": torch.tensor([[3.0, 4.0], [0.0, 0.5]]),
+        "body.a": torch.tensor([[0.3], [0.0]]),
+        "body.b": torch.tensor([[0.4], [2.0]]),
+    }
+    groups = ClipGroups.build(per_record, 0.5, {"head": 1.0})
+    assert groups.count == 2 and groups.clip_of("body.a") == 0.5 and groups.clip_of("head.w") == 1
+    summed, norms = clip_and_sum(per_record, groups)
+    torch.testing.assert_close(summed["head.w"], torch.tensor([0.6, 1.3]))
+    torch.testing.assert_close(summed["body.a"], torch.tensor([0.3]))
+    torch.testing.assert_close(summed["body.b"], torch.tensor([0.4 + 0.5]))
+    torch.testing.assert_close(norms, torch.tensor([[0.5, 5.0], [2.0, 0.5]]))
+    assert groups.scaled_down(norms).tolist() == [True, True]
+    # Noise: sigma sqrt(K) C_k per group, so the rescaled mechanism has multiplier sigma.
+    assert groups.noise_std("head.w", 1.5) == pytest.approx(1.5 * math.sqrt(2) * 1.0)
+    assert groups.noise_std("body.b", 1.5) == pytest.approx(1.5 * math.sqrt(2) * 0.5)
+    # One group is plain clipping: the whole gradient to C, noise sigma C.
+    whole, whole_norms = clip_and_sum(per_record, 10.0)
+    torch.testing.assert_close(whole["head.w"], torch.tensor([3.0, 4.5]))
+    assert whole_norms.shape == (2, 1)
+    assert ClipGroups.build(per_record, 10.0).noise_std("head.w", 1.5) == pytest.approx(15.0)
+    with pytest.raises(ValueError, match=r"privacy\.clip_groups.*\['neck'\]"):
+        ClipGroups.build(per_record, 0.5, {"neck": 1.0})
+
+
 def test_private_step_noise_has_the_configured_std(dp_cfg: DictConfig) -> None:
     # An empty Poisson batch: the step adds noise only, grad = N(0, (sigma C)^2) / (q N).
     model = create_model(dp_cfg.model, 5).train()
@@ -335,6 +372,22 @@ def test_private_step_noise_has_the_configured_std(dp_cfg: DictConfig) -> None:
     assert step.steps == 1 and step.records == 0
     frozen = [p for n, p in model.named_parameters() if not p.requires_grad]
     assert frozen and all(p.grad is None for p in frozen)
+    # With the classifier in a group of its own (C 2.0): sqrt(2) sigma C_k in each group.
+    grouped = PrivateStep(
+        grads,
+        noise_multiplier=sigma,
+        max_grad_norm=clip,
+        expected_batch_size=expected,
+        seed=12,
+        clip_groups={"classifier": 2.0},
+    )
+    seen.clear()
+    grouped(ctx, empty, opt)
+    in_head = [name.startswith("classifier") for name, _ in grads.params]
+    head = torch.cat([g for h, g in zip(in_head, seen, strict=True) if h])
+    body = torch.cat([g for h, g in zip(in_head, seen, strict=True) if not h])
+    assert float(head.std()) == pytest.approx(math.sqrt(2) * sigma * 2.0 / expected, rel=0.05)
+    assert float(body.std()) == pytest.approx(math.sqrt(2) * sigma * clip / expected, rel=0.02)
 
 
 # Poisson sampling ----------------------------------------------------------------------------

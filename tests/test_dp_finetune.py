@@ -258,11 +258,17 @@ def test_dp_step_keys_are_refused_without_dp(tiny_sysu_root: Path, tmp_path: Pat
         )
 
 
-@pytest.mark.parametrize("trunk_stats", ["shared", "modality"])
+@pytest.mark.parametrize(
+    ("trunk_stats", "classifier"),
+    [("shared", "learned"), ("modality", "learned"), ("shared", "cosine"), ("shared", "projected")],
+)
 def test_per_record_gradient_through_frozen_statistics_is_that_record_alone(
-    ft_cfg: DictConfig, trunk_stats: str
+    ft_cfg: DictConfig, trunk_stats: str, classifier: str
 ) -> None:
     ft_cfg = _with_trunk_stats(ft_cfg, trunk_stats)
+    ft_cfg.model.classifier = classifier
+    ft_cfg.model.cosine_margin = 0.3  # a cosine classifier's rows through their normalisation
+    ft_cfg.model.classifier_rank = 8
     batch, num_classes = _batch(ft_cfg, 2)
     model = _prepared(ft_cfg, num_classes)
     grads = PerSampleGradients(model)
@@ -287,6 +293,7 @@ def test_per_record_gradient_through_frozen_statistics_is_that_record_alone(
                 per_record[name][r], expected, rtol=1e-4, atol=1e-6, msg=f"record {r}, {name}"
             )
         assert per_record["neck.weight"][r].abs().sum() > 0
+        assert per_record["classifier.weight"][r].abs().sum() > 0
 
 
 def test_multiplicity_averages_copies_and_virtual_steps_add_up(ft_cfg: DictConfig) -> None:

@@ -21,6 +21,21 @@ def test_identity_loss_with_label_smoothing_by_hand() -> None:
     assert torch.isfinite(logits.grad).all()
 
 
+def test_identity_margin_is_taken_off_the_target_logit_by_hand() -> None:
+    # CosFace: with margin m the target logit 2.0 counts as 2.0 - m; the others are untouched.
+    logits = torch.tensor([[2.0, 1.0, 0.0], [0.5, 0.0, 1.5]])
+    labels = torch.tensor([0, 2])
+    rows = losses.identity_loss(logits, labels, label_smoothing=0.0, margin=0.5, reduction="none")
+    expected = [
+        -math.log(math.exp(1.5) / (math.exp(1.5) + math.exp(1.0) + 1.0)),
+        -math.log(math.exp(1.0) / (math.exp(0.5) + 1.0 + math.exp(1.0))),
+    ]
+    assert rows.tolist() == pytest.approx(expected, rel=1e-6)
+    mean = losses.identity_loss(logits, labels, label_smoothing=0.0, margin=0.5)
+    assert mean.item() == pytest.approx(sum(expected) / 2, rel=1e-6)
+    assert losses.identity_loss(logits, labels, label_smoothing=0.0).item() < mean.item()
+
+
 def test_weighted_triplet_by_hand() -> None:
     # 1-D features: A=0, A=1 (same id), B=3, B=5.
     feats = torch.tensor([[0.0], [1.0], [3.0], [5.0]], requires_grad=True)

@@ -170,6 +170,50 @@ def test_fixed_classifier_is_unit_rows_and_never_trained() -> None:
         create_model(model_cfg("tiny", classifier="frozen"), 5)
 
 
+def test_cosine_classifier_scores_scaled_cosines_by_hand() -> None:
+    """model.classifier=cosine: logits = scale x cos(neck, w_c), whatever the norms of the
+    feature and the rows; the margin reaches the loss in logit units; a linear classifier has
+    none."""
+    model = create_model(
+        model_cfg("tiny", classifier="cosine", cosine_scale=10.0, cosine_margin=0.25), 3
+    )
+    head = model.classifier
+    with torch.no_grad():
+        head.weight.zero_()
+        head.weight[0, 0], head.weight[1, 1] = 3.0, 0.5
+        head.weight[2, 0], head.weight[2, 1] = 1.0, 1.0
+    x = torch.zeros(1, 128)
+    x[0, 0] = 4.0  # along row 0, orthogonal to row 1, at 45 degrees to row 2
+    torch.testing.assert_close(head(x), torch.tensor([[10.0, 0.0, 10.0 / 2**0.5]]))
+    assert head.weight.requires_grad
+    assert model.identity_margin == pytest.approx(2.5)
+    assert create_model(model_cfg("tiny"), 3).identity_margin == 0.0
+    with pytest.raises(ValueError, match=r"model\.cosine_scale"):
+        create_model(model_cfg("tiny", classifier="cosine", cosine_scale=0.0), 3)
+    with pytest.raises(ValueError, match=r"model\.cosine_margin"):
+        create_model(model_cfg("tiny", classifier="cosine", cosine_margin=1.0), 3)
+
+
+def test_projected_classifier_reads_a_fixed_public_projection() -> None:
+    """model.classifier=projected: logits = W (P x) with P orthonormal, the same in every
+    build (a fixed seed: every site and the server agree without sending it), not trained."""
+    cfg = model_cfg("tiny", classifier="projected", classifier_rank=4)
+    head = create_model(cfg, 3).classifier
+    other = create_model(cfg, 3).classifier
+    projection = head.projection
+    assert projection.shape == (4, 128) and not projection.requires_grad
+    torch.testing.assert_close(projection @ projection.T, torch.eye(4))
+    assert torch.equal(projection, other.projection)
+    assert head.weight.shape == (3, 4) and head.weight.requires_grad
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[1.0, 0, 0, 0], [0, 2.0, 0, 0], [0, 0, 0, -1.0]]))
+    x = 3.0 * projection[1] + 5.0 * projection[3]  # coordinates (0, 3, 0, 5) in P's rows
+    torch.testing.assert_close(head(x.unsqueeze(0)), torch.tensor([[0.0, 6.0, -5.0]]))
+    assert "classifier.projection" in dict(create_model(cfg, 3).named_buffers())
+    with pytest.raises(ValueError, match=r"model\.classifier_rank"):
+        create_model(model_cfg("tiny", classifier="projected", classifier_rank=129), 3)
+
+
 def test_modality_neck_keeps_statistics_per_modality() -> None:
     """Training on one modality moves only that modality's BNNeck statistics; at test time
     each sample is normalised with its own modality's statistics; the keys aggregate per

@@ -6,7 +6,8 @@ See docs/privacy.md for the mechanisms and their guarantee. The pieces:
   state of one site), `PrivacyBudgetExhaustedError`;
 - `PerSampleGradients` + `PrivateStep` (the DP-SGD step hook of
   `ppa.training.loop.train_one_epoch`),
-  `per_record_losses`, `clip_and_sum`, `freeze_other_modalities`, `check_private_model`;
+  `per_record_losses`, `clip_and_sum` / `ClipGroups` (per-record clipping, whole or per
+  group), `freeze_other_modalities`, `check_private_model`;
 - `create_poisson_loader` (Poisson sampling), `create_release_loader`;
 - `release_prototypes` (clipped + Gaussian-noised identity prototypes);
 - `ppa.dp.round`: the one DP round (commit the releases, DP-SGD epochs, private prototypes),
@@ -27,6 +28,7 @@ from ppa.dp.accounting import (
     release_noise_multiplier,
 )
 from ppa.dp.central import train_central_private
+from ppa.dp.clipping import ClipGroups, clip_and_sum
 from ppa.dp.prototypes import (
     PrototypeRelease,
     add_gaussian_noise,
@@ -47,7 +49,6 @@ from ppa.dp.sgd import (
     PrivateModelError,
     PrivateStep,
     check_private_model,
-    clip_and_sum,
     freeze_other_modalities,
     per_record_losses,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "ACCOUNTANTS",
     "PROTOTYPES",
     "SGD",
+    "ClipGroups",
     "LedgerError",
     "PerSampleGradients",
     "PoissonBatchSampler",

@@ -1,9 +1,9 @@
 """opacus per-sample-gradient rules for PPA's own layers, and the model rewrite the hooks need.
 
 Registering a rule is a side effect of importing this module (`ppa.dp.sgd` does). Every rule
-gives each row's gradient of a module's own parameters: the DCMA offsets, and the affine of a
-norm over frozen statistics (the BNNeck, the trunk's per-modality norms, frozen BatchNorm2d),
-which touches one record at a time.
+gives each row's gradient of a module's own parameters: the DCMA offsets, the cosine and
+projected classifiers, and the affine of a norm over frozen statistics (the BNNeck, the trunk's
+per-modality norms, frozen BatchNorm2d), which touches one record at a time.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from timm.models.resnet import BasicBlock, Bottleneck
 from torch import nn
 
 from ppa.model import ModalityOffsets
+from ppa.model.classifier import CosineClassifier, ProjectedClassifier
 from ppa.model.finetune import FrozenBatchNorm2d, is_frozen_norm
 from ppa.model.modality_norm import ModalityBatchNorm2d
 from ppa.model.neck import ModalityBatchNorm1d
@@ -76,6 +77,39 @@ def _modality_norm2d_grad_sample(
     with torch.no_grad():
         normed = route_by_modality(x, layer.last_modality, layer.stats, layer.modalities)
     return _affine_grads(layer.weight, layer.bias, normed, backprops)
+
+
+@register_grad_sampler(CosineClassifier)
+def _cosine_classifier_grad_sample(
+    layer: CosineClassifier, activations: list[torch.Tensor], backprops: torch.Tensor
+) -> dict[nn.Parameter, torch.Tensor]:
+    """Per-sample gradients of a cosine classifier, logits = s * x_hat . w_hat_c: through the
+    row normalisation, dL/dw_c = s * g_c * (x_hat - cos_c * w_hat_c) / |w_c| for a row's
+    logit gradients g."""
+    if not layer.weight.requires_grad:
+        return {}
+    with torch.no_grad():
+        x_hat = F.normalize(activations[0].float(), dim=-1)
+        norms = layer.weight.norm(dim=-1, keepdim=True)
+        w_hat = layer.weight / norms
+        cos = x_hat @ w_hat.T
+        radial = x_hat.unsqueeze(1) - cos.unsqueeze(-1) * w_hat.unsqueeze(0)
+        grads = layer.scale * backprops.float().unsqueeze(-1) * radial / norms.unsqueeze(0)
+    return {layer.weight: grads.to(layer.weight.dtype)}
+
+
+@register_grad_sampler(ProjectedClassifier)
+def _projected_classifier_grad_sample(
+    layer: ProjectedClassifier, activations: list[torch.Tensor], backprops: torch.Tensor
+) -> dict[nn.Parameter, torch.Tensor]:
+    """Per-sample gradients of logits = W (P x): dL/dW = g (P x)^T for a row's logit
+    gradients g (P is a buffer: nothing to clip)."""
+    if not layer.weight.requires_grad:
+        return {}
+    with torch.no_grad():
+        projected = F.linear(activations[0], layer.projection)
+        grads = torch.einsum("nc,nk->nck", backprops, projected)
+    return {layer.weight: grads}
 
 
 def _require_frozen_statistics(layer: nn.Module, where: str) -> None:

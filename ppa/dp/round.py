@@ -134,6 +134,7 @@ def private_epochs(
         per_sample,
         noise_multiplier=privacy.noise_multiplier if noise_multiplier is None else noise_multiplier,
         max_grad_norm=privacy.max_grad_norm,
+        clip_groups=privacy.clip_groups,
         expected_batch_size=sampler.sample_rate * sampler.num_records,
         seed=noise_seed,
         multiplicity=finetune.augmentation_multiplicity,

@@ -28,6 +28,8 @@ class PrivacySettings:
     noise_multiplier: sigma of DP-SGD (noise std = sigma * max_grad_norm on the summed
         clipped per-record gradients).
     max_grad_norm: C, the L2 clip of one record's gradient (both of its views together).
+    clip_groups: parameter-name prefix -> its own clip C_k (`ppa.dp.clipping`); the
+        parameters no prefix names are clipped at max_grad_norm.
     batch_size: expected Poisson batch size; the sample rate is batch_size / records.
     epsilon_budget: default per-site budget at `delta` (inf = unlimited); `site_budgets`
         overrides it per site name.
@@ -53,6 +55,7 @@ class PrivacySettings:
     share_losses: bool = False
     secret_seed: int | None = None
     budget_policy: str = "stop"
+    clip_groups: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         checks = {
@@ -79,6 +82,9 @@ class PrivacySettings:
                 f"privacy.budget_policy must be one of {BUDGET_POLICIES}, "
                 f"got {self.budget_policy!r}"
             )
+        for prefix, clip in self.clip_groups.items():
+            if not clip > 0:
+                raise PrivacyConfigError(f"privacy.clip_groups.{prefix}={clip!r} must be > 0")
         for site, budget in self.site_budgets.items():
             if not budget > 0:
                 raise PrivacyConfigError(f"privacy.site_budgets.{site}={budget!r} must be > 0")
@@ -96,12 +102,8 @@ class PrivacySettings:
         if batch is None:
             batch = int(cfg.train.num_ids) * int(cfg.train.num_instances)
         budget = p.get("epsilon_budget")
-        raw_sites = p.get("site_budgets") or {}
-        sites = (
-            OmegaConf.to_container(raw_sites, resolve=True)
-            if isinstance(raw_sites, DictConfig)
-            else dict(raw_sites)
-        )
+        sites = _mapping(p.get("site_budgets"))
+        groups = _mapping(p.get("clip_groups"))
         return cls(
             noise_multiplier=float(p.noise_multiplier),
             max_grad_norm=float(p.max_grad_norm),
@@ -115,6 +117,7 @@ class PrivacySettings:
             share_losses=bool(p.get("share_losses", False)),
             secret_seed=None if p.get("secret_seed") is None else int(p.secret_seed),
             budget_policy=str(p.get("budget_policy", "stop")),
+            clip_groups={str(k): float(v) for k, v in groups.items()},
         )
 
     def budget_for(self, site: str) -> float:
@@ -126,3 +129,11 @@ class PrivacySettings:
         if self.secret_seed is None:
             return secrets.randbits(63)
         return derive_seed(self.secret_seed, *parts)
+
+
+def _mapping(value: DictConfig | Mapping | None) -> dict:
+    if value is None:
+        return {}
+    if isinstance(value, DictConfig):
+        return dict(OmegaConf.to_container(value, resolve=True))
+    return dict(value)

@@ -22,13 +22,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import fields
 
 import torch
-import torch.nn.functional as F
 from opacus.grad_sample import GradSampleHooks
 from torch import nn
 
 from ppa import losses
 from ppa.data.loader import Batch
 from ppa.data.records import Modality
+from ppa.dp.clipping import ClipGroups, clip_and_sum
 from ppa.dp.grad_samplers import out_of_place_after_trained_norms
 from ppa.model import PPAEncoder
 from ppa.model.finetune import is_frozen_norm
@@ -36,9 +36,6 @@ from ppa.training.objective import PROTOTYPE_TERMS
 from ppa.training.step import StepContext, step_inputs
 
 logger = logging.getLogger(__name__)
-
-# Added to norms before dividing, as opacus does, so a zero gradient is not divided by zero.
-_NORM_EPS = 1e-6
 
 
 class PrivateModelError(ValueError):
@@ -97,8 +94,12 @@ def per_record_losses(
 
     terms: dict[str, torch.Tensor] = {}
     terms["id"] = over_views(
-        F.cross_entropy(
-            out.logits.float(), labels, label_smoothing=obj.label_smoothing, reduction="none"
+        losses.identity_loss(
+            out.logits,
+            labels,
+            obj.label_smoothing,
+            margin=model.identity_margin,
+            reduction="none",
         )
     )
     if obj.uses("kpr"):
@@ -226,23 +227,6 @@ class PerSampleGradients:
         self.hooks.cleanup()
 
 
-def clip_and_sum(
-    per_record: Mapping[str, torch.Tensor], max_norm: float
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Scale each record's gradient (over all parameters) to L2 norm <= max_norm and sum.
-
-    Returns ({name: summed clipped gradient}, per-record norms before clipping (n,)).
-    """
-    first = next(iter(per_record.values()))
-    sq = first.new_zeros(first.shape[0])
-    for g in per_record.values():
-        sq = sq + g.flatten(1).pow(2).sum(dim=1)
-    norms = sq.sqrt()
-    factor = (max_norm / (norms + _NORM_EPS)).clamp(max=1.0)
-    summed = {name: torch.einsum("r,r...->...", factor, g) for name, g in per_record.items()}
-    return summed, norms
-
-
 def _rows(batch: Batch, start: int, stop: int) -> Batch:
     """Rows start..stop-1 of a batch (a physical chunk of a Poisson batch)."""
     return Batch(**{f.name: getattr(batch, f.name)[start:stop] for f in fields(batch)})
@@ -252,9 +236,11 @@ class PrivateStep:
     """The DP-SGD step hook for `ppa.training.loop.train_one_epoch` (``StepContext.private_step``).
 
     grad = (sum_r clip_C(g_r) + N(0, (sigma C)^2)) / expected_batch_size, with g_r the gradient
-    of record r's loss (with augmentation multiplicity K: the mean over the record's K copies,
-    which the batch holds as consecutive rows); then the optimizer steps. Empty Poisson batches
-    still take a noise-only step (the accountant counts every step).
+    of record r's loss (with augmentation multiplicity: the mean over the record's copies,
+    which the batch holds as consecutive rows); then the optimizer steps. With `clip_groups`
+    each group is clipped to its own C_k and noised with sigma sqrt(K) C_k over K groups
+    (`ppa.dp.clipping`). Empty Poisson batches still take a noise-only step (the accountant
+    counts every step).
     """
 
     def __init__(
@@ -265,6 +251,7 @@ class PrivateStep:
         max_grad_norm: float,
         expected_batch_size: float,
         seed: int,
+        clip_groups: Mapping[str, float] | None = None,
         multiplicity: int = 1,
         physical_batch: int | None = None,
         after_step: Callable[[], None] | None = None,
@@ -282,6 +269,9 @@ class PrivateStep:
         self.grads = grads
         self.noise_multiplier = float(noise_multiplier)
         self.max_grad_norm = float(max_grad_norm)
+        self.clip_groups = ClipGroups.build(
+            (name for name, _ in grads.params), self.max_grad_norm, clip_groups
+        )
         self.expected_batch_size = float(expected_batch_size)
         self.multiplicity = int(multiplicity)
         self.physical_batch = physical_batch
@@ -337,17 +327,17 @@ class PrivateStep:
             per_record = {
                 name: g.view(m, k, *g.shape[1:]).mean(dim=1) for name, g in per_row.items()
             }
-            part_sum, norms = clip_and_sum(per_record, self.max_grad_norm)
+            part_sum, norms = clip_and_sum(per_record, self.clip_groups)
             for name in summed:
                 summed[name] += part_sum[name]
-            self.clipped += int((norms > self.max_grad_norm).sum())
+            self.clipped += int(self.clip_groups.scaled_down(norms).sum())
             loss_sum = loss_sum + total.detach().sum().cpu() / k
             for key, value in terms.items():
                 terms_sum[key] = terms_sum.get(key, 0.0) + float(value.detach().sum()) / k
         loss = loss_sum / max(n, 1)
         terms_out = {key: v / n for key, v in terms_sum.items()} if n else {}
-        std = self.noise_multiplier * self.max_grad_norm
         for name, p in self.grads.params:
+            std = self.clip_groups.noise_std(name, self.noise_multiplier)
             noise = torch.randn(p.shape, generator=self.generator, device=p.device) * std
             p.grad = (summed[name] + noise) / self.expected_batch_size
         optimizer.step()

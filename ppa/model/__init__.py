@@ -70,6 +70,9 @@ def create_model(model_cfg: DictConfig | Mapping[str, Any], num_classes: int) ->
         neck_stats=str(cfg.get("neck_stats", "modality")),
         trunk_stats=str(cfg.get("trunk_stats", "shared")),
         classifier=str(cfg.get("classifier", "learned")),
+        cosine_scale=float(cfg.get("cosine_scale", 16.0)),
+        cosine_margin=float(cfg.get("cosine_margin", 0.0)),
+        classifier_rank=int(cfg.get("classifier_rank", 16)),
         stems=str(cfg.get("stems", "modality")),
     )
     if start is not None:

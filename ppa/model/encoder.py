@@ -16,6 +16,7 @@ from timm.models.resnet import BasicBlock, Bottleneck
 from torch import nn
 
 from ppa.data.records import MODALITIES, Modality
+from ppa.model.classifier import CosineClassifier, ProjectedClassifier
 from ppa.model.modality_norm import modality_norms, modality_routing, split_batch_norms
 from ppa.model.neck import ModalityBatchNorm1d
 from ppa.model.pooling import GeM, keypoint_pool
@@ -37,8 +38,9 @@ TRUNK_STATS = ("modality", "shared")
 # then the first part of the shared trunk (its BatchNorm split per modality like the trunk's).
 STEMS = ("modality", "shared")
 # The identity classifier: trained with the encoder, or fixed at its random initialisation
-# (unit-norm rows; only the encoder learns to meet it).
-CLASSIFIERS = ("learned", "fixed")
+# (unit-norm rows; only the encoder learns to meet it), a learned cosine classifier, or a
+# learned classifier over a fixed low-rank projection of the feature (ppa/model/classifier.py).
+CLASSIFIERS = ("learned", "fixed", "cosine", "projected")
 
 
 @dataclass
@@ -101,6 +103,9 @@ class PPAEncoder(nn.Module):
         neck_stats: str = "modality",
         trunk_stats: str = "shared",
         classifier: str = "learned",
+        cosine_scale: float = 16.0,
+        cosine_margin: float = 0.0,
+        classifier_rank: int = 16,
         stems: str = "modality",
     ):
         super().__init__()
@@ -155,7 +160,13 @@ class PPAEncoder(nn.Module):
         # BNNeck: the bias is frozen at 0 so the pre-BN (triplet) and post-BN (identity)
         # spaces stay aligned.
         self.neck.bias.requires_grad_(False)
-        self.classifier = nn.Linear(dim, num_classes, bias=False)
+        self.classifier: nn.Module
+        if classifier == "cosine":
+            self.classifier = CosineClassifier(dim, num_classes, cosine_scale, cosine_margin)
+        elif classifier == "projected":
+            self.classifier = ProjectedClassifier(dim, num_classes, classifier_rank)
+        else:
+            self.classifier = nn.Linear(dim, num_classes, bias=False)
         self.offsets = ModalityOffsets(self.modalities, dim)
         nn.init.constant_(self.neck.weight, 1.0)
         if classifier == "fixed":
@@ -168,9 +179,15 @@ class PPAEncoder(nn.Module):
                 weight = torch.randn_like(self.classifier.weight)
                 self.classifier.weight.copy_(weight / weight.norm(dim=1, keepdim=True))
             self.classifier.weight.requires_grad_(False)
-        else:
+        elif classifier == "learned":
             nn.init.normal_(self.classifier.weight, std=0.001)
         self._feature_sizes: dict[tuple[int, int], tuple[int, int]] = {}
+
+    @property
+    def identity_margin(self) -> float:
+        """What the identity loss subtracts from the target logit (a cosine classifier's
+        margin in logit units; 0 for a linear classifier)."""
+        return getattr(self.classifier, "target_margin", 0.0)
 
     # The timm-style model contract -------------------------------------------------------
     def forward_stem(self, images: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:

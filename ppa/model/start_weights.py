@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from ppa.model.modality_norm import seed_modality_statistics
-from ppa.public_start import IDENTITY_BOUND, PublicStartError
+from ppa.public_start import PublicStartError, is_identity_bound
 
 
 def load_start_weights(model: torch.nn.Module, payload: Mapping[str, Any], source: str) -> None:
@@ -23,8 +23,8 @@ def load_start_weights(model: torch.nn.Module, payload: Mapping[str, Any], sourc
     normalisation (BatchNorm vs GroupNorm) is an error naming the first mismatches. A start
     with shared trunk statistics seeds every modality's statistics of a per-modality trunk.
     """
-    own = {k: v for k, v in model.state_dict().items() if k not in IDENTITY_BOUND}
-    state = {k: v for k, v in payload["state_dict"].items() if k not in IDENTITY_BOUND}
+    own = {k: v for k, v in model.state_dict().items() if not is_identity_bound(k)}
+    state = {k: v for k, v in payload["state_dict"].items() if not is_identity_bound(k)}
     state = seed_modality_statistics(state, own)
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     shapes = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]

@@ -155,7 +155,9 @@ def ppa_step(ctx: StepContext, batch: Batch) -> tuple[torch.Tensor, dict[str, fl
         out = model(inputs.images, modality, anonymized=inputs.anonymized, heatmaps=inputs.heatmaps)
 
     terms: dict[str, torch.Tensor] = {}
-    terms["id"] = losses.identity_loss(out.logits, labels, obj.label_smoothing)
+    terms["id"] = losses.identity_loss(
+        out.logits, labels, obj.label_smoothing, margin=model.identity_margin
+    )
     terms["triplet"] = losses.weighted_triplet_loss(out.corrected, labels)
     if obj.uses("kpr"):
         assert out.parts is not None and confidence is not None
