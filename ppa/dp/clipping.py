@@ -38,9 +38,6 @@ class ClipGroups:
         """Group `names` by the first prefix of `prefixes` they fall under (the prefix or a
         dotted child of it); the rest form the default group, clipped at `default_clip`."""
         prefixes = dict(prefixes or {})
-        for prefix, clip in prefixes.items():
-            if not clip > 0:
-                raise ValueError(f"privacy.clip_groups.{prefix}={clip!r} must be > 0")
         group_of = {}
         for name in names:
             hit = [p for p in prefixes if name == p or name.startswith(p + ".")]

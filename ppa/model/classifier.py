@@ -1,6 +1,7 @@
-"""The cosine identity classifier: logits are a scaled cosine between feature and class vector.
+"""The identity classifier's kinds (``model.classifier``) and their factory.
 
-A linear classifier over the BNNeck lets an identity win by feature norm as well as by
+The cosine classifier: logits are a scaled cosine between feature and class vector. A linear
+classifier over the BNNeck lets an identity win by feature norm as well as by
 direction; retrieval compares directions only (cosine distance). A cosine classifier trains the
 quantity retrieval uses, and with an additive margin on the target logit (CosFace,
 ``model.cosine_margin``) each record's own loss asks for angular separation between identities: the
@@ -12,6 +13,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+# learned: a linear classifier trained with the encoder; fixed: linear, fixed at its random
+# initialisation (unit-norm rows; only the encoder learns to meet it); cosine: a learned
+# cosine classifier; projected: learned over a fixed low-rank projection of the feature.
+CLASSIFIERS = ("learned", "fixed", "cosine", "projected")
 
 
 class CosineClassifier(nn.Module):
@@ -60,8 +66,7 @@ class ProjectedClassifier(nn.Module):
         generator = torch.Generator().manual_seed(seed)
         basis, _ = torch.linalg.qr(torch.randn(dim, rank, generator=generator))
         self.register_buffer("projection", basis.T.contiguous())
-        self.weight = nn.Parameter(torch.zeros(num_classes, rank))
-        nn.init.normal_(self.weight, std=0.001)
+        self.weight = nn.Parameter(torch.empty(num_classes, rank).normal_(std=0.001))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(F.linear(x, self.projection), self.weight)
@@ -69,3 +74,35 @@ class ProjectedClassifier(nn.Module):
     def extra_repr(self) -> str:
         rank, dim = self.projection.shape
         return f"dim={dim}, rank={rank}, num_classes={self.weight.shape[0]}"
+
+
+def create_classifier(
+    kind: str,
+    dim: int,
+    num_classes: int,
+    *,
+    cosine_scale: float = 16.0,
+    cosine_margin: float = 0.0,
+    rank: int = 16,
+) -> nn.Module:
+    """The identity classifier of `kind` (one of CLASSIFIERS) over `dim`-wide features."""
+    if kind == "cosine":
+        return CosineClassifier(dim, num_classes, cosine_scale, cosine_margin)
+    if kind == "projected":
+        return ProjectedClassifier(dim, num_classes, rank)
+    if kind not in ("learned", "fixed"):
+        raise ValueError(f"model.classifier must be one of {CLASSIFIERS}, got {kind!r}")
+    linear = nn.Linear(dim, num_classes, bias=False)
+    if kind == "fixed":
+        # Fixed class anchors, the same for every site of a federation (the server's initial
+        # arrays): a site that sees one camera or one modality of an identity pulls its
+        # features toward the same direction as every other site, and no site can move the
+        # anchors toward its own camera (FedBABU's frozen head). Unit rows: the BNNeck's
+        # unit-variance features then give logits of order sqrt(dim).
+        with torch.no_grad():
+            weight = torch.randn_like(linear.weight)
+            linear.weight.copy_(weight / weight.norm(dim=1, keepdim=True))
+        linear.weight.requires_grad_(False)
+    else:
+        nn.init.normal_(linear.weight, std=0.001)
+    return linear

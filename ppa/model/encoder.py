@@ -16,7 +16,7 @@ from timm.models.resnet import BasicBlock, Bottleneck
 from torch import nn
 
 from ppa.data.records import MODALITIES, Modality
-from ppa.model.classifier import CosineClassifier, ProjectedClassifier
+from ppa.model.classifier import CLASSIFIERS, create_classifier
 from ppa.model.modality_norm import modality_norms, modality_routing, split_batch_norms
 from ppa.model.neck import ModalityBatchNorm1d
 from ppa.model.pooling import GeM, keypoint_pool
@@ -37,10 +37,6 @@ TRUNK_STATS = ("modality", "shared")
 # model.stems: one stem per modality (the two-stream design) or one stem for both, which is
 # then the first part of the shared trunk (its BatchNorm split per modality like the trunk's).
 STEMS = ("modality", "shared")
-# The identity classifier: trained with the encoder, or fixed at its random initialisation
-# (unit-norm rows; only the encoder learns to meet it), a learned cosine classifier, or a
-# learned classifier over a fixed low-rank projection of the feature (ppa/model/classifier.py).
-CLASSIFIERS = ("learned", "fixed", "cosine", "projected")
 
 
 @dataclass
@@ -160,27 +156,16 @@ class PPAEncoder(nn.Module):
         # BNNeck: the bias is frozen at 0 so the pre-BN (triplet) and post-BN (identity)
         # spaces stay aligned.
         self.neck.bias.requires_grad_(False)
-        self.classifier: nn.Module
-        if classifier == "cosine":
-            self.classifier = CosineClassifier(dim, num_classes, cosine_scale, cosine_margin)
-        elif classifier == "projected":
-            self.classifier = ProjectedClassifier(dim, num_classes, classifier_rank)
-        else:
-            self.classifier = nn.Linear(dim, num_classes, bias=False)
+        self.classifier = create_classifier(
+            classifier,
+            dim,
+            num_classes,
+            cosine_scale=cosine_scale,
+            cosine_margin=cosine_margin,
+            rank=classifier_rank,
+        )
         self.offsets = ModalityOffsets(self.modalities, dim)
         nn.init.constant_(self.neck.weight, 1.0)
-        if classifier == "fixed":
-            # Fixed class anchors, the same for every site of a federation (the server's
-            # initial arrays): a site that sees one camera or one modality of an identity
-            # pulls its features toward the same direction as every other site, and no site
-            # can move the anchors toward its own camera (FedBABU's frozen head). Unit rows:
-            # the BNNeck's unit-variance features then give logits of order sqrt(dim).
-            with torch.no_grad():
-                weight = torch.randn_like(self.classifier.weight)
-                self.classifier.weight.copy_(weight / weight.norm(dim=1, keepdim=True))
-            self.classifier.weight.requires_grad_(False)
-        elif classifier == "learned":
-            nn.init.normal_(self.classifier.weight, std=0.001)
         self._feature_sizes: dict[tuple[int, int], tuple[int, int]] = {}
 
     @property
