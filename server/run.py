@@ -129,9 +129,11 @@ class FederatedRun:
         # the evaluated round (server/calibration.py), measured as training normalised.
         self.camera_statistics: dict[int, dict[str, np.ndarray]] = {}
         self.camera_statistics_round = -1
-        if camera_statistics_source(cfg) == "training" and (
-            self.calibration is None or calibration_mode(cfg) != "train"
-        ):
+        training_mode_round = self.calibration is not None and calibration_mode(cfg) == "train"
+        source = camera_statistics_source(cfg, training_mode_statistics_round=training_mode_round)
+        if cfg.eval.get("camera_statistics") == "auto":  # the central evaluation reads it
+            cfg = self.cfg = OmegaConf.merge(cfg, {"eval": {"camera_statistics": source}})
+        if source == "training" and not training_mode_round:
             raise ValueError(
                 "eval.camera_statistics=training takes each camera's statistics from the "
                 "statistics round in training mode: it needs federation.calibrate_norm_statistics"

@@ -161,6 +161,19 @@ def test_camera_statistics_setting_reads_old_and_new_values(value, source) -> No
     assert camera_statistics_source(cfg) == source
 
 
+def test_auto_camera_statistics_are_training_only_after_a_training_mode_statistics_round() -> None:
+    """auto: the demo's setting; a centralised model or any evaluation outside a federation with
+    a training-mode statistics round keeps one set of statistics per modality."""
+    cfg = load_config(["eval.camera_statistics=auto"])
+    assert camera_statistics_source(cfg) == "none"
+    assert camera_statistics_source(cfg, training_mode_statistics_round=True) == "training"
+    demo = load_config(["experiment=demo"])
+    assert camera_statistics_source(demo) == "none"
+    for explicit in ("none", "test", "training"):
+        cfg = load_config([f"eval.camera_statistics={explicit}"])
+        assert camera_statistics_source(cfg, training_mode_statistics_round=True) == explicit
+
+
 def test_unknown_camera_statistics_setting_is_refused() -> None:
     with pytest.raises(ValueError, match=r"eval\.camera_statistics='sites'"):
         camera_statistics_source(load_config(["eval.camera_statistics=sites"]))

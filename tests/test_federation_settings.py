@@ -57,9 +57,9 @@ def test_a_trained_anonymiser_is_refused_in_a_federation(
 def test_statistics_round_cadence_defaults_to_the_evaluation_cadence() -> None:
     assert load_config([]).federation.calibrate_every == 1
     demo = load_config(["experiment=demo"])
-    assert demo.federation.calibrate_every == demo.federation.evaluate_every == 2
+    assert demo.federation.calibrate_every == demo.federation.evaluate_every == 4
     own = load_config(["experiment=demo", "federation.calibrate_every=1"])
-    assert own.federation.calibrate_every == 1 and own.federation.evaluate_every == 2
+    assert own.federation.calibrate_every == 1 and own.federation.evaluate_every == 4
 
 
 @pytest.mark.parametrize(
@@ -81,3 +81,15 @@ def test_training_camera_statistics_need_a_training_mode_statistics_round(
     with pytest.raises(ValueError, match=r"eval\.camera_statistics=training"):
         FederatedRun(load_config([*overrides, *extra]))
     FederatedRun(load_config(overrides))  # training mode: accepted
+    # auto (the demo's) is training where it can be and one set per modality where it cannot.
+    auto = tiny_overrides(
+        tiny_sysu_root, tmp_path, "eval.camera_statistics=auto", "model.trunk_stats=modality"
+    )
+    given = load_config([*auto, *extra])
+    run = FederatedRun(given)
+    assert run.cfg.eval.camera_statistics == "none"
+    assert run.evaluator.cfg.eval.camera_statistics == "none"
+    assert given.eval.camera_statistics == "auto"  # the caller's config is left as it was
+    run = FederatedRun(load_config(auto))
+    assert run.cfg.eval.camera_statistics == "training"
+    assert run.evaluator.cfg.eval.camera_statistics == "training"

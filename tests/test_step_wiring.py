@@ -546,3 +546,29 @@ def test_objective_from_config_reads_every_setting_and_defaults_the_rest() -> No
         ValueError, match=r"^ppa=mine: the kpr/dc losses need anonymized_view=true$"
     ):
         PPAObjective.from_config(raw_only)
+
+
+def test_a_channels_last_step_matches_the_contiguous_step(
+    wiring_cfg: DictConfig, batch: Batch
+) -> None:
+    """`train.channels_last` (the demo's CPU setting) changes the memory layout only: the
+    same step gives the same loss terms and gradients, and the trunk really ran channels-last."""
+    plain = make_context(wiring_cfg, NUM_CLASSES)
+    fast = make_context(wiring_cfg, NUM_CLASSES)
+    fast = replace(fast, device=replace(fast.device, channels_last=True))
+    fast.device.place(fast.model)
+    total, terms, _ = run_step(plain, batch)
+    fast_total, fast_terms, seen = run_step(fast, batch)
+    assert seen.feature_map.is_contiguous(memory_format=torch.channels_last)
+    assert not seen.feature_map.is_contiguous()
+    assert fast_terms.keys() == terms.keys()
+    for name, value in terms.items():
+        assert fast_terms[name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
+    torch.testing.assert_close(fast_total, total, rtol=1e-4, atol=1e-6)
+    for (name, p), q in zip(plain.model.named_parameters(), fast.model.parameters(), strict=True):
+        if p.grad is None:
+            assert q.grad is None, name
+            continue
+        # Convolutions sum in another order channels-last: compare against the tensor's scale.
+        scale = float(p.grad.abs().max())
+        assert float((q.grad - p.grad).abs().max()) <= 1e-4 * scale + 1e-7, name

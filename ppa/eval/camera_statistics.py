@@ -20,6 +20,12 @@ replies of the sites that hold one camera each (the server keeps them per camera
 server/calibration.py); for a centralised model, a sample of every training camera's images
 (`training_camera_statistics`). A test camera without training statistics keeps the model's
 own.
+
+``eval.camera_statistics=auto`` (the demo's) is ``training`` where the model was trained on
+one-camera batches and its statistics round measures as training normalised (a federation's
+central evaluation with a training-mode statistics round), ``none`` everywhere else: a
+centralised model, trained on batches mixing a modality's cameras, scores higher with one set
+per modality (docs/results.md), and a DP federation has no statistics round.
 """
 
 from __future__ import annotations
@@ -39,15 +45,19 @@ from ppa.model import PPAEncoder
 from ppa.model.norm_statistics import measure_norm_statistics, norm_statistics_keys
 
 # eval.camera_statistics: none (one set of statistics per modality, the SYSU/RegDB protocol),
-# test (each test camera's own test images), training (each camera's training images).
-CAMERA_STATISTICS_SOURCES = ("none", "test", "training")
+# test (each test camera's own test images), training (each camera's training images), auto
+# (training in a federation with a training-mode statistics round, none elsewhere).
+CAMERA_STATISTICS_SOURCES = ("none", "test", "training", "auto")
 # camera id -> BatchNorm statistics (state-dict key -> array) measured on that camera's images
 CameraStatistics = Mapping[int, Mapping[str, np.ndarray]]
 
 
-def camera_statistics_source(cfg: DictConfig) -> str:
-    """`eval.camera_statistics` as one of CAMERA_STATISTICS_SOURCES (true/false, as earlier
-    configurations wrote it, read as test/none)."""
+def camera_statistics_source(
+    cfg: DictConfig, *, training_mode_statistics_round: bool = False
+) -> str:
+    """`eval.camera_statistics` resolved to none, test or training (true/false, as earlier
+    configurations wrote it, read as test/none); ``auto`` is training only where the caller is a
+    federation whose statistics round measures in training mode."""
     value = cfg.eval.get("camera_statistics", "none")
     if isinstance(value, bool) or value is None:
         return "test" if value else "none"
@@ -55,6 +65,8 @@ def camera_statistics_source(cfg: DictConfig) -> str:
         raise ValueError(
             f"eval.camera_statistics={value!r}: expected one of {CAMERA_STATISTICS_SOURCES}"
         )
+    if value == "auto":
+        return "training" if training_mode_statistics_round else "none"
     return str(value)
 
 
