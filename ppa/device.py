@@ -27,10 +27,14 @@ class DeviceSettings:
         amp = cfg.train.get("amp", "auto")
         use_amp = cuda if amp == "auto" else bool(amp)
         cl = cfg.train.get("channels_last", "auto")
+        # DP-SGD keeps the contiguous layout: its per-sample gradient rules (ppa/dp) and their
+        # exactness tests are written and measured for it (a channels-last DP step agreed with
+        # the contiguous one only to float noise, above those tests' tolerances).
+        private = bool(cfg.get("privacy", {}).get("enabled", False))
         return cls(
             device=device,
             amp_dtype=torch.bfloat16 if use_amp and cuda else None,
-            channels_last=(cuda if cl == "auto" else bool(cl)),
+            channels_last=(cuda if cl == "auto" else bool(cl)) and not private,
             non_blocking=cuda,
             compile=bool(cfg.train.get("compile", False)),
         )

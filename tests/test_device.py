@@ -21,6 +21,19 @@ def test_cpu_defaults_are_plain() -> None:
     assert device.place(model) is model and model.forward == forward
 
 
+def test_channels_last_is_switched_by_config_except_under_dp() -> None:
+    assert settings(channels_last=True).channels_last
+    private = OmegaConf.create(
+        {"device": "cpu", "train": {"channels_last": True}, "privacy": {"enabled": True}}
+    )
+    assert not DeviceSettings.from_config(private).channels_last
+    model = torch.nn.Conv2d(3, 4, 3)
+    settings(channels_last=True).place(model)
+    assert model.weight.is_contiguous(memory_format=torch.channels_last)
+    images = settings(channels_last=True).prepare(torch.zeros(2, 3, 8, 4))
+    assert images.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_train_compile_compiles_the_forward_and_keeps_the_state_dict() -> None:
     device = settings(compile=True)
     assert device.compile

@@ -51,6 +51,7 @@ def run_curve(cfg: DictConfig) -> Path:
         f"federation.local_epochs={int(curve.local_epochs)}",
         f"federation.evaluate_every={rounds}",
         "federation.evaluate_initial=true",
+        f"federation.aggregation.server_momentum={float(curve.server_momentum)}",
     ]
     points = plan_points(curve.epsilons, curve.seeds, out)
     for point in points:
