@@ -48,7 +48,14 @@ SITE_MODALITY = {
 }
 SITES = list(SITE_MODALITY)
 # Fewest batches and one test trial: the runs check the federation's behaviour, not learning.
-FAST = ["train.max_batches_per_epoch=2", "dataset.test.trials=1", "deterministic=true"]
+# One set of statistics per modality at evaluation (the demo's auto takes each camera's from the
+# statistics round): ppa-evaluate of model_latest.pt must then reproduce the server's numbers.
+FAST = [
+    "train.max_batches_per_epoch=2",
+    "dataset.test.trials=1",
+    "deterministic=true",
+    "eval.camera_statistics=none",
+]
 RUN_TIMEOUT_S = 300  # one launcher run; ~35 s on an idle 2-core machine
 
 # --------------------------------------------------------------------------- fast
@@ -343,13 +350,11 @@ def test_simulation_records_client_drift_per_round(clean: Path) -> None:
 def test_training_camera_statistics_come_from_the_statistics_round(
     clean: Path, tiny_sysu_root: Path, tmp_path: Path
 ) -> None:
-    """eval.camera_statistics=training: the server keeps each one-camera site's statistics per
-    camera and evaluates every test camera with them. Training is untouched (round 1's model is
-    the clean run's); round 0, before any statistics round, is evaluated as without them; round
-    1 is evaluated differently."""
-    out = simulate(
-        tiny_sysu_root, tmp_path, "federation.rounds=1", "eval.camera_statistics=training"
-    )
+    """eval.camera_statistics=auto (the demo's) is training here: the server keeps each
+    one-camera site's statistics per camera and evaluates every test camera with them. Training
+    is untouched (round 1's model is the clean run's); round 0, before any statistics round, is
+    evaluated as without them; round 1 is evaluated differently."""
+    out = simulate(tiny_sysu_root, tmp_path, "federation.rounds=1", "eval.camera_statistics=auto")
     before, after = server_arrays(clean, 1), server_arrays(out, 1)
     assert all(np.array_equal(before[k], after[k]) for k in before)
     rounds, plain = history(out), history(clean)
