@@ -85,7 +85,7 @@ bench: setup
 # training step, the metrics and the server's aggregation rules ([tool.mutmut] in pyproject.toml
 # names the judging test files) and prints the killed share per module. One worker, one thread.
 MUTANTS ?= server.aggregation.* ppa.losses.* ppa.training.step.* ppa.training.objective.* \
-	ppa.eval.metrics.*
+	ppa.training.restricted_softmax.* ppa.eval.metrics.*
 mutation: setup
 	@mkdir -p outputs
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(VENV)/bin/mutmut run --max-children 1 $(MUTANTS) \

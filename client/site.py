@@ -26,6 +26,7 @@ from ppa.seeding import derive_seed, seed_everything
 from ppa.training.loop import train_round_epochs
 from ppa.training.optim import create_optimizer
 from ppa.training.proximal import ProximalTerm
+from ppa.training.restricted_softmax import absent_class_logit_scale
 from ppa.training.scaffold import ControlledRound, control_keys
 from ppa.training.setup import TrainingSetup
 from ppa.training.step import StepContext
@@ -103,6 +104,7 @@ class SiteTrainer:
         self.private = (
             PrivateTraining(self.setup, self.site) if cfg.privacy.get("enabled", False) else None
         )
+        self.class_logit_scale = self._class_logit_scale()
         logger.info(
             "site %s (%s): %d images of %d identities",
             self.site.name,
@@ -212,7 +214,9 @@ class SiteTrainer:
         accumulator = PrototypeAccumulator(
             2, self.num_classes, self.model.num_features, device=self.device.device
         )
-        ctx = self.step_context(prototypes, accumulator=accumulator)
+        ctx = self.step_context(
+            prototypes, accumulator=accumulator, class_logit_scale=self.class_logit_scale
+        )
         start = time.perf_counter()
         mu = float(cfg.federation.get("proximal_mu") or 0.0)
         proximal = ProximalTerm.attach(self.model, mu) if mu > 0 else None
@@ -253,6 +257,21 @@ class SiteTrainer:
             accumulator.counts[m].cpu().numpy(),
             metrics,
             control_delta,
+        )
+
+    def _class_logit_scale(self) -> torch.Tensor | None:
+        """FedRS's per-class logit factors for this site's labels, or None (plain softmax)."""
+        alpha = self.cfg.federation.get("absent_class_logit_scale")
+        if alpha is None:
+            return None
+        if self.private is not None:
+            raise ValueError(
+                f"site {self.site.name!r}: federation.absent_class_logit_scale is not applied "
+                "under privacy.enabled (the private round computes its own per-record losses); "
+                "set it to null"
+            )
+        return absent_class_logit_scale(
+            self.site.labels, self.num_classes, float(alpha), self.device.device
         )
 
     def _attach_control(

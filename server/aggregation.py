@@ -96,3 +96,22 @@ def clip_update(
         ref = np.asarray(reference[k], dtype=np.float64)
         out[k] = (ref + (np.asarray(update[k], dtype=np.float64) - ref) * scale).astype(np.float32)
     return out
+
+
+def rows_by_holders(
+    reference: np.ndarray, updates: Sequence[np.ndarray], counts: Sequence[np.ndarray]
+) -> np.ndarray:
+    """Each row of a per-class array (a classifier's rows) averaged over the sites that hold
+    that class, weighted by their counts of it: ``ref_c + sum_k n_kc (u_kc - ref_c) / sum_k
+    n_kc``. A row no site holds keeps `reference`'s. The output keeps float32."""
+    ref = np.asarray(reference, dtype=np.float64)
+    n = np.stack([np.asarray(c, dtype=np.float64) for c in counts])  # (sites, classes)
+    if n.shape[1] != ref.shape[0] or (n < 0).any():
+        raise ValueError(
+            f"per-class counts of shape {n.shape} do not fit {ref.shape[0]} non-negative rows"
+        )
+    deltas = np.stack([np.asarray(u, dtype=np.float64) for u in updates]) - ref
+    held = n.sum(axis=0)
+    weighted = np.einsum("sc,sc...->c...", n, deltas)
+    scale = np.divide(1.0, held, out=np.zeros_like(held), where=held > 0)
+    return (ref + scale.reshape(-1, *[1] * (ref.ndim - 1)) * weighted).astype(np.float32)

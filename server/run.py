@@ -51,6 +51,12 @@ logger = logging.getLogger(__name__)
 def build_strategy(cfg: DictConfig, model: PPAEncoder) -> ModalityAwareFedAvg:
     fed = cfg.federation
     agg = fed.aggregation
+    classifier_rows = str(agg.get("classifier_rows", "all_sites"))
+    if classifier_rows == "holding_sites" and not fed.get("prototypes", True):
+        raise ValueError(
+            "federation.aggregation.classifier_rows=holding_sites weights each identity's row "
+            "by the sites' prototype counts; it needs federation.prototypes=true"
+        )
     state = model.state_dict()
     return ModalityAwareFedAvg(
         {k: state[k] for k in global_keys(state)},
@@ -72,6 +78,7 @@ def build_strategy(cfg: DictConfig, model: PPAEncoder) -> ModalityAwareFedAvg:
         server_momentum=float(agg.server_momentum),
         control_keys=scaffold_keys(cfg, model),
         prototypes_exclude_own=bool(fed.get("prototypes_exclude_own", False)),
+        classifier_rows=classifier_rows,
         seed=int(cfg.seed),
     )
 

@@ -49,7 +49,7 @@ from ppa.wire import (
     validate_prototypes,
     validate_update,
 )
-from server.aggregation import aggregate_updates, clip_update
+from server.aggregation import aggregate_updates, clip_update, rows_by_holders
 from server.anomaly import AnomalyReport, detect_anomalies
 from server.control_variates import GlobalControlVariate
 from server.drift import DriftReport, client_drift
@@ -97,6 +97,12 @@ class RoundReport:
 _STATISTICS = ("running_mean", "running_var")
 
 
+# How the classifier's rows are aggregated: like every shared array (all_sites), or each row
+# over the sites holding its identity (holding_sites).
+CLASSIFIER_ROWS = ("all_sites", "holding_sites")
+CLASSIFIER_KEY = "classifier.weight"
+
+
 def _is_trainable(name: str) -> bool:
     """Parameters, as opposed to normalisation running statistics."""
     return not name.endswith(_STATISTICS)
@@ -141,6 +147,7 @@ class ModalityAwareFedAvg(Strategy):
         server_momentum: float = 0.0,
         control_keys: list[str] | None = None,
         prototypes_exclude_own: bool = False,
+        classifier_rows: str = "all_sites",
         seed: int = 0,
     ):
         # The current global arrays: the validation reference and the clipping anchor.
@@ -177,6 +184,19 @@ class ModalityAwareFedAvg(Strategy):
         self.proto_sums = np.zeros((len(MODALITIES), num_classes, self.dim), np.float64)
         self.proto_counts = np.zeros((len(MODALITIES), num_classes), np.float64)
         self.prototypes_exclude_own = prototypes_exclude_own
+        if classifier_rows not in CLASSIFIER_ROWS:
+            raise ValueError(
+                f"federation.aggregation.classifier_rows must be one of {CLASSIFIER_ROWS}, "
+                f"got {classifier_rows!r}"
+            )
+        if classifier_rows == "holding_sites" and rule != "fedavg":
+            raise ValueError(
+                "federation.aggregation.classifier_rows=holding_sites is a weighted mean; "
+                f"it does not combine with rule={rule!r}"
+            )
+        if classifier_rows == "holding_sites" and CLASSIFIER_KEY not in self.current:
+            raise ValueError(f"classifier_rows=holding_sites: the model has no {CLASSIFIER_KEY!r}")
+        self.classifier_rows = classifier_rows
         # node -> (modality index, sums, counts) of the node's reply that is part of the
         # current global prototypes (what `prototypes_exclude_own` takes out again).
         self.proto_contributions: dict[int, tuple[int, np.ndarray, np.ndarray]] = {}
@@ -446,6 +466,8 @@ class ModalityAwareFedAvg(Strategy):
                     byzantine=self.byzantine,
                 )
             )
+        if self.classifier_rows == "holding_sites":
+            new[CLASSIFIER_KEY] = self._classifier_by_holders(voters)
         self._aggregate_prototypes(voters)
         if self.control is not None:
             self.control.update(
@@ -459,6 +481,22 @@ class ModalityAwareFedAvg(Strategy):
         report.seconds = time.perf_counter() - start
         record = ArrayRecord({k: Array(v) for k, v in new.items()})
         return record, self._aggregate_metrics(voters)
+
+    def _classifier_by_holders(self, voters: list[SiteReply]) -> np.ndarray:
+        """The classifier's rows, each over the sites that hold its identity (their prototype
+        counts of it as weights): a site's row of an identity it never saw only carries the
+        softmax's push away from its own images."""
+        missing = [r.site for r in voters if r.proto_count is None]
+        if missing:
+            raise MalformedUpdateError(
+                "federation.aggregation.classifier_rows=holding_sites needs every site's "
+                f"prototype counts; none from {', '.join(missing)}"
+            )
+        return rows_by_holders(
+            self.current[CLASSIFIER_KEY],
+            [r.arrays[CLASSIFIER_KEY] for r in voters],
+            [r.proto_count for r in voters],
+        )
 
     def _drift(self, replies: list[SiteReply], shared_keys: list[str]) -> DriftReport:
         """Each reply's drift against the FedAvg aggregate of all replies (server/drift.py):

@@ -20,6 +20,7 @@ from server.aggregation import (
     clip_update,
     krum_select,
     pairwise_sq_distances,
+    rows_by_holders,
     update_norm,
 )
 
@@ -245,3 +246,27 @@ def test_default_trim_fraction_cuts_one_in_five() -> None:
     ups = [{"w": np.array([v])} for v in (0.0, 1.0, 2.0, 10.0, 100.0)]
     out = aggregate_updates(ups, [1] * 5, ["w"], "trimmed_mean")["w"]
     assert out.tolist() == pytest.approx([13 / 3])
+
+
+def test_rows_by_holders_by_hand() -> None:
+    """Row c over the sites holding class c, weighted by their counts; a row nobody holds
+    keeps the reference; 3-d rows (a class's filter bank) broadcast the same way."""
+    ref = np.array([[0.0, 0.0], [1.0, 1.0], [2.0, 2.0]])
+    updates = [
+        np.array([[4.0, 0.0], [9.0, 9.0], [5.0, 5.0]]),
+        np.array([[1.0, 2.0], [3.0, 3.0], [7.0, 7.0]]),
+    ]
+    counts = [np.array([1.0, 0.0, 0.0]), np.array([3.0, 2.0, 0.0])]
+    out = rows_by_holders(ref, updates, counts)
+    np.testing.assert_allclose(out[0], [(1 * 4 + 3 * 1) / 4, (3 * 2) / 4])
+    np.testing.assert_allclose(out[1], [3.0, 3.0])  # the first site's 9s: it holds none of 1
+    np.testing.assert_allclose(out[2], [2.0, 2.0])
+    assert out.dtype == np.float32
+    with pytest.raises(ValueError, match="do not fit 3"):
+        rows_by_holders(ref, updates, [np.ones(2), np.ones(2)])
+    with pytest.raises(ValueError, match="non-negative"):
+        rows_by_holders(ref, updates, [np.array([1.0, -1.0, 0.0]), np.ones(3)])
+    cube = rows_by_holders(np.zeros((2, 2, 2)), [np.ones((2, 2, 2)), 3 * np.ones((2, 2, 2))],
+                           [np.array([1.0, 1.0]), np.array([3.0, 0.0])])  # fmt: skip
+    np.testing.assert_allclose(cube[0], np.full((2, 2), 2.5))
+    np.testing.assert_allclose(cube[1], np.ones((2, 2)))

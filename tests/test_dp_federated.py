@@ -233,3 +233,11 @@ def test_a_ledger_file_keeps_counting_across_runs(tiny_sysu_root: Path, tmp_path
     assert eps_again == pytest.approx(expected_epsilon(cfg, records, 4), rel=1e-9)
     with pytest.raises(ValueError, match="round 2 of run 'run-a' was already accounted"):
         train(resumed, RecordDict(), 2, run_id="run-a")
+
+
+def test_the_restricted_softmax_is_refused_under_dp(tiny_sysu_root: Path, tmp_path: Path) -> None:
+    """The private round computes its own per-record losses; a restricted softmax that it
+    would silently skip is refused when the site is built."""
+    cfg = dp_cfg(tiny_sysu_root, tmp_path, "federation.absent_class_logit_scale=0.5")
+    with pytest.raises(ValueError, match=r"site 'cam1': federation\.absent_class_logit_scale"):
+        SiteTrainer(cfg, SiteSpec(None, None, None, partition_id=0, num_partitions=6))

@@ -11,7 +11,7 @@ import pytest
 from client.app import train_reply
 from client.site import RoundResult, SiteSpec, SiteTrainer
 from ppa.config import load_config
-from ppa.wire import PROTO_COUNT, PROTO_SUM, check_federated_anonymizer
+from ppa.wire import PROTO_COUNT, PROTO_SUM, check_federated_anonymizer, global_keys, pack
 from server.run import FederatedRun
 
 from conftest import tiny_overrides
@@ -93,3 +93,33 @@ def test_training_camera_statistics_need_a_training_mode_statistics_round(
     run = FederatedRun(load_config(auto))
     assert run.cfg.eval.camera_statistics == "training"
     assert run.evaluator.cfg.eval.camera_statistics == "training"
+
+
+@pytest.mark.parametrize("alpha", [None, 0.0])
+def test_a_site_with_the_restricted_softmax_leaves_its_absent_identities_rows(
+    tiny_sysu_root: Path, tmp_path: Path, alpha: float | None
+) -> None:
+    """federation.absent_class_logit_scale=0: a round of local training does not move the
+    classifier rows of identities the site does not hold (without weight decay nothing else
+    does); the plain softmax pushes them away from the site's images."""
+    cfg = load_config(
+        tiny_overrides(
+            tiny_sysu_root,
+            tmp_path,
+            "train.optimizer.weight_decay=0.0",
+            "train.max_batches_per_epoch=2",
+            f"federation.absent_class_logit_scale={'null' if alpha is None else alpha}",
+        )
+    )
+    trainer = SiteTrainer(cfg, SiteSpec(None, None, None, partition_id=0, num_partitions=6))
+    state = trainer.model.state_dict()
+    arrays = {k: v.copy() for k, v in pack(state, global_keys(state)).items()}
+    result = trainer.train_round(arrays, None, server_round=1, local_epochs=1, half_precision=False)
+    held = sorted(set(trainer.site.labels))
+    absent = [c for c in range(trainer.num_classes) if c not in held]
+    before, after = arrays["classifier.weight"], result.arrays["classifier.weight"]
+    assert absent and not np.array_equal(after[held], before[held])
+    if alpha is None:
+        assert not np.array_equal(after[absent], before[absent])
+    else:
+        np.testing.assert_array_equal(after[absent], before[absent])

@@ -33,6 +33,7 @@ from ppa.pose.heatmaps import joint_heatmaps
 from ppa.prototypes import IdentityPrototypes, PrototypeAccumulator
 from ppa.training.loop import train_one_epoch
 from ppa.training.objective import PPAObjective
+from ppa.training.restricted_softmax import absent_class_logit_scale
 from ppa.training.step import StepContext, ppa_step, step_inputs
 
 from conftest import tiny_overrides
@@ -572,3 +573,21 @@ def test_a_channels_last_step_matches_the_contiguous_step(
         # Convolutions sum in another order channels-last: compare against the tensor's scale.
         scale = float(p.grad.abs().max())
         assert float((q.grad - p.grad).abs().max()) <= 1e-4 * scale + 1e-7, name
+
+
+def test_the_identity_loss_takes_the_site_class_logit_factors(
+    wiring_cfg: DictConfig, batch: Batch
+) -> None:
+    """With a site's restricted softmax the identity term is the loss of the scaled logits,
+    and at factor 0 the classifier rows of the identities outside the batch do not move."""
+    ctx = make_context(wiring_cfg, NUM_CLASSES, weights={"id": 1.0})
+    held = sorted(set(batch.labels.tolist()))
+    ctx.class_logit_scale = absent_class_logit_scale(held, NUM_CLASSES, 0.0)
+    _, terms, seen = run_step(ctx, batch)
+    labels = batch.labels.repeat(2)
+    scaled = seen.out.logits.detach() * ctx.class_logit_scale
+    assert terms["id"] == pytest.approx(float(losses.identity_loss(scaled, labels, 0.1)), rel=1e-5)
+    grad = ctx.model.classifier.weight.grad
+    absent = [c for c in range(NUM_CLASSES) if c not in held]
+    assert absent and torch.count_nonzero(grad[absent]) == 0
+    assert grad[held].abs().sum() > 0

@@ -21,7 +21,13 @@ from ppa.config import load_config
 from ppa.data.records import Modality
 from ppa.model import create_model
 from ppa.wire import PROTO_COUNT, PROTO_SUM, global_keys, pack, site_keys
-from server.aggregation import aggregate_updates, clip_update, krum_select, update_norm
+from server.aggregation import (
+    aggregate_updates,
+    clip_update,
+    krum_select,
+    update_norm,
+)
+from server.run import build_strategy
 from server.strategy import ModalityAwareFedAvg
 
 NUM_CLASSES = 4
@@ -462,3 +468,71 @@ def test_by_default_every_site_gets_the_pooled_prototypes(reference, run_identit
     messages = strategy.configure_train(2, ArrayRecord(), ConfigRecord(), _Nodes([1, 2, 3]))
     counts = [_sent_prototypes(m)[f"{PROTO_COUNT}.visible"].tolist() for m in messages]
     assert counts == [[4.0, 2.0, 0, 0]] * 3
+
+
+def test_classifier_rows_over_the_sites_holding_each_identity(reference) -> None:
+    """classifier_rows=holding_sites: each identity's row averages only the sites that report
+    prototypes of it (by their counts); every other shared array stays the weighted mean."""
+    strategy = make_strategy(reference, classifier_rows="holding_sites")
+    dim = strategy.dim
+    w0 = reference["classifier.weight"].numpy().astype(np.float64)
+    counts = [np.array([1.0, 0, 0, 0]), np.array([3.0, 2.0, 0, 0]), np.array([0, 2.0, 0, 0])]
+    values = [1.0, 4.0, 8.0]
+    replies = [
+        reply(node, f"cam{node}", modality, site_arrays(reference, modality, value), examples,
+              (np.zeros((NUM_CLASSES, dim)), count))
+        for node, modality, value, examples, count in zip(
+            (1, 2, 3), (Modality.VISIBLE, Modality.VISIBLE, Modality.INFRARED), values,
+            (10, 30, 60), counts, strict=True)
+    ]  # fmt: skip
+    strategy._sampled[1] = 3
+    record, _ = strategy.aggregate_train(1, replies)
+    out = as_numpy(record)
+    weight = out["classifier.weight"]
+    np.testing.assert_allclose(weight[0], np.full(dim, (1 * 1.0 + 3 * 4.0) / 4), rtol=1e-6)
+    np.testing.assert_allclose(weight[1], np.full(dim, (2 * 4.0 + 2 * 8.0) / 4), rtol=1e-6)
+    np.testing.assert_allclose(weight[2:], w0[2:], rtol=1e-6)  # held by no site this round
+    assert out["offsets.visible"] == pytest.approx(np.full(dim, 3.25))
+    assert out["neck.weight"] == pytest.approx(np.full(dim, 6.1))
+
+
+def test_classifier_rows_by_holders_need_every_sites_counts(reference) -> None:
+    strategy = make_strategy(reference, classifier_rows="holding_sites")
+    replies = [
+        reply(1, "cam1", Modality.VISIBLE, site_arrays(reference, Modality.VISIBLE, 1.0), 10),
+        reply(2, "cam3", Modality.INFRARED, site_arrays(reference, Modality.INFRARED, 1.0), 10),
+    ]
+    strategy._sampled[1] = 2
+    with pytest.raises(Exception, match="prototype counts; none from cam1, cam3"):
+        strategy.aggregate_train(1, replies)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"classifier_rows": "per_site"}, "must be one of"),
+        ({"classifier_rows": "holding_sites", "rule": "median"}, "does not combine"),
+    ],
+)
+def test_classifier_rows_settings_are_checked(reference, kwargs, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        make_strategy(reference, **kwargs)
+
+
+@pytest.mark.parametrize("prototypes", [True, False])
+def test_classifier_rows_by_holders_need_the_prototypes_in_the_config(prototypes: bool) -> None:
+    """The run's strategy takes the setting from the config, and refuses it where no site
+    would send the counts it weights by."""
+    cfg = load_config(
+        [
+            "model=tiny",
+            "federation.aggregation.classifier_rows=holding_sites",
+            f"federation.prototypes={str(prototypes).lower()}",
+        ]
+    )
+    model = create_model(cfg.model, NUM_CLASSES)
+    if prototypes:
+        assert build_strategy(cfg, model).classifier_rows == "holding_sites"
+    else:
+        with pytest.raises(ValueError, match=r"needs federation\.prototypes=true"):
+            build_strategy(cfg, model)

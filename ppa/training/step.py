@@ -45,6 +45,9 @@ class StepContext:
     private_step: StepHook | None = None  # set: DP-SGD does the step (ppa.dp)
     # set: rewrites each training batch before the step (ppa.training.pseudo_infrared)
     batch_views: Callable[[Batch], Batch] | None = None
+    # set: each identity logit multiplied by its class's factor before the identity loss
+    # (ppa.training.restricted_softmax: a site's absent identities)
+    class_logit_scale: torch.Tensor | None = None
 
     @classmethod
     def from_config(cls, cfg: DictConfig, **fields: Any) -> StepContext:
@@ -155,8 +158,9 @@ def ppa_step(ctx: StepContext, batch: Batch) -> tuple[torch.Tensor, dict[str, fl
         out = model(inputs.images, modality, anonymized=inputs.anonymized, heatmaps=inputs.heatmaps)
 
     terms: dict[str, torch.Tensor] = {}
+    logits = out.logits if ctx.class_logit_scale is None else out.logits * ctx.class_logit_scale
     terms["id"] = losses.identity_loss(
-        out.logits, labels, obj.label_smoothing, margin=model.identity_margin
+        logits, labels, obj.label_smoothing, margin=model.identity_margin
     )
     terms["triplet"] = losses.weighted_triplet_loss(out.corrected, labels)
     if obj.uses("kpr"):
