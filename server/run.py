@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from ppa.model.norm_statistics import calibration_mode, norm_statistics_keys
 from ppa.public_start import check_public_start
 from ppa.run_dir import claim_run_dir
 from ppa.seeding import seed_everything
+from ppa.training.loop import round_lr_factor
 from ppa.training.scaffold import control_keys
 from ppa.wire import (
     HALF_PRECISION,
@@ -79,6 +81,11 @@ def build_strategy(cfg: DictConfig, model: PPAEncoder) -> ModalityAwareFedAvg:
         control_keys=scaffold_keys(cfg, model),
         prototypes_exclude_own=bool(fed.get("prototypes_exclude_own", False)),
         classifier_rows=classifier_rows,
+        round_lr=(
+            partial(round_lr_factor, local_epochs=int(fed.local_epochs), train_cfg=cfg.train)
+            if agg.get("momentum_follows_lr", False)
+            else None
+        ),
         seed=int(cfg.seed),
     )
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -148,6 +148,7 @@ class ModalityAwareFedAvg(Strategy):
         control_keys: list[str] | None = None,
         prototypes_exclude_own: bool = False,
         classifier_rows: str = "all_sites",
+        round_lr: Callable[[int], float] | None = None,
         seed: int = 0,
     ):
         # The current global arrays: the validation reference and the clipping anchor.
@@ -176,6 +177,10 @@ class ModalityAwareFedAvg(Strategy):
         self.server_momentum = server_momentum
         # FedAvgM: the server's momentum buffer of the aggregated update, per array.
         self.velocity: dict[str, np.ndarray] = {}
+        # The sites' learning-rate factor of a round (None: the velocity is never rescaled),
+        # and the round the velocity was last updated in.
+        self.round_lr = round_lr
+        self.velocity_round: int | None = None
         self.rng = random.Random(seed)
         # SCAFFOLD (server/control_variates.py) over these trainable parameters; None: off.
         self.control = (
@@ -217,6 +222,7 @@ class ModalityAwareFedAvg(Strategy):
             },
             "exhausted_nodes": sorted(self.exhausted_nodes),
             "velocity": {k: v.copy() for k, v in self.velocity.items()},
+            "velocity_round": self.velocity_round,
             "control": self.control.state_dict() if self.control is not None else None,
         }
 
@@ -230,6 +236,7 @@ class ModalityAwareFedAvg(Strategy):
         }
         self.exhausted_nodes = set(state.get("exhausted_nodes", []))
         self.velocity = {k: np.asarray(v).copy() for k, v in state.get("velocity", {}).items()}
+        self.velocity_round = state.get("velocity_round")
         if self.control is not None and state.get("control") is not None:
             self.control.load_state_dict(state["control"])
 
@@ -475,7 +482,7 @@ class ModalityAwareFedAvg(Strategy):
                 [r.control_delta for r in voters],
                 [r.num_examples for r in voters],
             )
-        new = self._server_step(new, sorted(aggregated))
+        new = self._server_step(new, sorted(aggregated), server_round)
         new = {k: np.asarray(v, dtype=current[k].dtype) for k, v in new.items()}
         self.current = new
         report.seconds = time.perf_counter() - start
@@ -528,7 +535,9 @@ class ModalityAwareFedAvg(Strategy):
             stem_keys,
         )
 
-    def _server_step(self, new: dict[str, np.ndarray], keys: list[str]) -> dict[str, np.ndarray]:
+    def _server_step(
+        self, new: dict[str, np.ndarray], keys: list[str], server_round: int
+    ) -> dict[str, np.ndarray]:
         """FedAvgM (Hsu et al., 2019): treat the aggregated change as a pseudo-gradient,
         ``v <- beta v + (aggregate - current)``, ``global <- current + server_lr * v``.
 
@@ -537,16 +546,27 @@ class ModalityAwareFedAvg(Strategy):
         central training over the same epochs; server momentum recovers part of that.
         Normalisation statistics are averaged, never extrapolated. Keys no site updated this
         round (a modality without a site) keep their value and their velocity.
+
+        With `round_lr` the velocity is first scaled by the ratio of this round's learning
+        rate to that of the round it was last updated in, ``beta v lr_t / lr_s``: the velocity
+        is a sum of parameter changes, each already scaled by its round's rate, so without
+        this a step decay of the sites' schedule would keep moving the model by the old
+        rate's changes for several rounds (SGD's momentum buffer holds gradients, and the new
+        rate applies to it at once).
         """
         if self.server_lr == 1.0 and self.server_momentum == 0.0:
             return new
+        decay = self.server_momentum
+        if self.round_lr is not None and self.velocity_round is not None:
+            decay *= self.round_lr(server_round) / self.round_lr(self.velocity_round)
+        self.velocity_round = server_round
         out = dict(new)
         for k in keys:
             if not _is_trainable(k) or not np.issubdtype(self.current[k].dtype, np.floating):
                 continue
             base = np.asarray(self.current[k], np.float64)
             delta = np.asarray(new[k], np.float64) - base
-            velocity = self.server_momentum * self.velocity.get(k, 0.0) + delta
+            velocity = decay * self.velocity.get(k, 0.0) + delta
             self.velocity[k] = velocity.astype(np.float32)
             out[k] = base + self.server_lr * velocity
         return out

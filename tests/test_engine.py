@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ppa.anonymize import KprAnonymizer
 from ppa.config import load_config
@@ -15,7 +15,7 @@ from ppa.device import DeviceSettings
 from ppa.eval.features import extract_features
 from ppa.model import create_model
 from ppa.prototypes import IdentityPrototypes
-from ppa.training.loop import train_one_epoch
+from ppa.training.loop import round_lr_factor, train_one_epoch
 from ppa.training.objective import PPAObjective
 from ppa.training.optim import create_optimizer, lr_factor, set_epoch_lr
 from ppa.training.step import StepContext
@@ -28,6 +28,17 @@ def test_lr_schedule_by_hand() -> None:
     assert lr_factor(10, 4, [10, 20], 0.1) == pytest.approx(0.1)
     assert lr_factor(25, 4, [10, 20], 0.1) == pytest.approx(0.01)
     assert lr_factor(0, 0, [], 0.1) == 1.0
+
+
+def test_a_rounds_learning_rate_factor_is_the_mean_over_its_local_epochs() -> None:
+    """Round r of L local epochs spans global epochs (r-1)L .. rL-1 of the schedule."""
+    train = OmegaConf.create({"warmup_epochs": 2, "lr_steps": [5], "lr_gamma": 0.1})
+    assert round_lr_factor(1, 2, train) == pytest.approx((0.5 + 1.0) / 2)
+    assert round_lr_factor(2, 2, train) == pytest.approx(1.0)
+    assert round_lr_factor(3, 2, train) == pytest.approx((1.0 + 0.1) / 2)  # epochs 4, 5
+    assert round_lr_factor(4, 2, train) == pytest.approx(0.1)
+    assert round_lr_factor(5, 1, train) == pytest.approx(1.0)  # epoch 4
+    assert round_lr_factor(6, 1, train) == pytest.approx(0.1)
 
 
 def test_optimizer_splits_backbone_and_head(tiny_cfg: DictConfig) -> None:

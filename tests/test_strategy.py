@@ -351,6 +351,48 @@ def test_server_momentum_is_fedavgm_by_hand(reference) -> None:
     np.testing.assert_array_equal(again["classifier.weight"], second["classifier.weight"])
 
 
+def test_the_velocity_follows_the_sites_learning_rate(reference) -> None:
+    """With the sites' round learning rates (1, 1, 0.1), FedAvgM's velocity is scaled by
+    lr_t / lr_s before the round's change is added: v2 = 0.5 v1 + d2, v3 = 0.5 * 0.1 v2 + d3;
+    without them the old velocity carries over unscaled. The scaling survives a checkpoint."""
+    rates = {1: 1.0, 2: 1.0, 3: 0.1}
+    w0 = reference["classifier.weight"].numpy().astype(np.float64)
+
+    def run(strategy: ModalityAwareFedAvg, rounds: dict[int, float]) -> dict[str, np.ndarray]:
+        for number, value in rounds.items():
+            strategy._sampled[number] = 2
+            record, _ = strategy.aggregate_train(
+                number,
+                [
+                    reply(1, "cam1", Modality.VISIBLE,
+                          site_arrays(reference, Modality.VISIBLE, value), 1),
+                    reply(2, "cam3", Modality.INFRARED,
+                          site_arrays(reference, Modality.INFRARED, value), 1),
+                ],
+            )  # fmt: skip
+        return as_numpy(record)
+
+    values = {1: 2.0, 2: 3.0, 3: 2.5}
+    v1 = 2.0 - w0
+    w1 = w0 + v1
+    v2 = 0.5 * v1 + (3.0 - w1)
+    w2 = w1 + v2
+    scaled = run(make_strategy(reference, server_momentum=0.5, round_lr=rates.get), values)
+    v3 = 0.5 * 0.1 * v2 + (2.5 - w2)
+    np.testing.assert_allclose(scaled["classifier.weight"], w2 + v3, rtol=1e-5, atol=1e-5)
+    plain = run(make_strategy(reference, server_momentum=0.5), values)
+    v3_plain = 0.5 * v2 + (2.5 - w2)
+    np.testing.assert_allclose(plain["classifier.weight"], w2 + v3_plain, rtol=1e-5, atol=1e-5)
+
+    first = make_strategy(reference, server_momentum=0.5, round_lr=rates.get)
+    after_two = run(first, {1: 2.0, 2: 3.0})
+    resumed = make_strategy(reference, server_momentum=0.5, round_lr=rates.get)
+    resumed.current = {k: v.copy() for k, v in after_two.items()}
+    resumed.load_state_dict(first.state_dict())
+    again = run(resumed, {3: 2.5})
+    np.testing.assert_array_equal(again["classifier.weight"], scaled["classifier.weight"])
+
+
 @pytest.mark.parametrize(("lr", "momentum"), [(0.0, 0.0), (1.0, 1.0), (1.0, -0.1)])
 def test_server_optimiser_settings_are_checked(reference, lr: float, momentum: float) -> None:
     with pytest.raises(ValueError, match="server_lr"):
@@ -536,3 +578,23 @@ def test_classifier_rows_by_holders_need_the_prototypes_in_the_config(prototypes
     else:
         with pytest.raises(ValueError, match=r"needs federation\.prototypes=true"):
             build_strategy(cfg, model)
+
+
+@pytest.mark.parametrize("follows", [True, False])
+def test_the_run_gives_the_strategy_the_sites_round_learning_rates(follows: bool) -> None:
+    """federation.aggregation.momentum_follows_lr hands the strategy the schedule of
+    cfg.train over the rounds' global epochs (2 local epochs, step at epoch 12)."""
+    cfg = load_config(
+        [
+            "model=tiny",
+            "train.warmup_epochs=0",
+            "train.lr_steps=[12]",
+            "federation.local_epochs=2",
+            f"federation.aggregation.momentum_follows_lr={str(follows).lower()}",
+        ]
+    )
+    strategy = build_strategy(cfg, create_model(cfg.model, NUM_CLASSES))
+    if not follows:
+        assert strategy.round_lr is None
+        return
+    assert [strategy.round_lr(r) for r in (1, 6, 7, 8)] == pytest.approx([1.0, 1.0, 0.1, 0.1])

@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 
 from ppa.data.loader import Batch
 from ppa.progress_bar import ProgressBar  # log lines, not a bar, when not on a terminal
-from ppa.training.optim import set_epoch_lr
+from ppa.training.optim import lr_factor, set_epoch_lr
 from ppa.training.step import StepContext, ppa_step
 
 
@@ -75,6 +75,21 @@ def global_epoch(server_round: int, local_epochs: int, local_epoch: int) -> int:
     """The 0-based epoch count the schedule sees for local epoch `local_epoch` of a round:
     round r's epochs follow round r-1's, so warm-up and step decay span the whole run."""
     return (server_round - 1) * local_epochs + local_epoch
+
+
+def round_lr_factor(server_round: int, local_epochs: int, train_cfg: DictConfig) -> float:
+    """The sites' learning-rate factor of round `server_round`: the schedule's factor
+    averaged over the round's local epochs (what a round's update is scaled by)."""
+    factors = [
+        lr_factor(
+            global_epoch(server_round, local_epochs, e),
+            int(train_cfg.warmup_epochs),
+            list(train_cfg.lr_steps),
+            float(train_cfg.lr_gamma),
+        )
+        for e in range(local_epochs)
+    ]
+    return sum(factors) / len(factors)
 
 
 def train_epoch(
