@@ -23,7 +23,7 @@ from ppa.model.norm_statistics import calibration_mode, measure_norm_statistics
 from ppa.node_config import NodeConfigError, SiteSpec, check_layout
 from ppa.prototypes import IdentityPrototypes, PrototypeAccumulator
 from ppa.seeding import derive_seed, seed_everything
-from ppa.training.loop import train_round_epochs
+from ppa.training.loop import federated_train_config, train_round_epochs
 from ppa.training.optim import create_optimizer
 from ppa.training.proximal import ProximalTerm
 from ppa.training.restricted_softmax import absent_class_logit_scale
@@ -63,7 +63,8 @@ class SiteTrainer:
     """
 
     def __init__(self, cfg: DictConfig, spec: SiteSpec):
-        self.cfg = cfg
+        # Everything below (local epochs, DP rounds) schedules with the federation's decay.
+        self.cfg = cfg = federated_train_config(cfg)
         check_federated_anonymizer(cfg)
         fed = cfg.federation
         family = dataset_protocol(cfg.dataset)

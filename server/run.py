@@ -27,7 +27,7 @@ from ppa.model.norm_statistics import calibration_mode, norm_statistics_keys
 from ppa.public_start import check_public_start
 from ppa.run_dir import claim_run_dir
 from ppa.seeding import seed_everything
-from ppa.training.loop import round_lr_factor
+from ppa.training.loop import federated_train_config, round_lr_factor
 from ppa.training.scaffold import control_keys
 from ppa.wire import (
     HALF_PRECISION,
@@ -82,7 +82,11 @@ def build_strategy(cfg: DictConfig, model: PPAEncoder) -> ModalityAwareFedAvg:
         prototypes_exclude_own=bool(fed.get("prototypes_exclude_own", False)),
         classifier_rows=classifier_rows,
         round_lr=(
-            partial(round_lr_factor, local_epochs=int(fed.local_epochs), train_cfg=cfg.train)
+            partial(
+                round_lr_factor,
+                local_epochs=int(fed.local_epochs),
+                train_cfg=federated_train_config(cfg).train,
+            )
             if agg.get("momentum_follows_lr", False)
             else None
         ),

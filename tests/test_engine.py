@@ -15,7 +15,7 @@ from ppa.device import DeviceSettings
 from ppa.eval.features import extract_features
 from ppa.model import create_model
 from ppa.prototypes import IdentityPrototypes
-from ppa.training.loop import round_lr_factor, train_one_epoch
+from ppa.training.loop import federated_train_config, round_lr_factor, train_one_epoch
 from ppa.training.objective import PPAObjective
 from ppa.training.optim import create_optimizer, lr_factor, set_epoch_lr
 from ppa.training.step import StepContext
@@ -39,6 +39,23 @@ def test_a_rounds_learning_rate_factor_is_the_mean_over_its_local_epochs() -> No
     assert round_lr_factor(4, 2, train) == pytest.approx(0.1)
     assert round_lr_factor(5, 1, train) == pytest.approx(1.0)  # epoch 4
     assert round_lr_factor(6, 1, train) == pytest.approx(0.1)
+
+
+def test_the_federation_can_decay_its_sites_learning_rate_by_its_own_factor() -> None:
+    """federation.lr_gamma replaces train.lr_gamma in the sites' schedule; null keeps it, and
+    the config itself (what centralised training reads) is left alone."""
+    base = ["train.warmup_epochs=0", "train.lr_steps=[4]", "federation.local_epochs=2"]
+    cfg = load_config([*base, "federation.lr_gamma=0.3"])
+    site = federated_train_config(cfg)
+    assert [round_lr_factor(r, 2, site.train) for r in (1, 2, 3, 4)] == pytest.approx(
+        [1.0, 1.0, 0.3, 0.3]
+    )
+    assert cfg.train.lr_gamma == pytest.approx(0.1)
+    plain = load_config(base)
+    assert federated_train_config(plain) is plain
+    for bad in ("0", "1.5", "-0.1"):
+        with pytest.raises(ValueError, match=r"federation\.lr_gamma"):
+            federated_train_config(load_config([*base, f"federation.lr_gamma={bad}"]))
 
 
 def test_optimizer_splits_backbone_and_head(tiny_cfg: DictConfig) -> None:

@@ -123,3 +123,42 @@ def test_a_site_with_the_restricted_softmax_leaves_its_absent_identities_rows(
         assert not np.array_equal(after[absent], before[absent])
     else:
         np.testing.assert_array_equal(after[absent], before[absent])
+
+
+def test_a_site_decays_its_learning_rate_by_the_federations_factor(
+    tiny_sysu_root: Path, tmp_path: Path
+) -> None:
+    """federation.lr_gamma sets the sites' step decay: with plain SGD (no momentum, no weight
+    decay) one local step after the step epoch moves each weight by lr * gamma * gradient, so
+    the same step with gamma 0.5 moves twice as far as with 0.25; train.lr_gamma (0.1) is not
+    used."""
+    moves = {}
+    arrays = None
+    for gamma in (0.5, 0.25):
+        cfg = load_config(
+            tiny_overrides(
+                tiny_sysu_root,
+                tmp_path / str(gamma),
+                "train.optimizer.weight_decay=0.0",
+                "train.optimizer.momentum=0.0",
+                "train.optimizer.nesterov=false",
+                "train.warmup_epochs=0",
+                "train.lr_steps=[0]",
+                "train.max_batches_per_epoch=1",
+                f"federation.lr_gamma={gamma}",
+            )
+        )
+        trainer = SiteTrainer(cfg, SiteSpec(None, None, None, partition_id=0, num_partitions=6))
+        if arrays is None:
+            state = trainer.model.state_dict()
+            arrays = {k: v.copy() for k, v in pack(state, global_keys(state)).items()}
+        result = trainer.train_round(
+            {k: v.copy() for k, v in arrays.items()},
+            None,
+            server_round=1,
+            local_epochs=1,
+            half_precision=False,
+        )
+        moves[gamma] = result.arrays["classifier.weight"] - arrays["classifier.weight"]
+    assert np.abs(moves[0.25]).max() > 0
+    np.testing.assert_allclose(moves[0.5], 2 * moves[0.25], rtol=1e-4, atol=1e-7)

@@ -580,16 +580,22 @@ def test_classifier_rows_by_holders_need_the_prototypes_in_the_config(prototypes
             build_strategy(cfg, model)
 
 
-@pytest.mark.parametrize("follows", [True, False])
-def test_the_run_gives_the_strategy_the_sites_round_learning_rates(follows: bool) -> None:
-    """federation.aggregation.momentum_follows_lr hands the strategy the schedule of
-    cfg.train over the rounds' global epochs (2 local epochs, step at epoch 12)."""
+@pytest.mark.parametrize(
+    ("follows", "site_gamma", "after_step"), [(True, None, 0.1), (True, 0.3, 0.3), (False, None, 0)]
+)
+def test_the_run_gives_the_strategy_the_sites_round_learning_rates(
+    follows: bool, site_gamma: float | None, after_step: float
+) -> None:
+    """federation.aggregation.momentum_follows_lr hands the strategy the sites' schedule over
+    the rounds' global epochs (2 local epochs, step at epoch 12), with federation.lr_gamma's
+    decay where it is set."""
     cfg = load_config(
         [
             "model=tiny",
             "train.warmup_epochs=0",
             "train.lr_steps=[12]",
             "federation.local_epochs=2",
+            f"federation.lr_gamma={'null' if site_gamma is None else site_gamma}",
             f"federation.aggregation.momentum_follows_lr={str(follows).lower()}",
         ]
     )
@@ -597,4 +603,6 @@ def test_the_run_gives_the_strategy_the_sites_round_learning_rates(follows: bool
     if not follows:
         assert strategy.round_lr is None
         return
-    assert [strategy.round_lr(r) for r in (1, 6, 7, 8)] == pytest.approx([1.0, 1.0, 0.1, 0.1])
+    assert [strategy.round_lr(r) for r in (1, 6, 7, 8)] == pytest.approx(
+        [1.0, 1.0, after_step, after_step]
+    )

@@ -6,7 +6,7 @@ import time
 from collections.abc import Iterable
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ppa.data.loader import Batch
 from ppa.progress_bar import ProgressBar  # log lines, not a bar, when not on a terminal
@@ -75,6 +75,22 @@ def global_epoch(server_round: int, local_epochs: int, local_epoch: int) -> int:
     """The 0-based epoch count the schedule sees for local epoch `local_epoch` of a round:
     round r's epochs follow round r-1's, so warm-up and step decay span the whole run."""
     return (server_round - 1) * local_epochs + local_epoch
+
+
+def federated_train_config(cfg: DictConfig) -> DictConfig:
+    """The run's config as a site trains with it: `federation.lr_gamma`, when set, is the
+    step decay of the sites' schedule in place of `train.lr_gamma`.
+
+    A federation can want another decay than centralised training at the same step (a site
+    keeps moving toward its own camera's optimum at the smaller rate, the aggregate only
+    averages that drift); the centralised run of the same config keeps `train.lr_gamma`.
+    """
+    gamma = cfg.federation.get("lr_gamma")
+    if gamma is None:
+        return cfg
+    if not 0.0 < float(gamma) <= 1.0:
+        raise ValueError(f"federation.lr_gamma={gamma} must lie in (0, 1] (null: train.lr_gamma)")
+    return OmegaConf.merge(cfg, {"train": {"lr_gamma": float(gamma)}})
 
 
 def round_lr_factor(server_round: int, local_epochs: int, train_cfg: DictConfig) -> float:
