@@ -117,6 +117,7 @@ class FederatedRun:
     def __init__(self, cfg: DictConfig, *, resume: bool = False, run_id: str = ""):
         self.cfg = cfg
         check_federated_anonymizer(cfg)
+        federated_train_config(cfg)  # a bad federation.lr_gamma stops the run before any site
         self.run_id = run_id  # Flower's run id: labels the Prometheus series
         # A folder of this run's own (ppa/run_dir.py); resume continues the newest earlier run.
         self.out = claim_run_dir(cfg, resume=resume)

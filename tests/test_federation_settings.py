@@ -162,3 +162,13 @@ def test_a_site_decays_its_learning_rate_by_the_federations_factor(
         moves[gamma] = result.arrays["classifier.weight"] - arrays["classifier.weight"]
     assert np.abs(moves[0.25]).max() > 0
     np.testing.assert_allclose(moves[0.5], 2 * moves[0.25], rtol=1e-4, atol=1e-7)
+
+
+def test_the_server_refuses_a_federation_decay_outside_zero_to_one(
+    tiny_sysu_root: Path, tmp_path: Path
+) -> None:
+    """federation.lr_gamma is checked when the run starts, before any site trains."""
+    with pytest.raises(ValueError, match=r"federation\.lr_gamma=1\.5"):
+        FederatedRun(
+            load_config(tiny_overrides(tiny_sysu_root, tmp_path, "federation.lr_gamma=1.5"))
+        )
