@@ -74,6 +74,31 @@ def aggregate_updates(
     return out
 
 
+SITE_WEIGHTS = ("examples", "modality_balanced")
+
+
+def site_weights(
+    num_examples: Sequence[float], modalities: Sequence[str], scheme: str = "examples"
+) -> list[float]:
+    """Each site's weight in the shared parts' mean, summing to one.
+
+    ``examples``: FedAvg's, proportional to the site's examples. ``modality_balanced``: each
+    modality present gets an equal share, split among its sites by their examples, so the
+    shared trunk hears both modalities equally however many sites each has (a centralised
+    P x K batch holds both modalities in equal parts).
+    """
+    if scheme not in SITE_WEIGHTS:
+        raise ValueError(f"unknown site weighting {scheme!r}; expected one of {SITE_WEIGHTS}")
+    counts = np.asarray(num_examples, dtype=np.float64)
+    if scheme == "examples":
+        return list(counts / counts.sum())
+    groups = sorted(set(modalities))
+    totals = {
+        m: sum(c for c, mm in zip(counts, modalities, strict=True) if mm == m) for m in groups
+    }
+    return [float(c / totals[m] / len(groups)) for c, m in zip(counts, modalities, strict=True)]
+
+
 def update_norm(update: Update, reference: Update, keys: Sequence[str]) -> float:
     """L2 norm of update - reference over `keys`."""
     total = 0.0

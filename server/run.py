@@ -81,6 +81,7 @@ def build_strategy(cfg: DictConfig, model: PPAEncoder) -> ModalityAwareFedAvg:
         control_keys=scaffold_keys(cfg, model),
         prototypes_exclude_own=bool(fed.get("prototypes_exclude_own", False)),
         classifier_rows=classifier_rows,
+        site_weighting=str(agg.get("site_weighting", "examples")),
         round_lr=(
             partial(
                 round_lr_factor,

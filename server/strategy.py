@@ -49,7 +49,13 @@ from ppa.wire import (
     validate_prototypes,
     validate_update,
 )
-from server.aggregation import aggregate_updates, clip_update, rows_by_holders
+from server.aggregation import (
+    SITE_WEIGHTS,
+    aggregate_updates,
+    clip_update,
+    rows_by_holders,
+    site_weights,
+)
 from server.anomaly import AnomalyReport, detect_anomalies
 from server.control_variates import GlobalControlVariate
 from server.drift import DriftReport, client_drift
@@ -112,7 +118,9 @@ class ModalityAwareFedAvg(Strategy):
     """Modality-aware aggregation for the PPA encoder.
 
     - shared parts (trunk, GeM, BNNeck, classifier): over all sites, with the configured rule
-      (weighted FedAvg or a robust rule) after optional per-update norm clipping;
+      (weighted FedAvg or a robust rule) after optional per-update norm clipping; the sites
+      weighted by their examples or, with ``site_weighting="modality_balanced"``, each
+      modality by an equal share;
     - stems and DCMA offsets: weighted mean within each modality;
     - identity prototypes: per-modality sums / counts, so each identity's prototype is the
       mean over every image of that modality that any site saw; with
@@ -148,6 +156,7 @@ class ModalityAwareFedAvg(Strategy):
         control_keys: list[str] | None = None,
         prototypes_exclude_own: bool = False,
         classifier_rows: str = "all_sites",
+        site_weighting: str = "examples",
         round_lr: Callable[[int], float] | None = None,
         seed: int = 0,
     ):
@@ -202,6 +211,12 @@ class ModalityAwareFedAvg(Strategy):
         if classifier_rows == "holding_sites" and CLASSIFIER_KEY not in self.current:
             raise ValueError(f"classifier_rows=holding_sites: the model has no {CLASSIFIER_KEY!r}")
         self.classifier_rows = classifier_rows
+        if site_weighting not in SITE_WEIGHTS:
+            raise ValueError(
+                f"federation.aggregation.site_weighting must be one of {SITE_WEIGHTS}, "
+                f"got {site_weighting!r}"
+            )
+        self.site_weighting = site_weighting
         # node -> (modality index, sums, counts) of the node's reply that is part of the
         # current global prototypes (what `prototypes_exclude_own` takes out again).
         self.proto_contributions: dict[int, tuple[int, np.ndarray, np.ndarray]] = {}
@@ -443,7 +458,7 @@ class ModalityAwareFedAvg(Strategy):
         new.update(
             aggregate_updates(
                 [r.arrays for r in voters],
-                [r.num_examples for r in voters],
+                self._shared_weights(voters),
                 shared_keys,
                 self.rule,
                 trim_fraction=self.trim_fraction,
@@ -489,6 +504,14 @@ class ModalityAwareFedAvg(Strategy):
         record = ArrayRecord({k: Array(v) for k, v in new.items()})
         return record, self._aggregate_metrics(voters)
 
+    def _shared_weights(self, replies: list[SiteReply]) -> list[float]:
+        """The replies' weights in the shared parts' mean (``site_weighting``)."""
+        return site_weights(
+            [r.num_examples for r in replies],
+            [r.modality.value for r in replies],
+            self.site_weighting,
+        )
+
     def _classifier_by_holders(self, voters: list[SiteReply]) -> np.ndarray:
         """The classifier's rows, each over the sites that hold its identity (their prototype
         counts of it as weights): a site's row of an identity it never saw only carries the
@@ -508,8 +531,9 @@ class ModalityAwareFedAvg(Strategy):
     def _drift(self, replies: list[SiteReply], shared_keys: list[str]) -> DriftReport:
         """Each reply's drift against the FedAvg aggregate of all replies (server/drift.py):
         the shared parts over every site, stems and offsets within each modality."""
-        weights = [r.num_examples for r in replies]
-        aggregate = aggregate_updates([r.arrays for r in replies], weights, shared_keys)
+        aggregate = aggregate_updates(
+            [r.arrays for r in replies], self._shared_weights(replies), shared_keys
+        )
         stem_keys: dict[str, list[str]] = {}
         for modality in MODALITIES:
             group = [r for r in replies if r.modality == modality]

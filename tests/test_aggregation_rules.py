@@ -21,6 +21,7 @@ from server.aggregation import (
     krum_select,
     pairwise_sq_distances,
     rows_by_holders,
+    site_weights,
     update_norm,
 )
 
@@ -270,3 +271,21 @@ def test_rows_by_holders_by_hand() -> None:
                            [np.array([1.0, 1.0]), np.array([3.0, 0.0])])  # fmt: skip
     np.testing.assert_allclose(cube[0], np.full((2, 2), 2.5))
     np.testing.assert_allclose(cube[1], np.ones((2, 2)))
+
+
+def test_site_weights_by_hand() -> None:
+    """Three visible sites of 10, 30, 60 examples and one infrared site of 50: FedAvg's
+    weights follow the examples; modality-balanced ones give each modality one half."""
+    counts, modalities = [10.0, 30.0, 60.0, 50.0], ["visible"] * 3 + ["infrared"]
+    assert site_weights(counts, modalities) == pytest.approx(
+        [10 / 150, 30 / 150, 60 / 150, 50 / 150]
+    )
+    assert site_weights(counts, modalities, "modality_balanced") == pytest.approx(
+        [0.05, 0.15, 0.30, 0.50]
+    )
+    # One modality only: the same as FedAvg's.
+    assert site_weights([1.0, 3.0], ["infrared"] * 2, "modality_balanced") == pytest.approx(
+        [0.25, 0.75]
+    )
+    with pytest.raises(ValueError, match="unknown site weighting 'equal'"):
+        site_weights(counts, modalities, "equal")

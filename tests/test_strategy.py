@@ -20,7 +20,7 @@ from flwr.app import (
 from ppa.config import load_config
 from ppa.data.records import Modality
 from ppa.model import create_model
-from ppa.wire import PROTO_COUNT, PROTO_SUM, global_keys, pack, site_keys
+from ppa.wire import PROTO_COUNT, PROTO_SUM, SHARED, global_keys, pack, parameter_group, site_keys
 from server.aggregation import (
     aggregate_updates,
     clip_update,
@@ -132,6 +132,46 @@ def test_modality_aware_weighted_aggregation(reference) -> None:
     assert strategy.proto_sums[0, 0, 0] == pytest.approx(4.0)
     assert strategy.last_report.replied == ["cam1", "cam2", "cam3"]
     assert strategy.last_report.bytes_received > 0
+
+
+def test_modality_balanced_site_weights(reference) -> None:
+    """site_weighting=modality_balanced: the shared parts give each modality one half (split
+    by examples within it); stems and offsets stay the within-modality means, and the drift
+    is measured against the same aggregate."""
+    strategy = make_strategy(reference, site_weighting="modality_balanced")
+    replies = [
+        reply(1, "cam1", Modality.VISIBLE, site_arrays(reference, Modality.VISIBLE, 1.0), 10),
+        reply(2, "cam2", Modality.VISIBLE, site_arrays(reference, Modality.VISIBLE, 4.0), 30),
+        reply(3, "cam3", Modality.INFRARED, site_arrays(reference, Modality.INFRARED, 8.0), 60),
+    ]
+    strategy._sampled[1] = 3
+    record, _ = strategy.aggregate_train(1, replies)
+    out = as_numpy(record)
+    # shared: 0.5 * (10*1 + 30*4) / 40 + 0.5 * 8 (FedAvg's weights would give 6.1)
+    expected = 0.5 * 3.25 + 0.5 * 8.0
+    assert out["classifier.weight"] == pytest.approx(
+        np.full_like(out["classifier.weight"], expected)
+    )
+    assert out["stems.visible.conv1.weight"].flat[0] == pytest.approx(3.25)
+    assert out["offsets.infrared"] == pytest.approx(np.full(strategy.dim, 8.0))
+    # Drift against the balanced aggregate: |8 - w| / |5.625 - w| over the shared parameters.
+    steps = [
+        k
+        for k in out
+        if parameter_group(k).kind == SHARED
+        and not k.endswith(("running_mean", "running_var"))
+        and np.issubdtype(out[k].dtype, np.floating)
+    ]
+    start = {k: reference[k].numpy().astype(np.float64) for k in steps}
+    own = sum(float(((8.0 - start[k]) ** 2).sum()) for k in steps)
+    agg = sum(float(((expected - start[k]) ** 2).sum()) for k in steps)
+    drift = strategy.last_report.drift.sites
+    assert drift["cam3"]["norm_ratio"] == pytest.approx((own / agg) ** 0.5, rel=1e-5)
+
+
+def test_site_weighting_is_checked(reference) -> None:
+    with pytest.raises(ValueError, match="site_weighting must be one of"):
+        make_strategy(reference, site_weighting="equal")
 
 
 def test_malformed_and_failed_replies_are_dropped_and_named(reference) -> None:
