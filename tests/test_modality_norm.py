@@ -147,3 +147,68 @@ def test_training_mode_measurement_gives_batch_statistics_and_leaves_the_model_a
 )
 def test_auto_calibration_measures_the_way_test_time_normalises(overrides, expected):
     assert calibration_mode(load_config(["model=tiny", *overrides])) == expected
+
+
+def test_a_per_modality_affine_scales_each_modality_by_its_own_weight_and_bias():
+    """model.trunk_affine=modality: each modality's rows get their own statistics and their
+    own weight and bias, by hand; a gradient reaches only the affine of the rows' modality."""
+    torch.manual_seed(0)
+    norm = ModalityBatchNorm2d(2, MODALITIES, affine="modality")
+    assert norm.weight is None and norm.bias is None
+    with torch.no_grad():
+        norm.stats["visible"].weight.copy_(torch.tensor([2.0, 0.5]))
+        norm.stats["visible"].bias.copy_(torch.tensor([1.0, 0.0]))
+        norm.stats["infrared"].weight.copy_(torch.tensor([-1.0, 3.0]))
+        norm.stats["infrared"].bias.copy_(torch.tensor([0.0, -2.0]))
+    x = torch.randn(5, 2, 3, 2)
+    modality = torch.tensor([VIS, IR, IR, VIS, IR])
+    with modality_routing([norm], modality):
+        out = norm(x)
+    for m, idx in (("visible", VIS), ("infrared", IR)):
+        rows = (modality == idx).nonzero(as_tuple=True)[0]
+        part = x[rows]
+        mean = part.mean(dim=(0, 2, 3), keepdim=True)
+        var = part.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
+        stats = norm.stats[m]
+        expected = (part - mean) / torch.sqrt(var + 1e-5) * stats.weight.view(
+            1, -1, 1, 1
+        ) + stats.bias.view(1, -1, 1, 1)
+        assert torch.allclose(out[rows], expected, atol=1e-5)
+    visible_only = torch.tensor([VIS] * 5)
+    with modality_routing([norm], visible_only):
+        norm(x).sum().backward()
+    assert norm.stats["visible"].weight.grad is not None
+    assert norm.stats["infrared"].weight.grad is None
+
+
+def test_a_per_modality_affine_travels_within_its_modality():
+    block = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4))
+    with torch.no_grad():
+        block[1].weight.uniform_()
+        block[1].bias.uniform_()
+    reference = block[1]
+    split_batch_norms(block, MODALITIES, affine="modality")
+    for m in ("visible", "infrared"):
+        assert torch.equal(block[1].stats[m].weight, reference.weight)
+        assert torch.equal(block[1].stats[m].bias, reference.bias)
+    model = create_model(
+        load_config(
+            ["model=tiny", "model.trunk_stats=modality", "model.trunk_affine=modality"]
+        ).model,
+        5,
+    )
+    state = model.state_dict()
+    assert "trunk.layer1.0.bn1.weight" not in state
+    assert parameter_group("trunk.layer1.0.bn1.stats.infrared.weight") == parameter_group(
+        "trunk.layer1.0.bn1.stats.infrared.running_mean"
+    )
+    visible = site_keys(state, Modality.VISIBLE)
+    assert "trunk.layer1.0.bn1.stats.visible.bias" in visible
+    assert "trunk.layer1.0.bn1.stats.infrared.bias" not in visible
+    model.eval()
+    out = model(torch.randn(2, 3, 64, 32), torch.tensor([VIS, IR]))
+    assert out.neck.shape == (2, model.num_features)
+    with pytest.raises(ValueError, match=r"trunk_affine=modality .* needs model.norm=batch"):
+        create_model(load_config(["model=tiny", "model.trunk_affine=modality"]).model, 5)
+    with pytest.raises(ValueError, match="must be one of"):
+        ModalityBatchNorm2d(2, MODALITIES, affine="per_site")

@@ -69,6 +69,7 @@ def create_model(model_cfg: DictConfig | Mapping[str, Any], num_classes: int) ->
         norm=norm,
         neck_stats=str(cfg.get("neck_stats", "modality")),
         trunk_stats=str(cfg.get("trunk_stats", "shared")),
+        trunk_affine=str(cfg.get("trunk_affine", "shared")),
         classifier=str(cfg.get("classifier", "learned")),
         cosine_scale=float(cfg.get("cosine_scale", 16.0)),
         cosine_margin=float(cfg.get("cosine_margin", 0.0)),

@@ -98,6 +98,7 @@ class PPAEncoder(nn.Module):
         norm: str = "batch",
         neck_stats: str = "modality",
         trunk_stats: str = "shared",
+        trunk_affine: str = "shared",
         classifier: str = "learned",
         cosine_scale: float = 16.0,
         cosine_margin: float = 0.0,
@@ -115,6 +116,12 @@ class PPAEncoder(nn.Module):
             raise ValueError(f"model.trunk_stats must be one of {TRUNK_STATS}, got {trunk_stats!r}")
         if norm not in NORMS:
             raise ValueError(f"model.norm must be one of {NORMS}, got {norm!r}")
+        if trunk_affine != "shared" and (norm, trunk_stats) != ("batch", "modality"):
+            raise ValueError(
+                f"model.trunk_affine={trunk_affine} splits the per-modality trunk norms' affine; "
+                f"it needs model.norm=batch and model.trunk_stats=modality, got {norm} and "
+                f"{trunk_stats}"
+            )
         missing = [n for n in (*STEM_LAYERS, *TRUNK_LAYERS) if not hasattr(backbone, n)]
         if missing:
             raise ValueError(
@@ -133,7 +140,7 @@ class PPAEncoder(nn.Module):
             self.stems = nn.ModuleDict({m.value: copy.deepcopy(stem) for m in self.modalities})
         self.trunk = nn.Sequential(OrderedDict((n, getattr(backbone, n)) for n in trunk_layers))
         if norm == "batch" and trunk_stats == "modality":
-            split_batch_norms(self.trunk, self.modalities)
+            split_batch_norms(self.trunk, self.modalities, trunk_affine)
         # The trunk's per-modality norms, told each row's modality for every pass.
         self._trunk_norms = tuple(modality_norms(self.trunk))
         dim = int(backbone.num_features)

@@ -30,35 +30,61 @@ from torch import nn
 from ppa.data.records import Modality
 from ppa.model.routing import route_by_modality
 
+# model.trunk_affine: the per-modality trunk norms' weight and bias shared by both modalities
+# or one pair per modality.
+AFFINES = ("shared", "modality")
+
 
 class ModalityBatchNorm2d(nn.Module):
-    """BatchNorm2d with a shared affine and batch / running statistics per modality."""
+    """BatchNorm2d with batch / running statistics per modality and a shared affine, or with
+    ``affine="modality"`` an affine per modality too (``<norm>.stats.<modality>.weight|bias``:
+    aggregated within each modality like the statistics, FedBN's split at modality level)."""
 
-    def __init__(self, num_features: int, modalities: Sequence[Modality], eps: float = 1e-5):
+    def __init__(
+        self,
+        num_features: int,
+        modalities: Sequence[Modality],
+        eps: float = 1e-5,
+        affine: str = "shared",
+    ):
         super().__init__()
+        if affine not in AFFINES:
+            raise ValueError(f"model.trunk_affine must be one of {AFFINES}, got {affine!r}")
         self.modalities = tuple(modalities)
         self.num_features = int(num_features)
-        self.weight = nn.Parameter(torch.ones(num_features))
-        self.bias = nn.Parameter(torch.zeros(num_features))
+        self.affine = affine
+        per_modality = affine == "modality"
+        if per_modality:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        else:
+            self.weight = nn.Parameter(torch.ones(num_features))
+            self.bias = nn.Parameter(torch.zeros(num_features))
         self.stats = nn.ModuleDict(
-            {m.value: nn.BatchNorm2d(num_features, eps=eps, affine=False) for m in self.modalities}
+            {
+                m.value: nn.BatchNorm2d(num_features, eps=eps, affine=per_modality)
+                for m in self.modalities
+            }
         )
         self.modality: torch.Tensor | None = None  # set by `modality_routing` for one pass
         self.last_modality: torch.Tensor | None = None  # the last trainable pass's routing
 
     @classmethod
     def from_batch_norm(
-        cls, norm: nn.BatchNorm2d, modalities: Sequence[Modality]
+        cls, norm: nn.BatchNorm2d, modalities: Sequence[Modality], affine: str = "shared"
     ) -> ModalityBatchNorm2d:
         """Every modality starts from `norm`'s running statistics (ImageNet ones for a
-        pretrained trunk); the affine is copied, with its trainability."""
-        out = cls(norm.num_features, modalities, eps=norm.eps)
+        pretrained trunk); the affine is copied (into every modality's with
+        ``affine="modality"``), with its trainability."""
+        out = cls(norm.num_features, modalities, eps=norm.eps, affine=affine)
         with torch.no_grad():
             if norm.affine:
-                out.weight.copy_(norm.weight)
-                out.bias.copy_(norm.bias)
-                out.weight.requires_grad_(norm.weight.requires_grad)
-                out.bias.requires_grad_(norm.bias.requires_grad)
+                targets = list(out.stats.values()) if affine == "modality" else [out]
+                for target in targets:
+                    target.weight.copy_(norm.weight)
+                    target.bias.copy_(norm.bias)
+                    target.weight.requires_grad_(norm.weight.requires_grad)
+                    target.bias.requires_grad_(norm.bias.requires_grad)
             if norm.track_running_stats:
                 for stats in out.stats.values():
                     stats.running_mean.copy_(norm.running_mean)
@@ -72,6 +98,8 @@ class ModalityBatchNorm2d(nn.Module):
                 "encoder (forward_features), which routes it"
             )
         normed = route_by_modality(x, self.modality, self.stats, self.modalities)
+        if self.weight is None:
+            return normed  # each modality's BatchNorm applied its own affine
         if self.weight.requires_grad or self.bias.requires_grad:
             # A per-sample-gradient hook runs after the routing has ended and needs each
             # row's modality to recompute `normed` (ppa/dp/sgd.py).
@@ -79,15 +107,18 @@ class ModalityBatchNorm2d(nn.Module):
         return normed * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
 
 
-def split_batch_norms(module: nn.Module, modalities: Sequence[Modality]) -> int:
-    """Replace every BatchNorm2d below `module` by a `ModalityBatchNorm2d`; returns how many."""
+def split_batch_norms(
+    module: nn.Module, modalities: Sequence[Modality], affine: str = "shared"
+) -> int:
+    """Replace every BatchNorm2d below `module` by a `ModalityBatchNorm2d` (its affine shared
+    or per modality); returns how many."""
     replaced = 0
     for name, child in list(module.named_children()):
         if isinstance(child, nn.BatchNorm2d):
-            setattr(module, name, ModalityBatchNorm2d.from_batch_norm(child, modalities))
+            setattr(module, name, ModalityBatchNorm2d.from_batch_norm(child, modalities, affine))
             replaced += 1
         else:
-            replaced += split_batch_norms(child, modalities)
+            replaced += split_batch_norms(child, modalities, affine)
     return replaced
 
 
@@ -110,7 +141,8 @@ def modality_routing(norms: Sequence[ModalityBatchNorm2d], modality: torch.Tenso
 
 
 _STATS_KEY = re.compile(
-    r"^(?P<norm>.+)\.stats\.[^.]+\.(?P<buffer>running_mean|running_var|num_batches_tracked)$"
+    r"^(?P<norm>.+)\.stats\.[^.]+\."
+    r"(?P<buffer>running_mean|running_var|num_batches_tracked|weight|bias)$"
 )
 
 
@@ -121,8 +153,9 @@ def seed_modality_statistics(
 
     A start checkpoint trained with shared statistics (``model.trunk_stats=shared``) fits a
     per-modality trunk this way: each modality begins from the statistics both shared, as
-    `ModalityBatchNorm2d.from_batch_norm` does for ImageNet weights. Keys `state` already holds
-    per modality are kept; the shared keys that were copied are dropped.
+    `ModalityBatchNorm2d.from_batch_norm` does for ImageNet weights (a per-modality affine,
+    ``model.trunk_affine=modality``, likewise starts from the shared one). Keys `state`
+    already holds per modality are kept; the shared keys that were copied are dropped.
     """
     out = dict(state)
     copied: set[str] = set()
