@@ -80,9 +80,10 @@ SITE_WEIGHTS = ("examples", "modality_balanced")
 def site_weights(
     num_examples: Sequence[float], modalities: Sequence[str], scheme: str = "examples"
 ) -> list[float]:
-    """Each site's weight in the shared parts' mean, summing to one.
+    """Each site's weight in the shared parts' mean (`aggregate_updates` normalises them).
 
-    ``examples``: FedAvg's, proportional to the site's examples. ``modality_balanced``: each
+    ``examples``: FedAvg's, the site's examples themselves (passed on unchanged, so the mean is
+    bit for bit the one FedAvg always computed). ``modality_balanced``: each
     modality present gets an equal share, split among its sites by their examples, so the
     shared trunk hears both modalities equally however many sites each has (a centralised
     P x K batch holds both modalities in equal parts).
@@ -91,8 +92,9 @@ def site_weights(
         raise ValueError(f"unknown site weighting {scheme!r}; expected one of {SITE_WEIGHTS}")
     counts = np.asarray(num_examples, dtype=np.float64)
     if scheme == "examples":
-        return list(counts / counts.sum())
+        return [float(c) for c in counts]
     groups = sorted(set(modalities))
+    # Each modality's share 1 / len(groups), split by examples: these sum to one.
     totals = {
         m: sum(c for c, mm in zip(counts, modalities, strict=True) if mm == m) for m in groups
     }
