@@ -10,7 +10,12 @@ from ppa.config import load_config
 from ppa.data.loader import Batch
 from ppa.data.records import MODALITIES, Modality
 from ppa.model import create_model
-from ppa.model.modality_norm import ModalityBatchNorm2d, modality_routing, split_batch_norms
+from ppa.model.modality_norm import (
+    ModalityBatchNorm2d,
+    modality_routing,
+    seed_modality_statistics,
+    split_batch_norms,
+)
 from ppa.model.norm_statistics import calibration_mode, measure_norm_statistics
 from ppa.wire import STEM, parameter_group, site_keys
 
@@ -212,3 +217,25 @@ def test_a_per_modality_affine_travels_within_its_modality():
         create_model(load_config(["model=tiny", "model.trunk_affine=modality"]).model, 5)
     with pytest.raises(ValueError, match="must be one of"):
         ModalityBatchNorm2d(2, MODALITIES, affine="per_site")
+
+
+def test_a_shared_affine_start_seeds_both_modalities_affine():
+    """A start checkpoint with one affine per trunk norm (model.trunk_affine=shared) fits a
+    model with an affine per modality: each modality starts from the shared weight and bias."""
+    base = ["model=tiny", "model.trunk_stats=modality"]
+    torch.manual_seed(0)
+    shared = create_model(load_config(base).model, 5)
+    split = create_model(load_config([*base, "model.trunk_affine=modality"]).model, 5)
+    with torch.no_grad():
+        shared.trunk.layer1[0].bn1.weight.uniform_()
+    state = seed_modality_statistics(shared.state_dict(), split.state_dict())
+    assert set(state) == set(split.state_dict())
+    for m in ("visible", "infrared"):
+        assert torch.equal(
+            state[f"trunk.layer1.0.bn1.stats.{m}.weight"], shared.trunk.layer1[0].bn1.weight
+        )
+        assert torch.equal(
+            state[f"trunk.layer1.0.bn1.stats.{m}.running_var"],
+            shared.state_dict()[f"trunk.layer1.0.bn1.stats.{m}.running_var"],
+        )
+    split.load_state_dict(state)
