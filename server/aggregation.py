@@ -90,15 +90,18 @@ def site_weights(
     """
     if scheme not in SITE_WEIGHTS:
         raise ValueError(f"unknown site weighting {scheme!r}; expected one of {SITE_WEIGHTS}")
+    if len(num_examples) != len(modalities):
+        raise ValueError(
+            f"site_weights: {len(num_examples)} example counts for {len(modalities)} modalities"
+        )
     counts = np.asarray(num_examples, dtype=np.float64)
     if scheme == "examples":
         return [float(c) for c in counts]
-    groups = sorted(set(modalities))
+    mods = np.asarray(modalities)
+    groups = np.unique(mods)
     # Each modality's share 1 / len(groups), split by examples: these sum to one.
-    totals = {
-        m: sum(c for c, mm in zip(counts, modalities, strict=True) if mm == m) for m in groups
-    }
-    return [float(c / totals[m] / len(groups)) for c, m in zip(counts, modalities, strict=True)]
+    totals = np.array([counts[mods == m].sum() for m in mods])
+    return [float(w) for w in counts / totals / len(groups)]
 
 
 def update_norm(update: Update, reference: Update, keys: Sequence[str]) -> float:

@@ -288,3 +288,9 @@ def test_site_weights_by_hand() -> None:
     )
     with pytest.raises(ValueError, match="unknown site weighting 'equal'"):
         site_weights(counts, modalities, "equal")
+    # A site without its modality (or a modality without its site) is an error, not a
+    # silently shorter list of weights.
+    with pytest.raises(ValueError, match="4 example counts for 3 modalities"):
+        site_weights(counts, modalities[:3], "modality_balanced")
+    with pytest.raises(ValueError, match="3 example counts for 4 modalities"):
+        site_weights(counts[:3], modalities)
