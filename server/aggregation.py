@@ -98,10 +98,9 @@ def site_weights(
     if scheme == "examples":
         return [float(c) for c in counts]
     mods = np.asarray(modalities)
-    groups = np.unique(mods)
-    # Each modality's share 1 / len(groups), split by examples: these sum to one.
+    # Each modality present gets 1 / (number present), split by examples: these sum to one.
     totals = np.array([counts[mods == m].sum() for m in mods])
-    return [float(w) for w in counts / totals / len(groups)]
+    return [float(w) for w in counts / totals / len(set(modalities))]
 
 
 def update_norm(update: Update, reference: Update, keys: Sequence[str]) -> float:

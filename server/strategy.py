@@ -529,8 +529,9 @@ class ModalityAwareFedAvg(Strategy):
         )
 
     def _drift(self, replies: list[SiteReply], shared_keys: list[str]) -> DriftReport:
-        """Each reply's drift against the FedAvg aggregate of all replies (server/drift.py):
-        the shared parts over every site, stems and offsets within each modality."""
+        """Each reply's drift against the aggregate of all replies (server/drift.py): the shared
+        parts over every site with the round's site weights, stems and offsets within each
+        modality."""
         aggregate = aggregate_updates(
             [r.arrays for r in replies], self._shared_weights(replies), shared_keys
         )

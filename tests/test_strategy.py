@@ -174,6 +174,13 @@ def test_site_weighting_is_checked(reference) -> None:
         make_strategy(reference, site_weighting="equal")
 
 
+@pytest.mark.parametrize("weighting", ["examples", "modality_balanced"])
+def test_the_run_gives_the_strategy_its_site_weighting(weighting: str) -> None:
+    cfg = load_config(["model=tiny", f"federation.aggregation.site_weighting={weighting}"])
+    model = create_model(cfg.model, NUM_CLASSES)
+    assert build_strategy(cfg, model).site_weighting == weighting
+
+
 def test_malformed_and_failed_replies_are_dropped_and_named(reference) -> None:
     strategy = make_strategy(reference)
     good = site_arrays(reference, Modality.VISIBLE, 1.0)

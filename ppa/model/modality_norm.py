@@ -52,7 +52,6 @@ class ModalityBatchNorm2d(nn.Module):
             raise ValueError(f"model.trunk_affine must be one of {AFFINES}, got {affine!r}")
         self.modalities = tuple(modalities)
         self.num_features = int(num_features)
-        self.affine = affine
         per_modality = affine == "modality"
         if per_modality:
             self.register_parameter("weight", None)
