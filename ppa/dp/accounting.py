@@ -16,7 +16,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from opacus.accountants import create_accountant
 
 from ppa.dp.settings import ACCOUNTANTS, PrivacySettings
 
@@ -81,6 +80,8 @@ def epsilon_of(releases: Iterable[Release], delta: float, accountant: str = "rdp
     history = [(noise, rate, count) for (noise, rate), count in steps.items()]
     if not history:
         return 0.0
+    from opacus.accountants import create_accountant  # lazily: see ppa.dp.sgd
+
     acc = create_accountant(accountant)
     acc.history = history
     with warnings.catch_warnings(), np.errstate(divide="ignore"):

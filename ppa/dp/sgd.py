@@ -22,14 +22,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import fields
 
 import torch
-from opacus.grad_sample import GradSampleHooks
 from torch import nn
 
 from ppa import losses
 from ppa.data.loader import Batch
 from ppa.data.records import Modality
 from ppa.dp.clipping import ClipGroups, clip_and_sum
-from ppa.dp.grad_samplers import out_of_place_after_trained_norms
 from ppa.model import PPAEncoder
 from ppa.model.finetune import is_frozen_norm
 from ppa.training.objective import PROTOTYPE_TERMS
@@ -160,6 +158,13 @@ class PerSampleGradients:
         # private model may have are frozen BatchNorm statistics (checked above), under the
         # BNNeck's trained affine.
         frozen_norms = any(is_frozen_norm(m) for m in model.modules())
+        # opacus (and the rules it is given for PPA's layers) is imported here, not at module
+        # level: every site and server process imports ppa.dp, and importing opacus costs
+        # about 2 s of each process's start, which runs without DP too.
+        from opacus.grad_sample import GradSampleHooks
+
+        from ppa.dp.grad_samplers import out_of_place_after_trained_norms
+
         out_of_place_after_trained_norms(model)
         self.hooks = GradSampleHooks(model, loss_reduction="sum", strict=not frozen_norms)
 

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, TextIO
 
+from ppa.launch.app_bundle import stage_app
 from ppa.launch.flower_config import toml_string, write_flat_toml
 from ppa.launch.processes import (
     LOGGER,
@@ -57,7 +58,8 @@ class SuperLinkSession:
 
     Layout under `output_dir`: ``logs/`` (one log per process, ``flwr-cli.log`` for the Flower
     CLI calls, ``run-<id>.log`` for the run's log), ``flwr-home/<process>/`` (each process its
-    own FLWR_HOME; ``flwr-home/cli/config.toml`` holds the connection), ``superlink/state.db``.
+    own FLWR_HOME; ``flwr-home/cli/config.toml`` holds the connection), ``superlink/state.db``,
+    ``app/`` (the app's files `flwr run` bundles, `ppa.launch.app_bundle`).
     Subclasses adapt `superlink_args`, `ca_file` and `close`.
     """
 
@@ -258,9 +260,10 @@ class SuperLinkSession:
         """Submit the app with `flwr run` (run-config from a TOML file, then `flwr_args`);
         returns the run id."""
         config_file = write_flat_toml(self.out / "run-config.toml", run_config)
+        app = stage_app(self.settings.app_dir, self.out / "app")
         answer = self.flwr_json(
             "run",
-            str(self.settings.app_dir),
+            str(app),
             self.connection,
             "--run-config",
             str(config_file),
