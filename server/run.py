@@ -167,7 +167,6 @@ class FederatedRun:
         self.evaluator = CentralEvaluator(cfg, self.device, list(cfg.federation.eval_protocols))
         self.telemetry: Telemetry | None = None
         self.drift_gauges: DriftGauges | None = None
-        self._plotted_round: int | None = None  # the last round history.png / drift.png show
         self.start_round = 1
         if resume:
             self._resume()
@@ -231,8 +230,7 @@ class FederatedRun:
         finally:
             if self.telemetry is not None:
                 self.telemetry.close()
-        if self.history.records and self._plotted_round != self.history.records[-1]["round"]:
-            self._plot()  # a run that stopped early: its last rounds are in the plots too
+        self._plot()  # the last round's, also when the run stopped early
         self._log_table()
         return self.history
 
@@ -293,9 +291,9 @@ class FederatedRun:
             self.history.append(record)
         record["seconds"] = time.perf_counter() - start
         self._export(server_round, record, report)
-        if evaluating:
-            # Redrawn with each central evaluation, not every round: two figures cost about
-            # 0.3 s of the server's time per round, all of it while the sites wait.
+        if evaluating and server_round < rounds:
+            # Redrawn with each central evaluation (and by `run` at the end), not every round:
+            # two figures cost about 0.3 s of the server's time, all of it while the sites wait.
             self._plot()
 
     def _calibrate(self, grid: Grid, server_round: int) -> dict:
@@ -347,7 +345,6 @@ class FederatedRun:
     def _plot(self) -> None:
         self.history.plot(self.out / "history.png", title=f"{self.cfg.run_name}")
         plot_drift(self.history.records, self.out / "drift.png", title=f"{self.cfg.run_name}")
-        self._plotted_round = self.history.records[-1]["round"] if self.history.records else None
 
     def _export(self, server_round: int, record: dict, report: RoundReport) -> None:
         self.history.save(self.out / "history.json")
