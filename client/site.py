@@ -63,7 +63,8 @@ class SiteTrainer:
     """
 
     def __init__(self, cfg: DictConfig, spec: SiteSpec):
-        # Everything below (local epochs, DP rounds) schedules with the federation's decay.
+        # Everything below (local epochs, DP rounds, the device) uses the federation's decay and
+        # precision.
         self.cfg = cfg = federated_train_config(cfg)
         check_federated_anonymizer(cfg)
         fed = cfg.federation

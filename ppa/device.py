@@ -24,16 +24,17 @@ class DeviceSettings:
     def from_config(cls, cfg: DictConfig) -> DeviceSettings:
         device = resolve_device(cfg.get("device", "auto"))
         cuda = device.type == "cuda"
-        amp = cfg.train.get("amp", "auto")
-        use_amp = cuda if amp == "auto" else bool(amp)
         cl = cfg.train.get("channels_last", "auto")
         # DP-SGD keeps the contiguous layout: its per-sample gradient rules (ppa/dp) and their
         # exactness tests are written and measured for it (a channels-last DP step agreed with
-        # the contiguous one only to float noise, above those tests' tolerances).
+        # the contiguous one only to float noise, above those tests' tolerances). For the same
+        # reason it keeps float32 on the CPU: `native` means `auto` (bf16 on CUDA only) there.
         private = bool(cfg.get("privacy", {}).get("enabled", False))
+        amp = cfg.train.get("amp", "auto")
+        use_amp = bf16_autocast("auto" if private and amp == "native" else amp, device)
         return cls(
             device=device,
-            amp_dtype=torch.bfloat16 if use_amp and cuda else None,
+            amp_dtype=torch.bfloat16 if use_amp else None,
             channels_last=(cuda if cl == "auto" else bool(cl)) and not private,
             non_blocking=cuda,
             compile=bool(cfg.train.get("compile", False)),
@@ -58,6 +59,33 @@ class DeviceSettings:
         return (
             images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
         )
+
+
+AMP_MODES = ("auto", "native", True, False)
+
+
+def bf16_autocast(amp: str | bool, device: torch.device) -> bool:
+    """Whether a forward runs under bf16 autocast (`train.amp`).
+
+    auto: on CUDA only. native: wherever the hardware computes bf16 itself, CUDA or a CPU
+    whose oneDNN has bf16 kernels (AVX512-BF16 or AMX); elsewhere CPU autocast emulates bf16
+    and runs slower than float32. true / false: forced.
+    """
+    if amp not in AMP_MODES:
+        raise ValueError(f"train.amp={amp!r}: expected one of auto, native, true, false")
+    if amp == "auto":
+        return device.type == "cuda"
+    if amp == "native":
+        return device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
+    return bool(amp)
+
+
+def cpu_has_native_bf16() -> bool:
+    """oneDNN's own test for bf16 kernels on this CPU (a private torch op; False without it)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def resolve_device(name: str) -> torch.device:

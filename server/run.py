@@ -118,13 +118,15 @@ class FederatedRun:
     def __init__(self, cfg: DictConfig, *, resume: bool = False, run_id: str = ""):
         self.cfg = cfg
         check_federated_anonymizer(cfg)
-        federated_train_config(cfg)  # a bad federation.lr_gamma stops the run before any site
+        # A bad federation.lr_gamma or federation.amp stops the run before any site starts.
+        federation_cfg = federated_train_config(cfg)
         self.run_id = run_id  # Flower's run id: labels the Prometheus series
         # A folder of this run's own (ppa/run_dir.py); resume continues the newest earlier run.
         self.out = claim_run_dir(cfg, resume=resume)
         logger.info("run %s: results in %s", cfg.run_name, self.out)
         seed_everything(int(cfg.seed), bool(cfg.deterministic))
-        self.device = DeviceSettings.from_config(cfg)
+        # The central evaluation runs at the federation's precision (federation.amp).
+        self.device = DeviceSettings.from_config(federation_cfg)
         # The label space comes from the split files; the server needs no training images.
         num_classes = len(load_label_space(cfg.dataset))
         # A public start must not have seen any training or test identity of this run.

@@ -18,6 +18,7 @@ import torch
 from omegaconf import OmegaConf
 
 from client.bench.cases import BENCHMARKS
+from client.bench.cases.amp_speedup import _amp_case
 from client.bench.cases.eval_speedup import assert_same_metrics, bench_eval_speedup
 from client.bench.cases.federation_overhead import clean_rounds, simulated_per_sample
 from client.bench.cases.ppa_step_ratio import _ppa_step_case
@@ -36,6 +37,7 @@ from client.bench.report import (
 from client.bench.simulations import SimulationRun, TreeMemorySampler
 from client.bench.timing import interleaved
 from client.bench.workloads import synthetic_batch
+from ppa.device import cpu_has_native_bf16
 from ppa.launch.proctree import descendants
 
 
@@ -111,6 +113,34 @@ def test_ppa_step_case_on_a_tiny_batch(cfg, tmp_path):
     for key in ("ratio", "two_view_ratio", "ppa_beyond_two_views", "anonymization_share"):
         assert math.isfinite(cpu[key]) and cpu[key] > 0
     assert result["cpu_one_thread"]["threads"] == 1
+
+
+def test_amp_case_times_both_precisions_on_one_modality(cfg, tmp_path):
+    ctx = tiny_ctx(cfg, tmp_path)
+    case = OmegaConf.create(
+        {
+            "model": "tiny",
+            "height": 64,
+            "width": 32,
+            "ids": 2,
+            "instances": 2,
+            "ppa": "full",
+            "repeats": 2,
+            "warmup": 0,
+        }
+    )
+    result = _amp_case(ctx, case, ["train.channels_last=true"])
+    assert result["batch"] == 4  # one modality of the 2 x 2 x 2 batch: a site's
+    assert set(result["samples"]) == {"float32", "bfloat16"}
+    assert len(result["samples"]["bfloat16"]["cpu_s"]) == 2
+    assert result["speedup"] == pytest.approx(
+        result["median_s"]["float32"] / result["median_s"]["bfloat16"]
+    )
+    assert result["native_bf16"] == cpu_has_native_bf16()
+    loss = result["loss"]
+    # Two precisions of one forward on the same weights: close, and not the same number.
+    assert 0 < loss["relative_difference"] < 0.05
+    assert loss["float32"] != loss["bfloat16"]
 
 
 def test_eval_speedup_asserts_identical_numbers(cfg, tmp_path):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from omegaconf import OmegaConf
 
-from ppa.device import DeviceSettings
+import ppa.device
+from ppa.device import DeviceSettings, cpu_has_native_bf16
 
 
 def settings(**train) -> DeviceSettings:
@@ -42,3 +44,40 @@ def test_train_compile_compiles_the_forward_and_keeps_the_state_dict() -> None:
     device.place(model)
     assert model.forward != torch.nn.Linear.forward.__get__(model)
     assert list(model.state_dict()) == keys
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_amp_modes_on_the_cpu(native: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ppa.device, "cpu_has_native_bf16", lambda: native)
+    assert settings(amp="auto").amp_dtype is None
+    assert settings(amp=False).amp_dtype is None
+    assert settings(amp=True).amp_dtype == torch.bfloat16
+    assert settings(amp="native").amp_dtype == (torch.bfloat16 if native else None)
+
+
+def test_dp_keeps_float32_on_the_cpu_unless_forced(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ppa.device, "cpu_has_native_bf16", lambda: True)
+
+    def private(amp: object) -> DeviceSettings:
+        cfg = {"device": "cpu", "train": {"amp": amp}, "privacy": {"enabled": True}}
+        return DeviceSettings.from_config(OmegaConf.create(cfg))
+
+    assert private("native").amp_dtype is None
+    assert private(True).amp_dtype == torch.bfloat16
+
+
+def test_an_unknown_amp_mode_names_the_key() -> None:
+    with pytest.raises(ValueError, match=r"train\.amp='bf16'"):
+        settings(amp="bf16")
+
+
+def test_native_bf16_is_a_boolean_answer() -> None:
+    assert isinstance(cpu_has_native_bf16(), bool)
+
+
+def test_bf16_autocast_runs_a_cpu_forward_in_bf16() -> None:
+    device = settings(amp=True)
+    layer = torch.nn.Linear(4, 2)
+    with device.autocast():
+        out = layer(torch.ones(3, 4))
+    assert out.dtype == torch.bfloat16

@@ -58,6 +58,20 @@ def test_the_federation_can_decay_its_sites_learning_rate_by_its_own_factor() ->
             federated_train_config(load_config([*base, f"federation.lr_gamma={bad}"]))
 
 
+def test_the_federation_can_train_at_its_own_precision() -> None:
+    """federation.amp replaces train.amp in the federation's config (sites and central
+    evaluation); centralised training of the same config keeps train.amp."""
+    cfg = load_config(["device=cpu", "federation.amp=true"])
+    site = federated_train_config(cfg)
+    assert site.train.amp is True and cfg.train.amp == "auto"
+    assert DeviceSettings.from_config(site).amp_dtype == torch.bfloat16
+    assert DeviceSettings.from_config(cfg).amp_dtype is None
+    demo = load_config(["experiment=demo"])
+    assert demo.train.amp == "auto" and federated_train_config(demo).train.amp == "native"
+    with pytest.raises(ValueError, match=r"federation\.amp='bf16'"):
+        federated_train_config(load_config(["federation.amp=bf16"]))
+
+
 def test_optimizer_splits_backbone_and_head(tiny_cfg: DictConfig) -> None:
     model = create_model(tiny_cfg.model, 5)
     opt = create_optimizer(model, tiny_cfg.train.optimizer)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from client.app import train_reply
 from client.site import RoundResult, SiteSpec, SiteTrainer
@@ -172,3 +173,13 @@ def test_the_server_refuses_a_federation_decay_outside_zero_to_one(
         FederatedRun(
             load_config(tiny_overrides(tiny_sysu_root, tmp_path, "federation.lr_gamma=1.5"))
         )
+
+
+def test_the_server_evaluates_at_the_federations_precision(
+    tiny_sysu_root: Path, tmp_path: Path
+) -> None:
+    """federation.amp reaches the central evaluation, not only the sites."""
+    overrides = tiny_overrides(tiny_sysu_root, tmp_path, "device=cpu", "federation.amp=true")
+    run = FederatedRun(load_config(overrides))
+    assert run.device.amp_dtype == torch.bfloat16
+    assert run.evaluator.device.amp_dtype == torch.bfloat16

@@ -194,6 +194,37 @@ def test_each_term_reaches_exactly_its_parameters(
     assert reached == REACHES[term], f"L_{term} reaches {sorted(reached)}"
 
 
+def test_under_bf16_autocast_the_losses_run_in_float32(
+    wiring_cfg: DictConfig, batch: Batch
+) -> None:
+    ctx = make_context(wiring_cfg, NUM_CLASSES)
+    total32, terms32, _ = run_step(ctx, batch)
+    mixed = replace(ctx, device=replace(ctx.device, amp_dtype=torch.bfloat16))
+    total, terms, seen = run_step(mixed, batch)
+    # The classifier is a matmul, which autocast runs in bf16.
+    assert seen.out is not None and seen.out.logits.dtype == torch.bfloat16
+    assert total.dtype == torch.float32
+    # L_id by hand in float32 from the bf16 logits: a cross-entropy taken in bf16 would
+    # only agree to bf16's three digits.
+    by_hand = losses.identity_loss(
+        seen.out.logits.float(),
+        batch.labels.repeat(2),  # raw and anonymised views
+        mixed.objective.label_smoothing,
+        margin=mixed.model.identity_margin,
+    )
+    assert terms["id"] == pytest.approx(float(by_hand), rel=1e-6, abs=0)
+    assert set(terms) == set(terms32)
+    for term, value in terms32.items():
+        # bf16 keeps 8 bits of mantissa: the same terms to a few per cent, not to the digit.
+        assert terms[term] == pytest.approx(value, rel=0.1, abs=0.02), term
+    assert float(total) != float(total32)
+    assert all(
+        p.grad is not None and p.grad.dtype == torch.float32
+        for p in ctx.model.parameters()
+        if p.grad is not None
+    )
+
+
 def test_kpr_stops_the_gradient_on_the_raw_side(wiring_cfg: DictConfig, batch: Batch) -> None:
     ctx = make_context(wiring_cfg, NUM_CLASSES, weights={"kpr": 1.0})
     _, terms, seen = run_step(ctx, batch)

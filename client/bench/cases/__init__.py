@@ -1,4 +1,4 @@
-"""The six benchmarks, one module each, in their canonical order (the order of ``--only``,
+"""The seven benchmarks, one module each, in their canonical order (the order of ``--only``,
 bench.json and the table). Each takes the `BenchContext` and returns its result: numbers for
 bench.json and ``rows`` for the table."""
 
@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from client.bench.cases.amp_speedup import bench_amp_speedup
 from client.bench.cases.eval_speedup import bench_eval_speedup
 from client.bench.cases.federation_overhead import bench_federation_overhead
 from client.bench.cases.ppa_step_ratio import bench_ppa_step_ratio
@@ -22,5 +23,6 @@ RUNNERS: dict[str, Callable[[BenchContext], dict[str, Any]]] = {
     "upload_ratio": bench_upload_ratio,
     "sites_scaling": bench_sites_scaling,
     "throughput": bench_throughput,
+    "amp_speedup": bench_amp_speedup,
 }
 BENCHMARKS = tuple(RUNNERS)
