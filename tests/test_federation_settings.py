@@ -11,7 +11,9 @@ import torch
 
 from client.app import train_reply
 from client.site import RoundResult, SiteSpec, SiteTrainer
+from ppa.cli.evaluate import precision_config
 from ppa.config import load_config
+from ppa.device import DeviceSettings
 from ppa.wire import PROTO_COUNT, PROTO_SUM, check_federated_anonymizer, global_keys, pack
 from server.run import FederatedRun
 
@@ -183,3 +185,17 @@ def test_the_server_evaluates_at_the_federations_precision(
     run = FederatedRun(load_config(overrides))
     assert run.device.amp_dtype == torch.bfloat16
     assert run.evaluator.device.amp_dtype == torch.bfloat16
+
+
+def test_a_federations_model_is_evaluated_at_its_servers_precision() -> None:
+    """ppa-evaluate scores a server checkpoint at its run's federation.amp (so model_latest.pt
+    reproduces the run's last central evaluation) and any other checkpoint at train.amp."""
+    cfg = load_config(["device=cpu"])
+    trained = {"federation": {"amp": True}}
+    server = precision_config(cfg, {"config": trained, "server_round": 4})
+    assert server.train.amp is True
+    assert DeviceSettings.from_config(server).amp_dtype == torch.bfloat16
+    central = precision_config(cfg, {"config": trained})
+    assert central is cfg and DeviceSettings.from_config(central).amp_dtype is None
+    unset = {"config": {"federation": {"amp": None}}, "server_round": 4}
+    assert precision_config(cfg, unset) is cfg

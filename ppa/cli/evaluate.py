@@ -62,6 +62,18 @@ def plot_cmc(report: EvaluationReport, path: Path) -> Path:
     return path
 
 
+def precision_config(cfg: DictConfig, payload: dict) -> DictConfig:
+    """The config whose `train.amp` the evaluation runs at: a federation's model (a server
+    checkpoint, with its `server_round`) at the precision its server evaluated it with
+    (`federation.amp` of its run, where set), so that scoring `model_latest.pt` reproduces the
+    run's last central evaluation; any other checkpoint at `train.amp`."""
+    trained = payload.get("config") or {}
+    amp = (trained.get("federation") or {}).get("amp")
+    if "server_round" not in payload or amp is None:
+        return cfg
+    return OmegaConf.merge(cfg, {"train": {"amp": amp}})
+
+
 def run(cfg: DictConfig) -> Path:
     """Evaluate `cfg.checkpoint`; returns the path of metrics.json."""
     if not cfg.checkpoint:
@@ -83,7 +95,7 @@ def run(cfg: DictConfig) -> Path:
             cfg.dataset.name,
             trained_on.get("name"),
         )
-    device = DeviceSettings.from_config(cfg)
+    device = DeviceSettings.from_config(precision_config(cfg, payload))
     device.place(model)
     protocols = list(cfg.eval.protocols)
     needs_anon = any("anon" in PRIVACY_PROTOCOLS[p] for p in protocols if p in PRIVACY_PROTOCOLS)

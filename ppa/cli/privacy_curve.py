@@ -52,6 +52,7 @@ def run_curve(cfg: DictConfig) -> Path:
         f"federation.evaluate_every={rounds}",
         "federation.evaluate_initial=true",
         f"federation.aggregation.server_momentum={float(curve.server_momentum)}",
+        f"federation.amp={str(curve.amp).lower()}",
     ]
     points = plan_points(curve.epsilons, curve.seeds, out)
     for point in points:
