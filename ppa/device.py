@@ -71,13 +71,18 @@ def bf16_autocast(amp: str | bool, device: torch.device) -> bool:
     whose oneDNN has bf16 kernels (AVX512-BF16 or AMX); elsewhere CPU autocast emulates bf16
     and runs slower than float32. true / false: forced.
     """
-    if amp not in AMP_MODES:
-        raise ValueError(f"train.amp={amp!r}: expected one of auto, native, true, false")
+    check_amp_mode(amp, "train.amp")
     if amp == "auto":
         return device.type == "cuda"
     if amp == "native":
         return device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
     return bool(amp)
+
+
+def check_amp_mode(amp: object, key: str) -> None:
+    """Raise naming `key` unless `amp` is one of AMP_MODES."""
+    if amp not in AMP_MODES:
+        raise ValueError(f"{key}={amp!r}: expected one of auto, native, true, false")
 
 
 def cpu_has_native_bf16() -> bool:

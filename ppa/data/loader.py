@@ -66,6 +66,10 @@ class Batch:
         """Page-locked copy; DataLoader(pin_memory=True) calls this on custom batch types."""
         return Batch(**{f.name: getattr(self, f.name).pin_memory() for f in fields(self)})
 
+    def rows(self, start: int, stop: int) -> Batch:
+        """Rows start..stop-1 of every field (views, not copies)."""
+        return Batch(**{f.name: getattr(self, f.name)[start:stop] for f in fields(self)})
+
     def __len__(self) -> int:
         return int(self.images.shape[0])
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import fields
 
 import torch
 from torch import nn
@@ -232,11 +231,6 @@ class PerSampleGradients:
         self.hooks.cleanup()
 
 
-def _rows(batch: Batch, start: int, stop: int) -> Batch:
-    """Rows start..stop-1 of a batch (a physical chunk of a Poisson batch)."""
-    return Batch(**{f.name: getattr(batch, f.name)[start:stop] for f in fields(batch)})
-
-
 class PrivateStep:
     """The DP-SGD step hook for `ppa.training.loop.train_one_epoch` (``StepContext.private_step``).
 
@@ -317,7 +311,7 @@ class PrivateStep:
         # Virtual steps: records in chunks of `physical_batch`, clipped sums added up, one
         # noise draw and one optimiser step for the whole Poisson batch.
         for start in range(0, n, chunk):
-            part = _rows(batch, start * k, min(start + chunk, n) * k)
+            part = batch.rows(start * k, min(start + chunk, n) * k)  # a physical chunk
             m = len(part) // k
             total, terms, nviews = per_record_losses(ctx, part)
             if not torch.isfinite(total).all():

@@ -9,7 +9,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ppa.data.loader import Batch
-from ppa.device import AMP_MODES
+from ppa.device import check_amp_mode
 from ppa.progress_bar import ProgressBar  # log lines, not a bar, when not on a terminal
 from ppa.training.optim import lr_factor, set_epoch_lr
 from ppa.training.step import StepContext, ppa_step
@@ -100,11 +100,7 @@ def federated_train_config(cfg: DictConfig) -> DictConfig:
         updates["lr_gamma"] = float(gamma)
     amp = cfg.federation.get("amp")
     if amp is not None:
-        if amp not in AMP_MODES:
-            raise ValueError(
-                f"federation.amp={amp!r}: expected one of auto, native, true, false "
-                "(null: train.amp)"
-            )
+        check_amp_mode(amp, "federation.amp")
         updates["amp"] = amp
     if not updates:
         return cfg

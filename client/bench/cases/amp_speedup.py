@@ -25,7 +25,7 @@ from client.bench.workloads import (
 )
 from ppa.anonymize import KprAnonymizer
 from ppa.data.loader import Batch
-from ppa.device import DeviceSettings, cpu_has_native_bf16
+from ppa.device import DeviceSettings, bf16_autocast
 from ppa.training.optim import create_optimizer
 from ppa.training.step import StepContext, ppa_step
 
@@ -71,7 +71,7 @@ def _amp_case(ctx: BenchContext, case: DictConfig, overrides: list[str]) -> dict
     num_classes = 2 * int(case.ids)
     both = synthetic_batch(int(case.ids), int(case.instances), height, width, int(ctx.bench.seed))
     # A site holds one camera, so its batches hold one modality: the first half.
-    batch = _first(both, int(case.ids) * int(case.instances)).to(device.device)
+    batch = both.rows(0, int(case.ids) * int(case.instances)).to(device.device)
     anonymizer = KprAnonymizer.from_config(cfg).to(device.device)
     settings = {
         "float32": dataclasses.replace(device, amp_dtype=None),
@@ -103,7 +103,7 @@ def _amp_case(ctx: BenchContext, case: DictConfig, overrides: list[str]) -> dict
         "batch": len(batch),
         "ppa": str(case.ppa),
         "device": str(device.device),
-        "native_bf16": device.device.type == "cuda" or cpu_has_native_bf16(),
+        "native_bf16": bf16_autocast("native", device.device),
         "clock": "thread_time",
         "samples": {name: samples.summary() for name, samples in timed.items()},
         "median_s": median,
@@ -111,11 +111,6 @@ def _amp_case(ctx: BenchContext, case: DictConfig, overrides: list[str]) -> dict
         "loss": losses,
         "load": load_average(),
     }
-
-
-def _first(batch: Batch, count: int) -> Batch:
-    fields = dataclasses.fields(batch)
-    return Batch(**{f.name: getattr(batch, f.name)[:count] for f in fields})
 
 
 def _losses_on_the_same_weights(
