@@ -26,6 +26,7 @@ def detect_anomalies(
     keys: Sequence[str],
     *,
     threshold: float | None = 3.0,
+    min_spread: float = 0.1,
 ) -> AnomalyReport:
     """Flag sites whose update (update - current global) is far from the others'.
 
@@ -35,6 +36,11 @@ def detect_anomalies(
     huge update from defining the reference direction). A site is flagged when its norm
     z-score exceeds `threshold` or its cosine is negative. Needs three sites; fewer give
     scores but no flags.
+
+    The z-score's spread is at least `min_spread` x the median norm: when honest sites agree
+    closely the MAD alone is tiny, and a site whose update is 10 % longer (more data, another
+    modality) would read as an outlier. With the defaults a norm under 1.3 x the median is never
+    flagged; a scaled attack is tens of times longer.
 
     Works key by key, so memory is (sites x largest array), never (sites x model).
     """
@@ -55,7 +61,7 @@ def detect_anomalies(
     norms = np.sqrt(sq_norms)
     median_norm = float(np.median(norms))
     mad = float(np.median(np.abs(norms - median_norm)))
-    scale = MAD_TO_STD * mad + 1e-12 + 1e-6 * median_norm
+    scale = max(MAD_TO_STD * mad, min_spread * median_norm) + 1e-12
     direction_norm = direction_sq**0.5
     for i, site in enumerate(sites):
         denom = direction_norm * float(norms[i])

@@ -72,6 +72,7 @@ def build_strategy(cfg: DictConfig, model: PPAEncoder) -> ModalityAwareFedAvg:
         byzantine=int(agg.krum_byzantine),
         clip_norm=float(agg.clip_norm) if agg.clip_norm else None,
         anomaly_threshold=float(agg.anomaly_threshold) if agg.anomaly_threshold else None,
+        anomaly_min_spread=float(agg.anomaly_min_spread),
         exclude_anomalies=bool(agg.exclude_anomalies),
         drift_min_cosine=(
             float(agg.drift_min_cosine) if agg.get("drift_min_cosine") is not None else None

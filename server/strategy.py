@@ -149,6 +149,7 @@ class ModalityAwareFedAvg(Strategy):
         byzantine: int = 1,
         clip_norm: float | None = None,
         anomaly_threshold: float | None = 3.0,
+        anomaly_min_spread: float = 0.1,
         exclude_anomalies: bool = False,
         drift_min_cosine: float | None = None,
         server_lr: float = 1.0,
@@ -175,8 +176,13 @@ class ModalityAwareFedAvg(Strategy):
         self.byzantine = byzantine
         self.clip_norm = clip_norm
         self.anomaly_threshold = anomaly_threshold
+        self.anomaly_min_spread = anomaly_min_spread
         self.exclude_anomalies = exclude_anomalies
         self.drift_min_cosine = drift_min_cosine
+        if anomaly_min_spread < 0:
+            raise ValueError(
+                f"aggregation.anomaly_min_spread must be >= 0, got {anomaly_min_spread}"
+            )
         if server_lr <= 0 or not 0.0 <= server_momentum < 1.0:
             raise ValueError(
                 f"server_lr must be > 0 and server_momentum in [0, 1), got {server_lr}, "
@@ -435,6 +441,7 @@ class ModalityAwareFedAvg(Strategy):
             current,
             shared_keys,
             threshold=self.anomaly_threshold,
+            min_spread=self.anomaly_min_spread,
         )
         report.drift = self._drift(parsed, shared_keys)
         if self.drift_min_cosine is not None and len(parsed) >= 3:
