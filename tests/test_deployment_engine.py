@@ -15,6 +15,7 @@ The real PPA app through the same launcher: tests/test_deployment_app.py.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import ssl
@@ -26,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from ppa.launch.deployment import Deployment, DeploymentError, DeploymentSettings
+from ppa.launch.processes import LOGGER, RunTimeoutError
 from ppa.node_config import SiteSpec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -434,6 +436,73 @@ def test_launcher_timeout_stops_the_run_and_every_process(probe: dict) -> None:
     summary = json.loads((probe["out"] / "deployment.json").read_text())
     assert summary["status"] == "timeout"
     assert "still" in done.stderr and "after 6.0 s" in done.stderr
+    assert live_processes_mentioning(str(probe["out"])) == []
+
+
+def impatient_status(deployment: Deployment, calls: list[float], late: int | None) -> None:
+    """Make the first `late` status calls (`flwr ls`; None: every one) time out for real: the
+    CLI gets 10 ms, less than any Python start-up, as on a machine too loaded to start it."""
+    real = deployment.flwr_json
+
+    def flwr_json(*args: str, **kwargs) -> dict:
+        if args[0] == "ls" and (late is None or len(calls) < late):
+            calls.append(time.monotonic())
+            kwargs["timeout"] = 0.01
+        return real(*args, **kwargs)
+
+    deployment.flwr_json = flwr_json  # type: ignore[method-assign]
+
+
+def start_two_site_run(deployment: Deployment, probe: dict, overrides: str) -> int:
+    deployment.start_superlink()
+    deployment.start_supernode(SiteSpec.deployed("cam1", "visible", probe["roots"]["cam1"], "sysu"))
+    deployment.start_supernode(
+        SiteSpec.deployed("cam3", "infrared", probe["roots"]["cam3"], "sysu")
+    )
+    deployment.wait_for_nodes(["cam1", "cam3"])
+    run_id = deployment.submit({"experiment": "demo", "resume": False, "overrides": overrides})
+    deployment.follow(run_id)
+    return run_id
+
+
+def probe_settings(probe: dict) -> DeploymentSettings:
+    return DeploymentSettings(
+        output_dir=probe["out"],
+        app_dir=probe["app"],
+        workdir=probe["workdir"],
+        startup_timeout=60,
+        stop_grace=10,
+    )
+
+
+@pytest.mark.slow
+def test_a_status_call_that_does_not_answer_is_asked_again(
+    probe: dict, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls: list[float] = []
+    with Deployment(probe_settings(probe)) as deployment:
+        run_id = start_two_site_run(deployment, probe, "federation.rounds=2")
+        impatient_status(deployment, calls, late=2)
+        with caplog.at_level(logging.WARNING, logger=LOGGER.name):
+            details = deployment.wait_for_run(run_id, timeout=300, poll=0.5)
+    assert details["status"] == "finished:completed"
+    assert len(calls) == 2 and calls[1] - calls[0] >= 0.5  # asked again after `poll`
+    warned = [r.getMessage() for r in caplog.records if "did not answer" in r.getMessage()]
+    assert len(warned) == 2 and all(f"run {run_id}:" in w for w in warned)
+    assert read_server_record(probe["workdir"])["final"] == [2.0, 2.0, 2.0]
+    assert live_processes_mentioning(str(probe["out"])) == []
+
+
+def test_a_status_that_never_answers_ends_at_the_run_deadline(probe: dict) -> None:
+    calls: list[float] = []
+    with Deployment(probe_settings(probe)) as deployment:
+        run_id = start_two_site_run(deployment, probe, "federation.rounds=1 +probe.delay=60")
+        impatient_status(deployment, calls, late=None)
+        started = time.monotonic()
+        with pytest.raises(RunTimeoutError, match=f"run {run_id}: no status after 3"):
+            deployment.wait_for_run(run_id, timeout=3, poll=0.5)
+        assert 3 <= time.monotonic() - started < 30
+    assert len(calls) >= 3  # asked every 0.5 s until the deadline
     assert live_processes_mentioning(str(probe["out"])) == []
 
 

@@ -42,6 +42,10 @@ class RunTimeoutError(LaunchError):
     """The run did not finish within the timeout."""
 
 
+class CliTimeoutError(LaunchError):
+    """A `flwr` CLI call did not answer in time (e.g. on a machine too loaded to start it)."""
+
+
 def die_with_parent() -> None:
     """In the child before exec (Linux): SIGTERM it if the launcher dies without cleaning up
     (SIGKILL, crash), so no SuperLink/SuperNode outlives it. Elsewhere a no-op."""

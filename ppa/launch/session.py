@@ -22,6 +22,7 @@ from ppa.launch.app_bundle import stage_app
 from ppa.launch.flower_config import toml_string, write_flat_toml
 from ppa.launch.processes import (
     LOGGER,
+    CliTimeoutError,
     LaunchError,
     LogEcho,
     ManagedProcess,
@@ -154,7 +155,7 @@ class SuperLinkSession:
                 check=False,
             )
         except subprocess.TimeoutExpired as exc:
-            raise LaunchError(f"`flwr {' '.join(args)}` did not answer in {timeout} s") from exc
+            raise CliTimeoutError(f"`flwr {' '.join(args)}` did not answer in {timeout} s") from exc
         with (self.logs / "flwr-cli.log").open("a") as log:
             log.write(
                 f"$ flwr {' '.join(args)}\n{done.stdout}{done.stderr}[exit {done.returncode}]\n"
@@ -298,7 +299,8 @@ class SuperLinkSession:
 
         With a log follower (`follow`), its end signals the run's end; the status is read
         then, and every FOLLOWED_STATUS_POLL_S in case the stream stalls; without one, every
-        `poll` seconds.
+        `poll` seconds. A status call that does not answer is asked again `poll` seconds
+        later, until the deadline.
         """
         deadline = time.monotonic() + timeout
         follower = self._followers.get(run_id)
@@ -316,7 +318,18 @@ class SuperLinkSession:
                 status_due = now  # the log stream ended: the run most likely did
             following = still_following
             if now >= status_due or now >= deadline:
-                details = self.run_details(run_id)
+                try:
+                    details = self.run_details(run_id)
+                except CliTimeoutError as exc:
+                    # A slow answer is not a failed run (a loaded machine can take a minute to
+                    # start the CLI): the run's own deadline bounds the retries.
+                    if time.monotonic() >= deadline:
+                        raise RunTimeoutError(
+                            f"run {run_id}: no status after {timeout} s ({exc})"
+                        ) from exc
+                    LOGGER.warning("run %d: %s; asking again in %.0f s", run_id, exc, poll)
+                    status_due = time.monotonic() + poll
+                    continue
                 if str(details.get("status", "")).startswith(STATUS_FINISHED_PREFIX):
                     return details
                 if now >= deadline:
