@@ -51,7 +51,7 @@ def test_plan_gives_both_sides_the_same_epochs_seed_and_schedule(tmp_path: Path)
         "central_e32_s3",
     ]
     fed, central = jobs[2], jobs[3]
-    assert "federation.rounds=16" in fed.command  # 32 epochs of 2 local epochs
+    assert "federation.rounds=32" in fed.command  # 32 epochs of 1 local epoch
     assert "train.epochs=32" in central.command
     for job in (fed, central):
         assert job.command[-1] == f"output_dir={job.output_dir}"
@@ -62,7 +62,7 @@ def test_plan_gives_both_sides_the_same_epochs_seed_and_schedule(tmp_path: Path)
     assert eval_epochs(10, 4, 2) == (4, 8, 10)
     with pytest.raises(ComparisonConfigError, match="local_epochs"):
         eval_epochs(16, 3, 2)
-    odd = load_config(["experiment=demo", "compare.epochs=[15]"])
+    odd = load_config(["experiment=demo", "federation.local_epochs=2", "compare.epochs=[15]"])
     with pytest.raises(ComparisonConfigError, match="not a multiple"):
         plan_jobs(odd, [], tmp_path)
 

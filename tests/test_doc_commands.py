@@ -143,7 +143,7 @@ def rules(tmp: Path, data: Path, workdir: Path) -> list[Rule]:
             r"^make demo$",
             check="make -n demo | grep -q 'ppa-simulate --experiment demo' && "
             f".venv/bin/ppa-simulate --experiment demo {launch} {app}",
-            reason="16 rounds on the full synthetic set take minutes: its simulation runs tiny",
+            reason="32 rounds on the full synthetic set take minutes: its simulation runs tiny",
         ),
         Rule(r"^make test$", check="make -n test", reason="runs this very suite"),
         Rule(

@@ -60,9 +60,9 @@ def test_a_trained_anonymiser_is_refused_in_a_federation(
 def test_statistics_round_cadence_defaults_to_the_evaluation_cadence() -> None:
     assert load_config([]).federation.calibrate_every == 1
     demo = load_config(["experiment=demo"])
-    assert demo.federation.calibrate_every == demo.federation.evaluate_every == 4
+    assert demo.federation.calibrate_every == demo.federation.evaluate_every == 8
     own = load_config(["experiment=demo", "federation.calibrate_every=1"])
-    assert own.federation.calibrate_every == 1 and own.federation.evaluate_every == 4
+    assert own.federation.calibrate_every == 1 and own.federation.evaluate_every == 8
 
 
 @pytest.mark.parametrize(

@@ -44,12 +44,13 @@ from ppa.launch.settings import (
 CLI_TIMEOUT_S = 60.0
 SUBMIT_TIMEOUT_S = 300.0
 FOLLOWER_DRAIN_S = 10.0
-# Polling periods (s). Each `flwr ls` costs ~0.6 s of CPU (a Python start-up): while a log
-# follower runs, its end (`flwr log --stream` ends with the run) is the signal and the status
-# is only re-read as a safety net; without one, every RUN_POLL_S.
+# Polling periods (s). Each `flwr ls` costs 0.6-1 s of CPU (a Python start-up), taken from
+# the sites' training on a 2-core machine: while a log follower runs, its end (`flwr log
+# --stream` ends with the run) is the signal and the status is only re-read as a safety net;
+# without one, every RUN_POLL_S.
 HEALTH_POLL_S = 0.2
 RUN_POLL_S = 2.0
-FOLLOWED_STATUS_POLL_S = 15.0
+FOLLOWED_STATUS_POLL_S = 60.0
 ECHO_PERIOD_S = 0.5
 
 
