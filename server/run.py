@@ -119,7 +119,7 @@ class FederatedRun:
     def __init__(self, cfg: DictConfig, *, resume: bool = False, run_id: str = ""):
         self.cfg = cfg
         check_federated_anonymizer(cfg)
-        # A bad federation.lr_gamma or federation.amp stops the run before any site starts.
+        # A bad federation.lr_gamma, warmup_epochs or amp stops the run before any site starts.
         federation_cfg = federated_train_config(cfg)
         self.run_id = run_id  # Flower's run id: labels the Prometheus series
         # A folder of this run's own (ppa/run_dir.py); resume continues the newest earlier run.

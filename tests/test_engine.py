@@ -58,6 +58,28 @@ def test_the_federation_can_decay_its_sites_learning_rate_by_its_own_factor() ->
             federated_train_config(load_config([*base, f"federation.lr_gamma={bad}"]))
 
 
+def test_the_federation_can_warm_its_sites_up_over_its_own_number_of_epochs() -> None:
+    """federation.warmup_epochs replaces train.warmup_epochs in the sites' schedule (counted in
+    global epochs across rounds); null keeps it, and the config centralised training reads is
+    left alone."""
+    base = ["train.warmup_epochs=1", "train.lr_steps=[6]", "federation.local_epochs=1"]
+    cfg = load_config([*base, "federation.warmup_epochs=3"])
+    site = federated_train_config(cfg)
+    assert [round_lr_factor(r, 1, site.train) for r in (1, 2, 3, 4, 7)] == pytest.approx(
+        [1 / 3, 2 / 3, 1.0, 1.0, 0.1]
+    )
+    # two local epochs a round: round 1 spans epochs 0-1, round 2 epochs 2-3
+    two = federated_train_config(load_config([*base[:2], "federation.warmup_epochs=3"]))
+    assert round_lr_factor(1, 2, two.train) == pytest.approx((1 / 3 + 2 / 3) / 2)
+    assert round_lr_factor(2, 2, two.train) == pytest.approx(1.0)
+    assert cfg.train.warmup_epochs == 1
+    plain = federated_train_config(load_config(base))
+    assert round_lr_factor(1, 1, plain.train) == pytest.approx(1.0)
+    for bad in ("-1", "1.5", "true"):
+        with pytest.raises(ValueError, match=r"federation\.warmup_epochs"):
+            federated_train_config(load_config([*base, f"federation.warmup_epochs={bad}"]))
+
+
 def test_the_federation_can_train_at_its_own_precision() -> None:
     """federation.amp replaces train.amp in the federation's config (sites and central
     evaluation); centralised training of the same config keeps train.amp."""

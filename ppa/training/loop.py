@@ -79,16 +79,19 @@ def global_epoch(server_round: int, local_epochs: int, local_epoch: int) -> int:
 
 
 def federated_train_config(cfg: DictConfig) -> DictConfig:
-    """The run's config as the federation trains with it: `federation.lr_gamma` and
-    `federation.amp`, when set, replace `train.lr_gamma` (the step decay of the sites'
-    schedule) and `train.amp` (the precision of the sites' training and statistics rounds and
+    """The run's config as the federation trains with it: `federation.lr_gamma`,
+    `federation.warmup_epochs` and `federation.amp`, when set, replace `train.lr_gamma` (the
+    step decay of the sites' schedule), `train.warmup_epochs` (its linear warm-up, in global
+    epochs) and `train.amp` (the precision of the sites' training and statistics rounds and
     of the server's central evaluation).
 
     A federation can want another decay than centralised training at the same step (a site
     keeps moving toward its own camera's optimum at the smaller rate, the aggregate only
-    averages that drift), and another precision (bf16 speeds up a site on hardware with bf16
-    kernels without moving the federation's numbers, where it costs centralised training a
-    little); the centralised run of the same config keeps `train.*`.
+    averages that drift), a longer warm-up (from random weights, six sites' first full-rate
+    steps on one camera each point in directions the average mostly cancels), and another
+    precision (bf16 speeds up a site on hardware with bf16 kernels without moving the
+    federation's numbers, where it costs centralised training a little); the centralised run
+    of the same config keeps `train.*`.
     """
     updates: dict[str, object] = {}
     gamma = cfg.federation.get("lr_gamma")
@@ -98,6 +101,14 @@ def federated_train_config(cfg: DictConfig) -> DictConfig:
                 f"federation.lr_gamma={gamma} must lie in (0, 1] (null: train.lr_gamma)"
             )
         updates["lr_gamma"] = float(gamma)
+    warmup = cfg.federation.get("warmup_epochs")
+    if warmup is not None:
+        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+            raise ValueError(
+                f"federation.warmup_epochs={warmup} must be a whole number >= 0 "
+                "(null: train.warmup_epochs)"
+            )
+        updates["warmup_epochs"] = int(warmup)
     amp = cfg.federation.get("amp")
     if amp is not None:
         check_amp_mode(amp, "federation.amp")
