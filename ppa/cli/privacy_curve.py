@@ -53,6 +53,9 @@ def run_curve(cfg: DictConfig) -> Path:
         "federation.evaluate_initial=true",
         f"federation.aggregation.server_momentum={float(curve.server_momentum)}",
         f"federation.amp={str(curve.amp).lower()}",
+        # The sites follow the lists' train.warmup_epochs (a trained start: none), not the
+        # warm-up the experiment may give its federation from random weights.
+        "federation.warmup_epochs=null",
     ]
     points = plan_points(curve.epsilons, curve.seeds, out)
     for point in points:
