@@ -69,9 +69,8 @@ def test_the_federation_can_warm_its_sites_up_over_its_own_number_of_epochs() ->
         [1 / 3, 2 / 3, 1.0, 1.0, 0.1]
     )
     # two local epochs a round: round 1 spans epochs 0-1, round 2 epochs 2-3
-    two = federated_train_config(load_config([*base[:2], "federation.warmup_epochs=3"]))
-    assert round_lr_factor(1, 2, two.train) == pytest.approx((1 / 3 + 2 / 3) / 2)
-    assert round_lr_factor(2, 2, two.train) == pytest.approx(1.0)
+    assert round_lr_factor(1, 2, site.train) == pytest.approx((1 / 3 + 2 / 3) / 2)
+    assert round_lr_factor(2, 2, site.train) == pytest.approx(1.0)
     assert cfg.train.warmup_epochs == 1
     plain = federated_train_config(load_config(base))
     assert round_lr_factor(1, 1, plain.train) == pytest.approx(1.0)

@@ -87,8 +87,8 @@ def federated_train_config(cfg: DictConfig) -> DictConfig:
 
     A federation can want another decay than centralised training at the same step (a site
     keeps moving toward its own camera's optimum at the smaller rate, the aggregate only
-    averages that drift), a longer warm-up (from random weights, six sites' first full-rate
-    steps on one camera each point in directions the average mostly cancels), and another
+    averages that drift), a longer warm-up (from random weights a site's first round at the full
+    rate barely lowers its loss, docs/results.md), and another
     precision (bf16 speeds up a site on hardware with bf16 kernels without moving the
     federation's numbers, where it costs centralised training a little); the centralised run
     of the same config keeps `train.*`.
