@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from ppa.data.noise_keys import NoiseKeys
 from ppa.data.epoch_length import batches_per_epoch
 from ppa.data.errors import CorruptImageError
+from ppa.data.image_cache import DecodedImageCache
 from ppa.data.images import read_image
 from ppa.data.keypoints import KeypointCache, MissingKeypointsError
 from ppa.data.records import ImageRecord, TrainRecord
@@ -128,7 +129,8 @@ class ReidImageDataset(Dataset[Sample]):
     uses `canonical_keypoints` scaled to the image. ``keypoints=None`` gives every joint score 0.
     Unreadable images (`on_bad_image`): ``error`` raises CorruptImageError naming the file when
     the image is read; ``skip`` decodes every image once, now, and drops (and warns about)
-    each unreadable one.
+    each unreadable one. `image_cache`: decoded images kept from one read (and one loader) to
+    the next; None decodes every read.
     """
 
     def __init__(
@@ -141,6 +143,7 @@ class ReidImageDataset(Dataset[Sample]):
         label_kind: str = "train",
         on_bad_image: str = "error",
         noise_keys: NoiseKeys | None = None,
+        image_cache: DecodedImageCache | None = None,
     ):
         _check_choice("pose_missing", pose_missing, POSE_MISSING)
         _check_choice("label_kind", label_kind, LABEL_KINDS)
@@ -151,6 +154,7 @@ class ReidImageDataset(Dataset[Sample]):
         self.pose_missing = pose_missing
         self.label_kind = label_kind
         self.noise_keys = noise_keys
+        self.image_cache = image_cache
         if label_kind == "train":
             unlabelled = next((r for r in records if not isinstance(r, TrainRecord)), None)
             if unlabelled is not None:
@@ -172,7 +176,8 @@ class ReidImageDataset(Dataset[Sample]):
     def __getitem__(self, item: int | tuple[int, int]) -> Sample:
         position, aug_seed = item if isinstance(item, tuple) else (item, None)
         record = self.records[position]
-        image = read_image(self.root / record.path)
+        path = self.root / record.path
+        image = read_image(path) if self.image_cache is None else self.image_cache.read(path)
         points = self._keypoints_of(record, image.shape[0], image.shape[1])
         rng = (
             np.random.default_rng(
@@ -265,12 +270,14 @@ def create_train_loader(
     seed: int,
     on_bad_image: str = "error",
     noise_keys: NoiseKeys | None = None,
+    image_cache: DecodedImageCache | None = None,
 ) -> DataLoader:
     """Training loader: IdentitySampler batches (P=train.num_ids, K=train.num_instances per
     modality) with the augmenting transform of ``train.augment``.
 
     Call ``loader.batch_sampler.set_epoch(epoch)`` before each epoch. `noise_keys`: the
-    site's, when its anonymiser draws noise.
+    site's, when its anonymiser draws noise. `image_cache`: decoded images shared with the
+    caller's other loaders (a site's rounds), see `DecodedImageCache`.
     """
     dataset = ReidImageDataset(
         root,
@@ -281,6 +288,7 @@ def create_train_loader(
         label_kind="train",
         on_bad_image=on_bad_image,
         noise_keys=noise_keys,
+        image_cache=image_cache,
     )
     if not dataset.records:
         raise ValueError(

@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 
 from ppa.anonymize import KprAnonymizer
 from ppa.anonymize.factory import noise_keys_for
+from ppa.data.image_cache import DecodedImageCache
 from ppa.data.keypoints import KeypointCache, load_dataset_keypoints
 from ppa.data.loader import create_train_loader
 from ppa.data.noise_keys import NoiseKeys
@@ -29,8 +30,9 @@ from ppa.training.step import StepContext
 
 @dataclass
 class TrainingSetup:
-    """The model, anonymiser and keypoints of a run over images under `root`, and the noise
-    keys of the images' owner when the anonymiser draws noise."""
+    """The model, anonymiser and keypoints of a run over images under `root`, the noise
+    keys of the images' owner when the anonymiser draws noise, and the decoded training images
+    its loaders share (``train.image_cache_mb``; None: decoded at every read)."""
 
     cfg: DictConfig
     objective: PPAObjective
@@ -41,6 +43,7 @@ class TrainingSetup:
     model: PPAEncoder
     anonymizer: KprAnonymizer | None
     noise_keys: NoiseKeys | None = None
+    image_cache: DecodedImageCache | None = None
 
     @classmethod
     def create(cls, cfg: DictConfig, *, root: Path, num_classes: int, owner: str) -> TrainingSetup:
@@ -67,7 +70,16 @@ class TrainingSetup:
         anonymizer = KprAnonymizer.from_config(cfg).to(device.device) if needs_pose else None
         noise_keys = noise_keys_for(cfg, owner) if needs_pose else None
         return cls(
-            cfg, objective, device, root, num_classes, keypoints, model, anonymizer, noise_keys
+            cfg,
+            objective,
+            device,
+            root,
+            num_classes,
+            keypoints,
+            model,
+            anonymizer,
+            noise_keys,
+            DecodedImageCache.from_config(cfg.train),
         )
 
     def step_context(self, **fields: Any) -> StepContext:
@@ -94,4 +106,5 @@ class TrainingSetup:
             seed=seed,
             on_bad_image=str(cfg.dataset.on_bad_image),
             noise_keys=self.noise_keys,
+            image_cache=self.image_cache,
         )
