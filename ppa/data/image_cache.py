@@ -1,7 +1,8 @@
 """Decoded training images kept in memory, so that an epoch after the first reads no file.
 
-On the 2-core CPU machine decoding a site's JPEGs is about a fifth of a federated round of the
-demo (a tiny model, one epoch per round, the same images every round). A `DecodedImageCache`
+A federated site of the demo reads the same few hundred images every round, one epoch a
+round; decoding them again is about 4 % of its round on the 2-core CPU machine (a tiny model
+at 128 x 64; more for larger images and a cheaper model). A `DecodedImageCache`
 lives as long as the training set-up that owns it (a federated site keeps its set-up across
 rounds; a new loader per round reuses it) and holds what `read_image` returned, read-only,
 up to a byte budget: once the budget is full further images are decoded on every read, as
