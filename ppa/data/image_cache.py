@@ -38,10 +38,10 @@ class DecodedImageCache:
     @classmethod
     def from_config(cls, train_cfg) -> DecodedImageCache | None:
         """``train.image_cache_mb`` MiB (0 or absent: no cache, None)."""
-        megabytes = train_cfg.get("image_cache_mb") or 0
-        if float(megabytes) < 0:
+        megabytes = float(train_cfg.get("image_cache_mb") or 0)
+        if megabytes < 0:
             raise ValueError(f"train.image_cache_mb must be >= 0, got {megabytes}")
-        return cls(int(float(megabytes) * _MIB)) if megabytes else None
+        return cls(int(megabytes * _MIB)) if megabytes else None
 
     def __len__(self) -> int:
         return len(self._images)

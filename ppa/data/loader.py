@@ -176,8 +176,7 @@ class ReidImageDataset(Dataset[Sample]):
     def __getitem__(self, item: int | tuple[int, int]) -> Sample:
         position, aug_seed = item if isinstance(item, tuple) else (item, None)
         record = self.records[position]
-        path = self.root / record.path
-        image = read_image(path) if self.image_cache is None else self.image_cache.read(path)
+        image = self._read(record)
         points = self._keypoints_of(record, image.shape[0], image.shape[1])
         rng = (
             np.random.default_rng(
@@ -236,13 +235,18 @@ class ReidImageDataset(Dataset[Sample]):
         dropped = set(missing)
         return [i for i in positions if i not in dropped]
 
+    def _read(self, record: ImageRecord | TrainRecord) -> np.ndarray:
+        path = self.root / record.path
+        return read_image(path) if self.image_cache is None else self.image_cache.read(path)
+
     def _readable(
         self, records: Sequence[ImageRecord | TrainRecord], positions: list[int]
     ) -> list[int]:
         kept = []
         for i in positions:
             try:
-                read_image(self.root / records[i].path)
+                # Through the cache: a site's new dataset each round checks from memory.
+                self._read(records[i])
             except CorruptImageError as err:
                 logger.warning("on_bad_image=skip: dropping %s", err)
                 continue
