@@ -21,6 +21,7 @@ from client.bench.cases import BENCHMARKS
 from client.bench.cases.amp_speedup import _amp_case
 from client.bench.cases.eval_speedup import assert_same_metrics, bench_eval_speedup
 from client.bench.cases.federation_overhead import clean_rounds, simulated_per_sample
+from client.bench.cases.image_cache import bench_image_cache, replies_differ
 from client.bench.cases.ppa_step_ratio import _ppa_step_case
 from client.bench.cases.throughput import _throughput_case
 from client.bench.cases.upload_ratio import central_numbers, upload_per_site
@@ -37,6 +38,7 @@ from client.bench.report import (
 from client.bench.simulations import SimulationRun, TreeMemorySampler
 from client.bench.timing import interleaved
 from client.bench.workloads import synthetic_batch
+from client.site import RoundResult
 from ppa.device import cpu_has_native_bf16
 from ppa.launch.proctree import descendants
 
@@ -141,6 +143,50 @@ def test_amp_case_times_both_precisions_on_one_modality(cfg, tmp_path):
     # Two precisions of one forward on the same weights: close, and not the same number.
     assert 0 < loss["relative_difference"] < 0.05
     assert loss["float32"] != loss["bfloat16"]
+
+
+def test_image_cache_case_times_one_sites_rounds_and_compares_their_replies(cfg, tmp_path):
+    ctx = tiny_ctx(
+        cfg,
+        tmp_path,
+        dataset={"num_train_ids": 4, "num_val_ids": 1, "num_test_ids": 2, "images_per_camera": 2},
+        image_cache={
+            "repeats": 2,
+            "overrides": ["model=tiny", "train.max_batches_per_epoch=1", "train.num_workers=0"],
+        },
+    )
+    result = bench_image_cache(ctx)
+    assert set(result["samples"]) == {"no cache", "cache"}
+    # one filling round, then two timed rounds each
+    assert len(result["samples"]["cache"]["cpu_s"]) == 2
+    assert result["speedup"] == pytest.approx(
+        result["median_s"]["no cache"] / result["median_s"]["cache"]
+    )
+    # One batch of the camera-1 site: its images are in the cache, within its budget.
+    assert 0 < result["cached_images"] <= result["examples"]
+    assert result["cached_bytes"] == result["cached_images"] * 128 * 64 * 3
+    assert result["identical_replies"] is True and result["differing"] == []
+    speed, same = result["rows"]
+    assert same["met"] is True and same["target"] == "identical"
+    assert speed["unit"] == "x" and speed["measured"] == result["speedup"]
+
+
+def test_replies_differ_names_what_differs():
+    def reply(**changes) -> RoundResult:
+        base = {
+            "arrays": {"a": np.zeros(3, np.float32), "b": np.ones(2, np.float32)},
+            "proto_sum": np.zeros((2, 4), np.float32),
+            "proto_count": np.ones(2, np.float32),
+            "metrics": {},
+        }
+        base.update(changes)
+        return RoundResult(**base)
+
+    assert replies_differ(reply(), reply()) == []
+    changed = {"a": np.array([0, 0, 1e-7], np.float32), "b": np.ones(2, np.float32)}
+    assert replies_differ(reply(), reply(arrays=changed)) == ["a"]
+    assert replies_differ(reply(), reply(arrays={"a": np.zeros(3, np.float32)})) == ["b"]
+    assert replies_differ(reply(), reply(proto_count=np.zeros(2, np.float32))) == ["proto_count"]
 
 
 def test_eval_speedup_asserts_identical_numbers(cfg, tmp_path):

@@ -1,7 +1,7 @@
-"""``ppa-bench``: the performance benchmark, seven measurements in one command, as ratios taken
+"""``ppa-bench``: the performance benchmark, eight measurements in one command, as ratios taken
 side by side in one run (medians over interleaved repeats), with the machine and its load.
 
-    ppa-bench                       # all seven (~20 min on 2 CPU cores)
+    ppa-bench                       # all eight (~20 min on 2 CPU cores)
     ppa-bench --quick               # small sizes (~3 min)
     ppa-bench --only eval_speedup,ppa_step_ratio
     ppa-bench bench.eval_speedup.repeats=9   # config overrides
