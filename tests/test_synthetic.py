@@ -15,16 +15,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ppa.cli.make_synthetic import _writer_settings
+from ppa.config import load_config
 from ppa.data.keypoints import KeypointCache
 from ppa.data.records import Modality
 from ppa.pose.coco import INDEX
 from ppa.synthetic.body import ANKLE_HEIGHT
-from ppa.synthetic.cameras import REGDB_CAMERAS, SYSU_CAMERAS, Placement
+from ppa.synthetic.cameras import REGDB_CAMERAS, SYSU_CAMERAS, VIEW_JITTER, Placement
 from ppa.synthetic.files import MANIFEST_NAME, PREVIEW_NAME, read_manifest
 from ppa.synthetic.identity import sample_identity
 from ppa.synthetic.palette import OCCLUDED_SCORE, SYSU_LUMINANCE_SHARE, VISIBLE_SCORE, garment_heat
 from ppa.synthetic.person import rasterize_person
 from ppa.synthetic.renderer import SyntheticRenderer
+from ppa.synthetic.scene import CLUTTER_MAX
 from ppa.synthetic.writer import (
     KEYPOINT_SOURCE,
     regdb_trial_split,
@@ -504,6 +507,35 @@ def test_script_writes_once_then_skips_until_forced(tmp_path):
     assert forced.returncode == 0, forced.stderr
     assert not (root / "marker").exists()
     assert read_manifest(root)["parameters"]["seed"] == 4
+
+
+# The SYSU-layout sets recipes are validated on (configs/dataset/).
+VALIDATION_SETS = ("synthetic_sysu", "synthetic_sysu_alt", "synthetic_sysu_third")
+# Writer settings that change what is drawn (not only which random draws).
+DRAWN = ("infrared_luminance", "camera_coverage", "view_jitter", "clutter_max", "image_height")
+
+
+def _drawn_settings(name: str) -> dict[str, float]:
+    writer, kwargs = _writer_settings(load_config([f"dataset={name}"]))
+    assert writer is write_synthetic_sysu
+    defaults = {"view_jitter": VIEW_JITTER, "clutter_max": CLUTTER_MAX}
+    return {key: kwargs.get(key, defaults.get(key)) for key in DRAWN}
+
+
+def test_validation_sets_are_writable_and_differ_in_what_is_drawn():
+    """Each validation set's config is one the writer takes, and any two of them differ in a
+    setting that changes the pictures; the third turns the knobs the other two leave at the
+    writer's defaults."""
+    drawn = {name: _drawn_settings(name) for name in VALIDATION_SETS}
+    for i, a in enumerate(VALIDATION_SETS):
+        for b in VALIDATION_SETS[i + 1 :]:
+            assert drawn[a] != drawn[b], (a, b)
+    for name in VALIDATION_SETS[:2]:
+        assert drawn[name]["view_jitter"] == VIEW_JITTER
+        assert drawn[name]["clutter_max"] == CLUTTER_MAX
+    third = drawn["synthetic_sysu_third"]
+    assert third["view_jitter"] > VIEW_JITTER and third["clutter_max"] > CLUTTER_MAX
+    assert third["image_height"] != drawn["synthetic_sysu"]["image_height"]
 
 
 def test_script_refuses_a_real_dataset(tmp_path):

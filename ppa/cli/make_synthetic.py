@@ -98,14 +98,15 @@ def make_synthetic(cfg: DictConfig) -> dict[str, Any] | None:
             summary = writer(root, **kwargs, overwrite=force, progress=progress)
         except FileExistsError as err:
             raise SystemExit(f"make_synthetic: {err}") from err
-    _log_summary(summary)
+    _log_summary(str(cfg.dataset.name), summary)
     return summary
 
 
-def _log_summary(summary: dict[str, Any]) -> None:
+def _log_summary(name: str, summary: dict[str, Any]) -> None:
+    # The summary's own "dataset" names the writer (synthetic_sysu for every SYSU-layout set).
     log.info(
         "wrote %s: %d images of %d identities at %s (%dx%d)",
-        summary["dataset"],
+        name,
         summary["num_images"],
         summary["num_ids"],
         summary["root"],
