@@ -12,7 +12,6 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import torch
 
 from client.bench.context import BenchContext, load_average
 from client.bench.report import row
@@ -122,7 +121,6 @@ def image_cache_case(ctx: BenchContext) -> dict[str, Any]:
         "identical_replies": not differing,
         "differing": differing,
         "load": load_average(),
-        "torch": torch.__version__,
     }
 
 
