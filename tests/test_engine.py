@@ -58,6 +58,36 @@ def test_the_federation_can_decay_its_sites_learning_rate_by_its_own_factor() ->
             federated_train_config(load_config([*base, f"federation.lr_gamma={bad}"]))
 
 
+def test_the_federation_steps_its_sites_learning_rate_at_fractions_of_its_run() -> None:
+    """federation.lr_step_fractions replaces train.lr_steps in the sites' schedule with steps
+    at those fractions of the run's global epochs (rounds x local epochs, rounded, sorted), so
+    the step follows the run's length; null keeps train.lr_steps; centralised training's config
+    is left alone."""
+    base = ["train.warmup_epochs=0", "train.lr_steps=[4]", "federation.local_epochs=1"]
+    cfg = load_config([*base, "federation.rounds=8", "federation.lr_step_fractions=[0.75,0.5]"])
+    site = federated_train_config(cfg)
+    assert list(site.train.lr_steps) == [4, 6]
+    assert [round_lr_factor(r, 1, site.train) for r in (4, 5, 6, 7)] == pytest.approx(
+        [1.0, 0.1, 0.1, 0.01]
+    )
+    assert list(cfg.train.lr_steps) == [4]
+    # 7/8 of 32 epochs is 28, of 16 rounds of 1 epoch 14, of 8 rounds of 2 epochs 14
+    for rounds, local, step in ((32, 1, 28), (16, 1, 14), (8, 2, 14)):
+        run = [f"federation.rounds={rounds}", f"federation.local_epochs={local}"]
+        fed = federated_train_config(load_config([*run, "federation.lr_step_fractions=[0.875]"]))
+        assert list(fed.train.lr_steps) == [step]
+    plain = federated_train_config(load_config([*base, "federation.rounds=8"]))
+    assert list(plain.train.lr_steps) == [4]
+    # the demo recipe: the sites at 7/8 of its 32 rounds (or of 16), centralised at 24
+    demo = load_config(["experiment=demo"])
+    assert list(federated_train_config(demo).train.lr_steps) == [28]
+    short = federated_train_config(load_config(["experiment=demo", "federation.rounds=16"]))
+    assert list(short.train.lr_steps) == [14] and list(demo.train.lr_steps) == [24]
+    for bad in ("0.5", "[0]", "[1.5]", "[true]", "[-0.1]"):
+        with pytest.raises(ValueError, match=r"federation\.lr_step_fractions"):
+            federated_train_config(load_config([*base, f"federation.lr_step_fractions={bad}"]))
+
+
 def test_the_federation_can_warm_its_sites_up_over_its_own_number_of_epochs() -> None:
     """federation.warmup_epochs replaces train.warmup_epochs in the sites' schedule (counted in
     global epochs across rounds); null keeps it, and the config centralised training reads is

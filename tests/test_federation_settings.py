@@ -167,6 +167,54 @@ def test_a_site_decays_its_learning_rate_by_the_federations_factor(
     np.testing.assert_allclose(moves[0.5], 2 * moves[0.25], rtol=1e-4, atol=1e-7)
 
 
+def test_a_site_steps_its_learning_rate_at_the_federations_fraction_of_the_run(
+    tiny_sysu_root: Path, tmp_path: Path
+) -> None:
+    """federation.lr_step_fractions sets where the sites' rate steps: with plain SGD one local
+    step of round 1 (global epoch 0) moves each weight by lr x factor x gradient, so a site
+    whose train.lr_steps=[0] decay 0.1 is moved to 3/4 of a 4-round run by the fraction 0.75
+    moves ten times as far, and a fraction that rounds to epoch 0 under train.lr_steps=[3] as
+    far as the first."""
+    moves = {}
+    arrays = None
+    cases = {
+        "train": ("train.lr_steps=[0]",),
+        "federation_later": ("train.lr_steps=[0]", "federation.lr_step_fractions=[0.75]"),
+        "federation_at_0": ("train.lr_steps=[3]", "federation.lr_step_fractions=[0.1]"),
+    }
+    for name, steps in cases.items():
+        cfg = load_config(
+            tiny_overrides(
+                tiny_sysu_root,
+                tmp_path / name,
+                "train.optimizer.weight_decay=0.0",
+                "train.optimizer.momentum=0.0",
+                "train.optimizer.nesterov=false",
+                "train.warmup_epochs=0",
+                "train.lr_gamma=0.1",
+                "train.max_batches_per_epoch=1",
+                "federation.rounds=4",
+                "federation.local_epochs=1",
+                *steps,
+            )
+        )
+        trainer = SiteTrainer(cfg, SiteSpec(None, None, None, partition_id=0, num_partitions=6))
+        if arrays is None:
+            state = trainer.model.state_dict()
+            arrays = {k: v.copy() for k, v in pack(state, global_keys(state)).items()}
+        result = trainer.train_round(
+            {k: v.copy() for k, v in arrays.items()},
+            None,
+            server_round=1,
+            local_epochs=1,
+            half_precision=False,
+        )
+        moves[name] = result.arrays["classifier.weight"] - arrays["classifier.weight"]
+    assert np.abs(moves["train"]).max() > 0
+    np.testing.assert_allclose(moves["federation_later"], 10 * moves["train"], rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(moves["federation_at_0"], moves["train"], rtol=1e-5, atol=1e-8)
+
+
 def test_the_server_refuses_a_federation_decay_outside_zero_to_one(
     tiny_sysu_root: Path, tmp_path: Path
 ) -> None:

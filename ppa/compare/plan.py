@@ -2,7 +2,9 @@
 
 Both sides get the same run overrides, the same seed, the same number of epochs (a site's
 epoch is a pass over its own images; `rounds x local_epochs` of them) and the same learning-rate
-step; each writes into its own folder under the comparison's output folder.
+step, `train.lr_steps` (a recipe's `federation.lr_step_fractions` moves the federation's, at
+a fraction of every budget: the demo's 7/8); each writes into its own folder under the
+comparison's output folder.
 """
 
 from __future__ import annotations

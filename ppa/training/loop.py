@@ -79,21 +79,35 @@ def global_epoch(server_round: int, local_epochs: int, local_epoch: int) -> int:
 
 
 def federated_train_config(cfg: DictConfig) -> DictConfig:
-    """The run's config as the federation trains with it: `federation.lr_gamma`,
-    `federation.warmup_epochs` and `federation.amp`, when set, replace `train.lr_gamma` (the
-    step decay of the sites' schedule), `train.warmup_epochs` (its linear warm-up, in global
-    epochs) and `train.amp` (the precision of the sites' training and statistics rounds and
-    of the server's central evaluation).
+    """The run's config as the federation trains with it: `federation.lr_step_fractions`,
+    `federation.lr_gamma`, `federation.warmup_epochs` and `federation.amp`, when set, replace
+    `train.lr_steps` (the sites' schedule steps at these fractions of the run's global epochs,
+    `rounds x local_epochs`, rounded), `train.lr_gamma` (its step decay), `train.warmup_epochs`
+    (its linear warm-up, in global epochs) and `train.amp` (the precision of the sites'
+    training and statistics rounds and of the server's central evaluation).
 
-    A federation can want another decay than centralised training at the same step (a site
-    keeps moving toward its own camera's optimum at the smaller rate, the aggregate only
-    averages that drift), a longer warm-up (from random weights a site's first round at the full
-    rate barely lowers its loss, docs/results.md), and another
-    precision (bf16 speeds up a site on hardware with bf16 kernels without moving the
-    federation's numbers, where it costs centralised training a little); the centralised run
-    of the same config keeps `train.*`.
+    A federation can want a later step than centralised training (averaged sites move the
+    model less per epoch, so it is further from done when the rate drops), another decay at
+    the step (a site keeps moving toward its own camera's optimum at the smaller rate, the
+    aggregate only averages that drift), a longer warm-up (from random weights a site's first
+    round at the full rate barely lowers its loss, docs/results.md), and another precision
+    (bf16 speeds up a site on hardware with bf16 kernels without moving the federation's
+    numbers, where it costs centralised training a little); the centralised run of the same
+    config keeps `train.*`.
     """
     updates: dict[str, object] = {}
+    fractions = cfg.federation.get("lr_step_fractions")
+    if fractions is not None:
+        if not OmegaConf.is_list(fractions) or not all(
+            isinstance(f, (int, float)) and not isinstance(f, bool) and 0.0 < f <= 1.0
+            for f in fractions
+        ):
+            raise ValueError(
+                f"federation.lr_step_fractions={fractions} must be a list of fractions in "
+                "(0, 1] of the run's global epochs (null: train.lr_steps)"
+            )
+        epochs = int(cfg.federation.rounds) * int(cfg.federation.local_epochs)
+        updates["lr_steps"] = sorted(round(float(f) * epochs) for f in fractions)
     gamma = cfg.federation.get("lr_gamma")
     if gamma is not None:
         if not 0.0 < float(gamma) <= 1.0:
