@@ -128,74 +128,25 @@ def test_a_site_with_the_restricted_softmax_leaves_its_absent_identities_rows(
         np.testing.assert_array_equal(after[absent], before[absent])
 
 
-def test_a_site_decays_its_learning_rate_by_the_federations_factor(
-    tiny_sysu_root: Path, tmp_path: Path
-) -> None:
-    """federation.lr_gamma sets the sites' step decay: with plain SGD (no momentum, no weight
-    decay) one local step after the step epoch moves each weight by lr * gamma * gradient, so
-    the same step with gamma 0.5 moves twice as far as with 0.25; train.lr_gamma (0.1) is not
-    used."""
-    moves = {}
+def _first_round_moves(
+    root: Path, out: Path, cases: dict[str, tuple[str, ...]]
+) -> dict[str, np.ndarray]:
+    """Each case's move of the classifier rows in one local step of round 1 (global epoch 0)
+    with plain SGD (no momentum, no weight decay, no warm-up), every case from the same
+    weights: the move is lr x the schedule's factor x the gradient."""
+    moves: dict[str, np.ndarray] = {}
     arrays = None
-    for gamma in (0.5, 0.25):
+    for name, overrides in cases.items():
         cfg = load_config(
             tiny_overrides(
-                tiny_sysu_root,
-                tmp_path / str(gamma),
+                root,
+                out / name,
                 "train.optimizer.weight_decay=0.0",
                 "train.optimizer.momentum=0.0",
                 "train.optimizer.nesterov=false",
                 "train.warmup_epochs=0",
-                "train.lr_steps=[0]",
                 "train.max_batches_per_epoch=1",
-                f"federation.lr_gamma={gamma}",
-            )
-        )
-        trainer = SiteTrainer(cfg, SiteSpec(None, None, None, partition_id=0, num_partitions=6))
-        if arrays is None:
-            state = trainer.model.state_dict()
-            arrays = {k: v.copy() for k, v in pack(state, global_keys(state)).items()}
-        result = trainer.train_round(
-            {k: v.copy() for k, v in arrays.items()},
-            None,
-            server_round=1,
-            local_epochs=1,
-            half_precision=False,
-        )
-        moves[gamma] = result.arrays["classifier.weight"] - arrays["classifier.weight"]
-    assert np.abs(moves[0.25]).max() > 0
-    np.testing.assert_allclose(moves[0.5], 2 * moves[0.25], rtol=1e-4, atol=1e-7)
-
-
-def test_a_site_steps_its_learning_rate_at_the_federations_fraction_of_the_run(
-    tiny_sysu_root: Path, tmp_path: Path
-) -> None:
-    """federation.lr_step_fractions sets where the sites' rate steps: with plain SGD one local
-    step of round 1 (global epoch 0) moves each weight by lr x factor x gradient, so a site
-    whose train.lr_steps=[0] decay 0.1 is moved to 3/4 of a 4-round run by the fraction 0.75
-    moves ten times as far, and a fraction that rounds to epoch 0 under train.lr_steps=[3] as
-    far as the first."""
-    moves = {}
-    arrays = None
-    cases = {
-        "train": ("train.lr_steps=[0]",),
-        "federation_later": ("train.lr_steps=[0]", "federation.lr_step_fractions=[0.75]"),
-        "federation_at_0": ("train.lr_steps=[3]", "federation.lr_step_fractions=[0.1]"),
-    }
-    for name, steps in cases.items():
-        cfg = load_config(
-            tiny_overrides(
-                tiny_sysu_root,
-                tmp_path / name,
-                "train.optimizer.weight_decay=0.0",
-                "train.optimizer.momentum=0.0",
-                "train.optimizer.nesterov=false",
-                "train.warmup_epochs=0",
-                "train.lr_gamma=0.1",
-                "train.max_batches_per_epoch=1",
-                "federation.rounds=4",
-                "federation.local_epochs=1",
-                *steps,
+                *overrides,
             )
         )
         trainer = SiteTrainer(cfg, SiteSpec(None, None, None, partition_id=0, num_partitions=6))
@@ -210,6 +161,44 @@ def test_a_site_steps_its_learning_rate_at_the_federations_fraction_of_the_run(
             half_precision=False,
         )
         moves[name] = result.arrays["classifier.weight"] - arrays["classifier.weight"]
+    return moves
+
+
+def test_a_site_decays_its_learning_rate_by_the_federations_factor(
+    tiny_sysu_root: Path, tmp_path: Path
+) -> None:
+    """federation.lr_gamma sets the sites' step decay: one local step after the step epoch
+    moves each weight by lr * gamma * gradient, so the same step with gamma 0.5 moves twice as
+    far as with 0.25; train.lr_gamma (0.1) is not used."""
+    moves = _first_round_moves(
+        tiny_sysu_root,
+        tmp_path,
+        {
+            str(gamma): ("train.lr_steps=[0]", f"federation.lr_gamma={gamma}")
+            for gamma in (0.5, 0.25)
+        },
+    )
+    assert np.abs(moves["0.25"]).max() > 0
+    np.testing.assert_allclose(moves["0.5"], 2 * moves["0.25"], rtol=1e-4, atol=1e-7)
+
+
+def test_a_site_steps_its_learning_rate_at_the_federations_fraction_of_the_run(
+    tiny_sysu_root: Path, tmp_path: Path
+) -> None:
+    """federation.lr_step_fractions sets where the sites' rate steps: a site whose
+    train.lr_steps=[0] decay 0.1 is moved to 3/4 of a 4-round run by the fraction 0.75 moves
+    ten times as far in round 1, and a fraction that rounds to epoch 0 under
+    train.lr_steps=[3] as far as the first."""
+    run = ("train.lr_gamma=0.1", "federation.rounds=4", "federation.local_epochs=1")
+    moves = _first_round_moves(
+        tiny_sysu_root,
+        tmp_path,
+        {
+            "train": (*run, "train.lr_steps=[0]"),
+            "federation_later": (*run, "train.lr_steps=[0]", "federation.lr_step_fractions=[0.75]"),
+            "federation_at_0": (*run, "train.lr_steps=[3]", "federation.lr_step_fractions=[0.1]"),
+        },
+    )
     assert np.abs(moves["train"]).max() > 0
     np.testing.assert_allclose(moves["federation_later"], 10 * moves["train"], rtol=1e-4, atol=1e-7)
     np.testing.assert_allclose(moves["federation_at_0"], moves["train"], rtol=1e-5, atol=1e-8)
