@@ -510,7 +510,12 @@ def test_script_writes_once_then_skips_until_forced(tmp_path):
 
 
 # The SYSU-layout sets recipes are validated on (configs/dataset/).
-VALIDATION_SETS = ("synthetic_sysu", "synthetic_sysu_alt", "synthetic_sysu_third")
+VALIDATION_SETS = (
+    "synthetic_sysu",
+    "synthetic_sysu_alt",
+    "synthetic_sysu_third",
+    "synthetic_sysu_fourth",
+)
 # Writer settings that change what is drawn (not only which random draws).
 DRAWN = ("infrared_luminance", "camera_coverage", "view_jitter", "clutter_max", "image_height")
 
@@ -524,8 +529,8 @@ def _drawn_settings(name: str) -> dict[str, float]:
 
 def test_validation_sets_are_writable_and_differ_in_what_is_drawn():
     """Each validation set's config is one the writer takes, and any two of them differ in a
-    setting that changes the pictures; the third turns the knobs the other two leave at the
-    writer's defaults."""
+    setting that changes the pictures; the third and fourth turn the knobs the first two leave
+    at the writer's defaults, and the fourth draws infrared with no trace of visible colour."""
     drawn = {name: _drawn_settings(name) for name in VALIDATION_SETS}
     for i, a in enumerate(VALIDATION_SETS):
         for b in VALIDATION_SETS[i + 1 :]:
@@ -536,6 +541,10 @@ def test_validation_sets_are_writable_and_differ_in_what_is_drawn():
     third = drawn["synthetic_sysu_third"]
     assert third["view_jitter"] > VIEW_JITTER and third["clutter_max"] > CLUTTER_MAX
     assert third["image_height"] != drawn["synthetic_sysu"]["image_height"]
+    fourth = drawn["synthetic_sysu_fourth"]
+    assert fourth["view_jitter"] > VIEW_JITTER and fourth["clutter_max"] > CLUTTER_MAX
+    assert fourth["image_height"] not in {drawn[n]["image_height"] for n in VALIDATION_SETS[:3]}
+    assert fourth["infrared_luminance"] == 0.0
 
 
 def test_script_refuses_a_real_dataset(tmp_path):
